@@ -1,0 +1,233 @@
+"""BigGAN-PyTorch layers in Flax, with weights stored in PyTorch's layout.
+
+Conventions, chosen so a converted checkpoint is a renaming and nothing else:
+
+* Activations are NHWC; conv kernels stay OIHW and linear weights (out, in), as in the
+  ``.pth`` files. ``lax.conv_general_dilated`` takes the layouts as arguments, so nothing is
+  transposed at load or export time.
+* Trainable weights live in the ``params`` collection; non-trained state (spectral-norm
+  vectors ``u0``/``sv0``, BN ``stored_mean``/``stored_var``) in ``buffers``. The solver
+  differentiates, vmaps and shards ``params`` alone.
+* Module names are the PyTorch module paths (``blocks.0.0``, ``output_layer.2``), so
+  flattening either collection with ``"."`` gives the checkpoint keys.
+"""
+
+from __future__ import annotations
+
+import math
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PARAMS = "params"
+BUFFERS = "buffers"
+INSTANCE_NORM = "instance_norm"
+
+Array = jax.Array
+
+
+def _normalize(x: Array, eps: float) -> Array:
+    """torch.nn.functional.normalize on a (1, n) row: x / max(||x||, eps)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def spectral_normalize(weight: Array, u: Array, eps: float) -> Array:
+    """Divide ``weight`` by its top singular value, estimated from the stored ``u``.
+
+    One power iteration at evaluation time, as BigGAN-PyTorch does in ``eval()``: u, v and
+    u' carry no gradient, sigma does (through W), and the stored u is not updated.
+    """
+    w_mat = weight.reshape(weight.shape[0], -1)
+    w_const = lax.stop_gradient(w_mat)
+    u = lax.stop_gradient(u)
+    v = _normalize(u @ w_const, eps)
+    u_next = _normalize(v @ w_const.T, eps)
+    sigma = (v @ w_mat.T @ u_next.T)[0, 0]
+    return weight / sigma
+
+
+def orthogonal_init(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """torch.nn.init.orthogonal_ on the (out, rest) view of a PyTorch-layout weight."""
+    flat = (shape[0], math.prod(shape[1:]))
+    return nn.initializers.orthogonal()(key, flat, dtype).reshape(shape)
+
+
+def _unit_row(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    u = jax.random.normal(key, shape, dtype)
+    return u / jnp.linalg.norm(u)
+
+
+class _SNWeight(nn.Module):
+    """Base for spectrally normalised layers: a weight plus its u0/sv0 buffers.
+
+    The SN buffers sit beside the weight (``conv1.u0`` next to ``conv1.weight``), so this
+    module creates them itself rather than through a child module.
+    """
+
+    eps: float
+
+    def normalized_weight(self, shape: tuple[int, ...], dtype) -> Array:
+        weight = self.param("weight", orthogonal_init, shape, dtype)
+        u = self.variable(
+            BUFFERS, "u0", lambda: _unit_row(self.make_rng(PARAMS), (1, shape[0]), dtype)
+        )
+        self.variable(BUFFERS, "sv0", lambda: jnp.ones((1,), dtype))
+        return spectral_normalize(weight, u.value, self.eps)
+
+
+class SNConv2d(_SNWeight):
+    """Spectrally normalised conv, stride 1, 'same' padding; NHWC in, OIHW kernel."""
+
+    features: int = 0
+    kernel_size: int = 3
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel_size
+        w = self.normalized_weight((self.features, x.shape[-1], k, k), x.dtype)
+        pad = (k - 1) // 2
+        y = lax.conv_general_dilated(
+            x,
+            w.astype(x.dtype),
+            window_strides=(1, 1),
+            padding=((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "OIHW", "NHWC"),
+        )
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
+        return y
+
+
+class SNLinear(_SNWeight):
+    """Spectrally normalised linear layer with a (out, in) weight."""
+
+    features: int = 0
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        w = self.normalized_weight((self.features, x.shape[-1]), x.dtype)
+        y = x @ w.T
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
+        return y
+
+
+class SNEmbedding(_SNWeight):
+    """Spectrally normalised embedding (the discriminator's projection table)."""
+
+    num_embeddings: int = 0
+    features: int = 0
+
+    @nn.compact
+    def __call__(self, classes: Array, dtype=jnp.float32) -> Array:
+        w = self.normalized_weight((self.num_embeddings, self.features), dtype)
+        return jnp.take(w, classes, axis=0)
+
+
+class Embedding(nn.Module):
+    """Plain embedding table (G's shared class embedding)."""
+
+    num_embeddings: int
+    features: int
+
+    @nn.compact
+    def __call__(self, classes: Array, dtype=jnp.float32) -> Array:
+        w = self.param(
+            "weight", orthogonal_init, (self.num_embeddings, self.features), dtype
+        )
+        return jnp.take(w, classes, axis=0)
+
+
+def _stored_stats(module: nn.Module, channels: int, dtype) -> tuple[Array, Array]:
+    mean = module.variable(BUFFERS, "stored_mean", lambda: jnp.zeros((channels,), dtype))
+    var = module.variable(BUFFERS, "stored_var", lambda: jnp.ones((channels,), dtype))
+    return mean.value, var.value
+
+
+class BatchNorm(nn.Module):
+    """BN with stored statistics and a learned per-channel gain/bias (G's output layer)."""
+
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        mean, var = _stored_stats(self, c, x.dtype)
+        gain = self.param("gain", nn.initializers.ones, (c,), x.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), x.dtype)
+        return (x - mean) * lax.rsqrt(var + self.eps) * gain + bias
+
+
+class ConditionalBatchNorm(nn.Module):
+    """BN with stored statistics, then ``* (1 + gain(y)) + bias(y)``.
+
+    gain and bias are spectrally normalised linear maps without bias of the conditioning
+    vector y = concat(class embedding, z chunk).
+    """
+
+    eps: float = 1e-5
+    sn_eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: Array, y: Array) -> Array:
+        c = x.shape[-1]
+        mean, var = _stored_stats(self, c, x.dtype)
+        gain = 1 + SNLinear(eps=self.sn_eps, features=c, use_bias=False, name="gain")(y)
+        bias = SNLinear(eps=self.sn_eps, features=c, use_bias=False, name="bias")(y)
+        # BigGAN-PyTorch's F.batch_norm in eval mode: (x - mean) / sqrt(var + eps).
+        out = (x - mean) * lax.rsqrt(var + self.eps)
+        return out * gain[:, None, None, :] + bias[:, None, None, :]
+
+
+def instance_norm(x: Array, eps: float = 1e-5) -> Array:
+    """Per-sample, per-channel normalisation over space with the biased variance."""
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+    return (x - mean) * lax.rsqrt(var + eps)
+
+
+def affine_stats(h: Array) -> tuple[Array, Array]:
+    """Per-channel (unbiased std, mean) of each sample of h: the IN affine of the reference."""
+    n = h.shape[1] * h.shape[2]
+    mean = jnp.mean(h, axis=(1, 2))
+    var = jnp.sum(jnp.square(h - mean[:, None, None, :]), axis=(1, 2)) / (n - 1)
+    return jnp.sqrt(var), mean
+
+
+def upsample_nearest2x(x: Array) -> Array:
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def avg_pool2x(x: Array) -> Array:
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def max_pool2x(x: Array) -> Array:
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class Attention(nn.Module):
+    """SA-GAN non-local block as BigGAN-PyTorch implements it (no biases, gain gamma)."""
+
+    channels: int
+    sn_eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, h, w, c = x.shape
+        conv = lambda f, name: SNConv2d(  # noqa: E731
+            eps=self.sn_eps, features=f, kernel_size=1, use_bias=False, name=name
+        )
+        theta = conv(c // 8, "theta")(x).reshape(b, h * w, c // 8)
+        phi = max_pool2x(conv(c // 8, "phi")(x)).reshape(b, h * w // 4, c // 8)
+        g = max_pool2x(conv(c // 2, "g")(x)).reshape(b, h * w // 4, c // 2)
+        beta = jax.nn.softmax(theta @ jnp.swapaxes(phi, 1, 2), axis=-1)
+        o = conv(c, "o")((beta @ g).reshape(b, h, w, c // 2))
+        gamma = self.param("gamma", nn.initializers.zeros, (), x.dtype)
+        return gamma * o + x
+
