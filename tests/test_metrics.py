@@ -1,0 +1,138 @@
+"""Restoration metrics against the PyTorch reference's fixtures, plus unit checks.
+
+The fixtures' json ``final`` holds the metrics the reference computed on G's output at the
+last step (``x_final``) against the original image (``target``).
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from skimage import color  # noqa: E402
+
+from dgp_jax import metrics  # noqa: E402
+from dgp_jax.degradations import hole_box  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "biggan_pytorch"
+
+# hybrid is absent: the reference reports no origin metrics for it.
+CASES = [
+    "128_ch8_f64_colorization",
+    "128_ch8_f64_inpainting",
+    "128_ch8_f64_SR",
+    "128_ch8_f64_reconstruct",
+    "256_ch8_f64_colorization",
+]
+
+# our key -> the reference's key in the json's `final`
+REFERENCE_KEYS = {
+    "mse": "mse_loss_origin",
+    "l1": "l1_loss_origin",
+    "psnr": "psnr",
+    "ssim": "ssim",
+}
+
+
+def load_case(tag: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """x_final and target as NHWC, and the json."""
+    path = FIXTURES / f"traj_{tag}.npz"
+    if not path.exists():
+        pytest.skip(f"fixture {path} not available")
+    with np.load(path) as data:
+        x_final = np.transpose(data["x_final"], (0, 2, 3, 1))
+        target = np.transpose(data["target"], (0, 2, 3, 1))
+    return x_final, target, json.loads(path.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("tag", CASES)
+def test_restoration_metrics_match_reference(tag: str) -> None:
+    x_final, target, meta = load_case(tag)
+    result = metrics.restoration_metrics(x_final, target, meta["mode"])
+    assert set(result) == set(REFERENCE_KEYS)
+    for ours, theirs in REFERENCE_KEYS.items():
+        assert result[ours].shape == (1,) and result[ours].dtype == np.float64
+        np.testing.assert_allclose(
+            result[ours][0], meta["final"][theirs], rtol=1e-7, atol=0, err_msg=ours
+        )
+
+
+def test_batch_is_per_image() -> None:
+    x_final, target, _ = load_case("128_ch8_f64_inpainting")
+    # A batch of two different pairs: each row must equal the single-image result.
+    xs = np.concatenate([x_final, target * 0.9])
+    refs = np.concatenate([target, target])
+    batch = metrics.restoration_metrics(xs, refs, "inpainting")
+    for i in range(2):
+        single = metrics.restoration_metrics(xs[i], refs[i], "inpainting")
+        for key in REFERENCE_KEYS:
+            assert single[key].shape == ()
+            np.testing.assert_allclose(batch[key][i], single[key], rtol=1e-15, atol=0)
+    assert batch["psnr"][0] != batch["psnr"][1]
+
+
+def test_inpainting_scores_only_the_hole() -> None:
+    x_final, target, _ = load_case("128_ch8_f64_inpainting")
+    outside = target.copy()
+    begin, end = hole_box(128, 128)
+    outside[:, begin:end, begin:end] = x_final[:, begin:end, begin:end]
+    # Changing pixels outside the hole changes mse/l1 but neither psnr nor ssim.
+    a = metrics.restoration_metrics(x_final, target, "inpainting")
+    b = metrics.restoration_metrics(outside, target, "inpainting")
+    # (Equal up to summation order: numpy's reductions may round differently by memory layout.)
+    np.testing.assert_allclose(a["psnr"], b["psnr"], rtol=1e-14, atol=0)
+    np.testing.assert_allclose(a["ssim"], b["ssim"], rtol=1e-14, atol=0)
+    assert b["mse"][0] < a["mse"][0]
+    # An explicit box equal to the default gives the same numbers.
+    c = metrics.restoration_metrics(x_final, target, "inpainting", mask_box=(begin, end))
+    np.testing.assert_array_equal(a["psnr"], c["psnr"])
+
+
+def test_simple_metrics_by_hand() -> None:
+    ref = np.zeros((2, 8, 8, 3))
+    x = np.full((2, 8, 8, 3), 0.5)
+    x[1] = -1.0
+    # [0, 1] scale: differences 0.25 and 0.5.
+    np.testing.assert_allclose(metrics.mse(x, ref), [0.0625, 0.25], rtol=1e-15)
+    np.testing.assert_allclose(metrics.l1(x, ref), [0.25, 0.5], rtol=1e-15)
+    np.testing.assert_allclose(metrics.psnr(x, ref), -10 * np.log10([0.0625, 0.25]), rtol=1e-12)
+    assert metrics.ssim(ref[0], ref[0]) == pytest.approx(1.0)
+    assert isinstance(metrics.mse(x[0], ref[0]), float)
+
+
+def test_colorization_merge_keeps_reference_lightness() -> None:
+    # Low-chroma mid-tones, so that no pixel leaves the sRGB gamut and lab2rgb clips nothing.
+    rng = np.random.default_rng(0)
+    target = rng.uniform(-0.3, 0.3, (2, 8, 8, 1)) + rng.uniform(-0.1, 0.1, (2, 8, 8, 3))
+    x = rng.uniform(-0.3, 0.3, (2, 8, 8, 1)) + rng.uniform(-0.1, 0.1, (2, 8, 8, 3))
+    merged = metrics.colorization_merge(x, target)
+    assert merged.shape == target.shape and merged.dtype == np.float64
+    for i in range(2):
+        lab_merged = color.rgb2lab((merged[i] + 1) / 2)
+        lab_target = color.rgb2lab((target[i] + 1) / 2)
+        lab_x = color.rgb2lab((x[i] + 1) / 2)
+        np.testing.assert_allclose(lab_merged[..., 0], lab_target[..., 0], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(lab_merged[..., 1:], lab_x[..., 1:], rtol=0, atol=1e-9)
+    # On the fixture the merge is used as is (clipping included) by the colorization metrics.
+    x_final, target_f, _ = load_case("128_ch8_f64_colorization")
+    merged_f = metrics.colorization_merge(x_final, target_f)
+    assert merged_f.min() >= -1 and merged_f.max() <= 1
+    np.testing.assert_allclose(
+        metrics.psnr(merged_f, target_f),
+        metrics.restoration_metrics(x_final, target_f, "colorization")["psnr"],
+        rtol=1e-13,
+    )
+
+
+def test_metric_errors() -> None:
+    x = np.zeros((1, 16, 16, 3))
+    with pytest.raises(ValueError, match="'deblur'"):
+        metrics.restoration_metrics(x, x, "deblur")
+    with pytest.raises(ValueError, match=r"\(1, 16, 16, 3\).*\(1, 8, 8, 3\)"):
+        metrics.mse(x, np.zeros((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match="mask_box"):
+        metrics.restoration_metrics(x, x, "SR", mask_box=(4, 12))
