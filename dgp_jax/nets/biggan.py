@@ -156,8 +156,12 @@ _G_MULTIPLIERS = {
 # (in multipliers after the RGB input, out multipliers, downsample, nominal resolution
 # that attention is keyed by) from BigGAN-PyTorch's D_arch.
 _D_MULTIPLIERS = {
-    256: ([1, 2, 4, 8, 8, 16], [1, 2, 4, 8, 8, 16, 16], [True] * 6 + [False],
-          [128, 64, 32, 16, 8, 4, 4]),
+    256: (
+        [1, 2, 4, 8, 8, 16],
+        [1, 2, 4, 8, 8, 16, 16],
+        [True] * 6 + [False],
+        [128, 64, 32, 16, 8, 4, 4],
+    ),
     128: ([1, 2, 4, 8, 16], [1, 2, 4, 8, 16, 16], [True] * 5 + [False], [64, 32, 16, 8, 4, 4]),
     64: ([1, 2, 4, 8], [1, 2, 4, 8, 16], [True] * 4 + [False], [32, 16, 8, 4, 4]),
     32: ([4, 4, 4], [4, 4, 4, 4], [True, True, False, False], [16, 16, 16, 16]),
@@ -311,13 +315,14 @@ class Discriminator(nn.Module):
         ins, outs = cfg.d_channels
         if x.ndim != 4 or x.shape[1:] != (cfg.resolution, cfg.resolution, 3):
             raise ValueError(
-                f"images must be (batch, {cfg.resolution}, {cfg.resolution}, 3) NHWC, "
-                f"got {x.shape}"
+                f"images must be (batch, {cfg.resolution}, {cfg.resolution}, 3) NHWC, got {x.shape}"
             )
         h, features = x, []
         for i, out_ch in enumerate(outs):
             hidden = out_ch if cfg.D_wide else ins[i]
-            h = DBlock(out_ch, hidden, i > 0, cfg.d_downsample[i], cfg.SN_eps, name=f"blocks.{i}.0")(h)
+            h = DBlock(
+                out_ch, hidden, i > 0, cfg.d_downsample[i], cfg.SN_eps, name=f"blocks.{i}.0"
+            )(h)
             features.append(h)
             if cfg.d_attention[i]:
                 h = Attention(out_ch, cfg.SN_eps, name=f"blocks.{i}.1")(h)

@@ -15,6 +15,7 @@ Conventions, chosen so a converted checkpoint is a renaming and nothing else:
 from __future__ import annotations
 
 import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -135,9 +136,7 @@ class Embedding(nn.Module):
 
     @nn.compact
     def __call__(self, classes: Array, dtype=jnp.float32) -> Array:
-        w = self.param(
-            "weight", orthogonal_init, (self.num_embeddings, self.features), dtype
-        )
+        w = self.param("weight", orthogonal_init, (self.num_embeddings, self.features), dtype)
         return jnp.take(w, classes, axis=0)
 
 
@@ -230,4 +229,3 @@ class Attention(nn.Module):
         o = conv(c, "o")((beta @ g).reshape(b, h, w, c // 2))
         gamma = self.param("gamma", nn.initializers.zeros, (), x.dtype)
         return gamma * o + x
-

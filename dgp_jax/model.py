@@ -1,0 +1,154 @@
+"""The public BigGAN handle: weights plus architecture, with generate / discriminate.
+
+    model = dgp_jax.load_biggan("G_ema_128.pth")          # or a converted folder
+    images = model.generate(z, classes)                    # (B, R, R, 3) NHWC in [-1, 1]
+    logits, features = model.discriminate(images)
+
+``BigGAN`` is a pytree (the architecture is static), so it passes through ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from dgp_jax import checkpoint
+from dgp_jax.nets.biggan import BigGANConfig, Discriminator, Generator
+from dgp_jax.nets.layers import BUFFERS, INSTANCE_NORM, PARAMS
+
+Array = jax.Array
+Variables = dict[str, Any]
+
+
+@flax.struct.dataclass
+class BigGAN:
+    """A BigGAN generator (and, for DGP, its discriminator) with weights.
+
+    ``generator`` / ``discriminator`` are ``{"params": ..., "buffers": ...}``: trainable
+    weights apart from non-trained state (spectral-norm vectors, BN statistics).
+    """
+
+    config: BigGANConfig = flax.struct.field(pytree_node=False)
+    generator: Variables
+    discriminator: Variables | None = None
+
+    # -- generator -----------------------------------------------------------------
+    def embed(self, classes: Array, params: Variables | None = None) -> Array:
+        """Shared class embedding (B,) int -> (B, shared_dim)."""
+        params = self.generator[PARAMS] if params is None else params
+        classes = jnp.asarray(classes)
+        if not jnp.issubdtype(classes.dtype, jnp.integer):
+            raise TypeError(f"classes must be integers, got dtype {classes.dtype}")
+        return jnp.take(params["shared"]["weight"], classes, axis=0)
+
+    def generate(
+        self,
+        z: Array,
+        y: Array,
+        *,
+        params: Variables | None = None,
+        use_in=False,
+        instance_norm: Variables | None = None,
+    ):
+        """G(z, y) -> images (B, R, R, 3), NHWC in [-1, 1].
+
+        z: (B, effective_dim_z). y: integer classes (B,) or embeddings (B, shared_dim).
+        ``params`` replaces the generator's weights (a fine-tuned copy). With ``use_in``
+        the instance-norm mode runs and ``(images, instance_norm_state)`` is returned;
+        pass that state back to hold the captured statistics.
+        """
+        variables = {
+            PARAMS: self.generator[PARAMS] if params is None else params,
+            BUFFERS: self.generator[BUFFERS],
+        }
+        y = jnp.asarray(y)
+        if use_in is False:
+            return Generator(self.config).apply(variables, z, y)
+        if instance_norm is not None:
+            variables[INSTANCE_NORM] = instance_norm
+        images, state = Generator(self.config).apply(
+            variables, z, y, use_in=use_in, mutable=[INSTANCE_NORM]
+        )
+        return images, state[INSTANCE_NORM]
+
+    # -- discriminator -------------------------------------------------------------
+    def discriminate(self, x: Array, y: Array | None = None) -> tuple[Array, list[Array]]:
+        """D(x, y) -> (logits (B, 1), feature list). x: (B, R, R, 3) NHWC in [-1, 1]."""
+        if self.discriminator is None:
+            raise ValueError("this model has no discriminator; DGP needs one: load the D_*.pth too")
+        return Discriminator(self.config).apply(self.discriminator, x, y)
+
+    @property
+    def dtype(self):
+        return self.generator[PARAMS]["linear"]["weight"].dtype
+
+    def astype(self, dtype) -> BigGAN:
+        cast = lambda t: jax.tree.map(lambda a: jnp.asarray(a, dtype), t)  # noqa: E731
+        d = None if self.discriminator is None else cast(self.discriminator)
+        return self.replace(generator=cast(self.generator), discriminator=d)
+
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write a dgp_jax checkpoint folder (orbax + config.json)."""
+        return checkpoint.save(
+            directory, self.config, self.generator, self.discriminator, overwrite=overwrite
+        )
+
+
+def random_biggan(
+    config: BigGANConfig, key: Array, *, dtype=jnp.float32, discriminator: bool = True
+) -> BigGAN:
+    """A BigGAN with BigGAN-PyTorch's initialisation (orthogonal weights): for tests/timing."""
+    kg, kd = jax.random.split(key)
+    z = jnp.zeros((1, config.effective_dim_z), dtype)
+    g = Generator(config).init(kg, z, jnp.zeros((1,), int))
+    d = None
+    if discriminator:
+        x = jnp.zeros((1, config.resolution, config.resolution, 3), dtype)
+        d = Discriminator(config).init(kd, x, jnp.zeros((1,), int))
+    return BigGAN(config=config, generator=dict(g), discriminator=None if d is None else dict(d))
+
+
+def _sibling_discriminator(g_path: Path) -> Path | None:
+    """G_ema_128.pth / G_128.pth -> D_128.pth beside it, when present."""
+    m = re.match(r"^G(?:_ema)?(.*)\.pth$", g_path.name)
+    if m:
+        candidate = g_path.with_name(f"D{m.group(1)}.pth")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_biggan(
+    path: str | os.PathLike,
+    discriminator: str | os.PathLike | None = None,
+    *,
+    dtype=jnp.float32,
+    **overrides,
+) -> BigGAN:
+    """Load a BigGAN from a dgp_jax checkpoint folder or a released ``.pth`` file.
+
+    For a ``.pth`` generator, the discriminator is ``discriminator`` when given, else
+    ``D<tag>.pth`` beside ``G_ema<tag>.pth`` when it exists. The architecture is read off
+    the tensor shapes; keyword ``overrides`` (BigGANConfig fields, e.g. ``SN_eps``) win.
+    Weights are cast to ``dtype`` (float32 by default; float64 needs jax x64 enabled).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no BigGAN weights at {path}")
+    if path.is_dir():
+        if discriminator is not None or overrides:
+            raise ValueError(
+                f"{path} is a converted checkpoint: its architecture and discriminator are "
+                "fixed; convert again to change them"
+            )
+        config, g, d, _ = checkpoint.load(path, dtype=dtype)
+        return BigGAN(config=config, generator=g, discriminator=d)
+    d_path = Path(discriminator) if discriminator is not None else _sibling_discriminator(path)
+    config, g, d, _ = checkpoint.read_pth_pair(path, d_path, overrides=overrides, dtype=dtype)
+    return BigGAN(config=config, generator=g, discriminator=d)

@@ -1,0 +1,486 @@
+"""The DGP solver: many images at once, each with its own fine-tuned generator.
+
+One jit-compiled step, ``vmap``-ped over images and sharded over a ('data',) device mesh,
+runs every stage of the schedule: the stage's learning rates, loss weights, feature count
+and instance-norm switch are rows of a table indexed by the step number, so changing stage
+never recompiles. Per image the state is a plain dict::
+
+    trainable   {"generator": G params (all but the class table), "embedding", "z"}
+    opt_state   optax.partition of torch-exact Adams (see dgp_jax.optim)
+    in_state    instance-norm affines captured at the first use_in step (if any stage has it)
+    x_last      G's output at the image's last step
+    stopped     early stop (stop_mse / stop_ftr) for the rest of the current stage
+
+The reference semantics reproduced here are listed in REFERENCE.md (Solver); the
+trajectory tests check every step against the PyTorch code in float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dgp_jax import degradations as degradations_lib
+from dgp_jax import metrics as metrics_lib
+from dgp_jax.config import SolverConfig
+from dgp_jax.model import BigGAN
+from dgp_jax.nets.biggan import Discriminator, Generator
+from dgp_jax.nets.layers import BUFFERS, INSTANCE_NORM, PARAMS
+from dgp_jax.optim import StageHparams, label_tree, make_optimizer
+
+Array = jax.Array
+SELECT_FEATURES = 3  # the reference scores start candidates on the last 3 D features
+
+# Counts how often the solver step is traced; a test asserts one trace per schedule.
+TRACE_COUNTS = {"step": 0, "select": 0}
+
+
+@flax.struct.dataclass
+class SolveResult:
+    """What ``restore`` returns. Leading axis = images, in input order.
+
+    images: (B, R, R, 3) G's output at each image's last step, NHWC in [-1, 1].
+    degraded: (B, R, R, 3) the observation φ(image) the loss compared against.
+    z, classes, embeddings: the solved latents (B, dim_z), chosen classes (B,) and the
+        class embeddings (B, shared_dim) (fine-tuned when ``update_embed``).
+    params: the fine-tuned generators, G's params with a leading image axis (the shared
+        class table is not copied per image; see ``embeddings``).
+    history: per step and image (T, B): 'ftr', 'mse' (on the [-1, 1] scale, as in the
+        loss), 'nll', 'loss', and 'active' (False where an image had stopped early).
+    select_loss: (B, select_num) the start candidates' scores (empty if none scored).
+    metrics: against the originals (unless ``observed=True``): 'mse', 'l1' ([0, 1]
+        scale), 'psnr', 'ssim' as the reference reports them, each (B,).
+    """
+
+    images: Array
+    degraded: Array
+    z: Array
+    classes: Array
+    embeddings: Array
+    params: Any
+    history: dict[str, np.ndarray]
+    select_loss: np.ndarray
+    metrics: dict[str, np.ndarray] | None = None
+
+    def generator(self, model: BigGAN, index: int) -> BigGAN:
+        """Image ``index``'s fine-tuned generator as a BigGAN (its class row updated)."""
+        params = jax.tree.map(lambda a: a[index], self.params)
+        table = model.generator[PARAMS]["shared"]["weight"]
+        table = table.at[self.classes[index]].set(self.embeddings[index].astype(table.dtype))
+        params = {**params, "shared": {"weight": table}}
+        return model.replace(generator={PARAMS: params, BUFFERS: model.generator[BUFFERS]})
+
+
+# --------------------------------------------------------------------------- schedule
+def stage_table(config: SolverConfig, num_groups: int, num_features: int) -> dict[str, np.ndarray]:
+    """Per-step settings as arrays (T rows): what the reference's LRScheduler and
+    stage loop set before each step."""
+    rows: dict[str, list] = {k: [] for k in
+        ("group_lr", "z_lr", "w_D", "w_mse", "ftr_mask", "use_in", "stage_start", "stage")}  # fmt: skip
+    step = 0
+    for s, n in enumerate(config.iterations):
+        for i in range(n):
+            step += 1
+            warm = step / config.warm_up if step < config.warm_up else 1.0
+            g_lr = config.G_lrs[s] * warm
+            rows["group_lr"].append(
+                [
+                    g_lr * config.lr_ratio[s] ** g if g < config.ft_num[s] else 0.0
+                    for g in range(num_groups)
+                ]  # fmt: skip
+            )
+            rows["z_lr"].append(config.z_lrs[s] * warm)
+            rows["w_D"].append(config.w_D_loss[s])
+            rows["w_mse"].append(config.w_mse[s])
+            rows["ftr_mask"].append(
+                [f >= num_features - config.ftr_num[s] for f in range(num_features)]
+            )
+            rows["use_in"].append(config.use_in[s])
+            rows["stage_start"].append(i == 0)
+            rows["stage"].append(s)
+    dtypes = {"ftr_mask": bool, "use_in": bool, "stage_start": bool, "stage": np.int32}
+    return {k: np.asarray(v, dtype=dtypes.get(k, np.float64)).reshape(len(v), -1).squeeze(-1)
+            if k not in ("group_lr", "ftr_mask") else np.asarray(v, dtype=dtypes.get(k, np.float64))
+            for k, v in rows.items()}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- pieces
+def feature_l1(features: list[Array], targets: list[Array], mask: Array | None = None) -> Array:
+    """sum_k mask_k * mean|f_k - t_k| over a D feature list, per leading batch row."""
+    total = 0.0
+    for k, (f, t) in enumerate(zip(features, targets, strict=True)):
+        axes = tuple(range(1, f.ndim))
+        term = jnp.mean(jnp.abs(f - t), axis=axes)
+        total = total + (term if mask is None else jnp.where(mask[k], term, 0.0))
+    return total
+
+
+def _static_use_in(config: SolverConfig):
+    """A Python bool when every stage agrees (cheaper program), else None (data)."""
+    if all(config.use_in):
+        return True
+    if not any(config.use_in):
+        return False
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """The static part of a solve: what the compiled functions close over."""
+
+    model_config: Any
+    generator_fn: Callable
+    static_use_in: Any
+    stop_mse: float
+    stop_ftr: float
+    b1: float
+    b2: float
+    eps: float
+    update_embed: bool
+    update_G: bool
+
+
+def _split_generator(params: dict) -> tuple[dict, dict]:
+    """(everything but the class table, the class table)."""
+    rest = {k: v for k, v in params.items() if k != "shared"}
+    return rest, params["shared"]
+
+
+def _labels(trainable, prog: _Program):
+    return label_tree(trainable, update_embed=prog.update_embed, update_G=prog.update_G)
+
+
+def _generate_one(prog: _Program, g_params, g_buffers, z, emb, in_state, use_in):
+    """G for one image (batch of 1 inside), returning the image and the new IN state."""
+    variables = {PARAMS: g_params, BUFFERS: g_buffers}
+    gen = Generator(prog.model_config)
+    if prog.static_use_in is False:
+        return gen.apply(variables, z[None], emb[None]), in_state
+    variables[INSTANCE_NORM] = in_state
+    x, new = gen.apply(variables, z[None], emb[None], use_in=use_in, mutable=[INSTANCE_NORM])
+    return x, new[INSTANCE_NORM]
+
+
+def _make_step(prog: _Program, tx):
+    disc = Discriminator(prog.model_config)
+
+    def per_image(state, target, target_feats, d_vars, g_buffers, hp):
+        use_in = prog.static_use_in if prog.static_use_in is not None else hp["use_in"]
+        stopped = jnp.where(hp["stage_start"], False, state["stopped"])
+
+        def loss_fn(trainable):
+            x, in_state = _generate_one(
+                prog, trainable["generator"], g_buffers, trainable["z"],
+                trainable["embedding"], state["in_state"], use_in,
+            )  # fmt: skip
+            x_map = prog.generator_fn(x)
+            _, feats = disc.apply(d_vars, x_map)
+            ftr = feature_l1(feats, target_feats, hp["ftr_mask"])[0]
+            mse = jnp.mean(jnp.square(x_map - target))
+            nll = jnp.mean(jnp.square(trainable["z"]) / 2)
+            loss = ftr * hp["w_D"] + mse * hp["w_mse"] + nll * hp["w_nll"]
+            return loss, (x[0], in_state, ftr, mse, nll)
+
+        (loss, (x, in_state, ftr, mse, nll)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["trainable"]
+        )
+        hparams = StageHparams(group_lr=hp["group_lr"], z_lr=hp["z_lr"], use_in=jnp.asarray(use_in))
+        updates, opt_state = tx.update(
+            grads, state["opt_state"], state["trainable"], hparams=hparams
+        )
+        trainable = optax.apply_updates(state["trainable"], updates)
+        active = jnp.logical_not(stopped)
+        new = {"trainable": trainable, "opt_state": opt_state, "in_state": in_state, "x_last": x}
+        new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, _without(state, "stopped"))
+        hit = (mse < prog.stop_mse) | (ftr < prog.stop_ftr)
+        new["stopped"] = stopped | (active & hit)
+        record = {"ftr": ftr, "mse": mse, "nll": nll, "loss": loss, "active": active}
+        return new, record
+
+    def step(state, target, target_feats, d_vars, g_buffers, table, t):
+        TRACE_COUNTS["step"] += 1
+        hp = {k: v[t] for k, v in table.items()}
+        return jax.vmap(per_image, in_axes=(0, 0, 0, None, None, None))(
+            state, target, target_feats, d_vars, g_buffers, hp
+        )
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def _without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+def _make_selector(prog: _Program):
+    disc = Discriminator(prog.model_config)
+    gen = Generator(prog.model_config)
+
+    def per_image(z_cands, emb_cands, target_feats, g_vars, d_vars):
+        x = gen.apply(g_vars, z_cands, emb_cands)
+        _, feats = disc.apply(d_vars, prog.generator_fn(x))
+        last = slice(len(feats) - SELECT_FEATURES, None)
+        return feature_l1(feats[last], [t for t in target_feats[last]])
+
+    def score(z_cands, emb_cands, target_feats, g_vars, d_vars):
+        TRACE_COUNTS["select"] += 1
+        return jax.vmap(per_image, in_axes=(0, 0, 0, None, None))(
+            z_cands, emb_cands, target_feats, g_vars, d_vars
+        )
+
+    return jax.jit(score)
+
+
+# --------------------------------------------------------------------------- restore
+def _as_keys(key, batch: int) -> Array:
+    key = jnp.asarray(key)
+    if key.ndim >= 1 and key.shape[0] == batch and (key.ndim == 2 or jax.dtypes.issubdtype(
+            key.dtype, jax.dtypes.prng_key) and key.ndim == 1):  # fmt: skip
+        return key
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
+
+
+def default_mesh() -> Mesh:
+    """A ('data',) mesh over this process's devices."""
+    return Mesh(np.array(jax.local_devices()), ("data",))
+
+
+def restore(
+    model: BigGAN,
+    images,
+    classes=None,
+    config: SolverConfig | str = "reconstruct",
+    key=None,
+    *,
+    z_init=None,
+    z_candidates=None,
+    class_candidates=None,
+    degradation: degradations_lib.Degradation | None = None,
+    observed: bool = False,
+    mesh: Mesh | None = None,
+    callback: Callable[[int, int, dict], None] | None = None,
+) -> SolveResult:
+    """Restore a batch of images with DGP.
+
+    Args:
+      model: a BigGAN with its discriminator (``load_biggan``).
+      images: (B, R, R, 3) NHWC in [-1, 1]: the originals, degraded here by the mode's φ
+        (as in the paper's protocol; metrics are then reported), or, with
+        ``observed=True``, observations that are already degraded.
+      classes: (B,) ImageNet classes; -1 (or None for all) = unknown, chosen with the
+        latent among the start candidates.
+      config: a SolverConfig or a preset name.
+      key: a PRNG key (image i uses ``fold_in(key, i)``) or one key per image.
+      z_init: (B, dim_z) start latents; skips the candidate search.
+      z_candidates / class_candidates: (B, select_num, dim_z) / (B, select_num) explicit
+        start candidates, instead of sampling them from ``key``.
+      degradation: a custom φ (``dgp_jax.degradations``); default: the mode's.
+      mesh: a ('data',) device mesh for the image axis; default: all local devices.
+      callback: called as ``callback(step, total_steps, info)`` after each step.
+    """
+    if isinstance(config, str):
+        config = SolverConfig.preset(config)
+    cfg = model.config
+    if model.discriminator is None:
+        raise ValueError("DGP needs the discriminator: load the model with its D_*.pth")
+    if config.resolution is not None and config.resolution != cfg.resolution:
+        raise ValueError(
+            f"the preset is for {config.resolution} px models but the model is "
+            f"{cfg.resolution} px; pass resolution=None to override"
+        )
+    dtype = model.dtype
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != (cfg.resolution, cfg.resolution, 3):
+        raise ValueError(
+            f"images must be (batch, {cfg.resolution}, {cfg.resolution}, 3) NHWC in [-1, 1], "
+            f"got {images.shape}"
+        )
+    batch = images.shape[0]
+    classes = np.full((batch,), -1) if classes is None else np.asarray(classes).reshape(-1)
+    if classes.shape != (batch,):
+        raise ValueError(f"classes must be ({batch},), got {classes.shape}")
+    if np.any(classes >= cfg.n_classes) or np.any(classes < -1):
+        bad = classes[(classes >= cfg.n_classes) | (classes < -1)]
+        raise ValueError(f"classes {bad.tolist()} out of range [-1, {cfg.n_classes})")
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    keys = _as_keys(key, batch)
+
+    degradation = degradation or degradations_lib.for_mode(
+        config.dgp_mode, cfg.resolution,
+        factor=config.sr_factor if config.dgp_mode in ("SR", "hybrid") else None,
+    )  # fmt: skip
+    images = images.astype(dtype)
+    targets = images if observed else np.asarray(degradation.target_fn(images), dtype)
+
+    mesh = mesh or default_mesh()
+    n_dev = mesh.devices.size
+    padded = math.ceil(batch / n_dev) * n_dev
+    pad = lambda a: (
+        np.concatenate([a, np.repeat(a[-1:], padded - batch, 0)]) if padded > batch else a
+    )  # noqa: E731,E501
+    shard = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    put_b = lambda t: jax.device_put(t, shard)  # noqa: E731
+    put_r = lambda t: jax.device_put(t, replicated)  # noqa: E731
+
+    prog = _Program(
+        model_config=cfg, generator_fn=degradation.generator_fn,
+        static_use_in=_static_use_in(config), stop_mse=float(config.stop_mse),
+        stop_ftr=float(config.stop_ftr), b1=config.G_B1, b2=config.G_B2, eps=config.adam_eps,
+        update_embed=config.update_embed, update_G=config.update_G,
+    )  # fmt: skip
+    d_vars = put_r(model.discriminator)
+    g_params, table = _split_generator(model.generator[PARAMS])
+    g_buffers = put_r(model.generator[BUFFERS])
+
+    target_dev = put_b(pad(targets))
+    features_fn = jax.jit(lambda x, d: Discriminator(cfg).apply(d, x)[1])
+    target_feats = features_fn(target_dev, d_vars)
+    # Per image, batch of one inside the vmapped step: (B, 1, ...).
+    target_feats_1 = [f[:, None] for f in target_feats]
+
+    # -- start: candidates scored on the last 3 features --------------------------------
+    select_loss = np.zeros((batch, 0))
+    known = classes >= 0
+    start_classes = np.where(known, classes, 0)
+    if z_init is not None:
+        z0 = np.asarray(z_init, dtype).reshape(batch, cfg.effective_dim_z)
+    else:
+        z0, start_classes, select_loss = _select(
+            model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
+            dtype, pad, put_b, put_r,
+        )  # fmt: skip
+    embeddings = np.asarray(model.embed(jnp.asarray(start_classes)), dtype)
+
+    # -- the fine-tuning state, one copy per image -----------------------------------------
+    tile = lambda a: jnp.broadcast_to(a, (padded,) + a.shape)  # noqa: E731
+    trainable = {
+        "generator": jax.tree.map(tile, g_params),
+        "embedding": jnp.asarray(pad(embeddings)),
+        "z": jnp.asarray(pad(z0)),
+    }
+    labels = _labels(jax.tree.map(lambda a: a[0], trainable), prog)
+    tx = make_optimizer(labels, prog.b1, prog.b2, prog.eps)
+    opt_state = jax.vmap(tx.init)(trainable)
+    in_state = _initial_in_state(model, prog, padded, dtype)
+    state = {
+        "trainable": trainable,
+        "opt_state": opt_state,
+        "in_state": in_state,
+        "x_last": jnp.zeros((padded, cfg.resolution, cfg.resolution, 3), dtype),
+        "stopped": jnp.zeros((padded,), bool),
+    }
+    state = put_b(state)
+
+    num_groups = cfg.num_g_blocks + 1
+    rows = stage_table(config, num_groups, cfg.num_d_features)
+    rows["w_nll"] = np.full(len(rows["z_lr"]), config.w_nll)
+    table_dev = put_r({k: jnp.asarray(v, dtype if v.dtype == np.float64 else v.dtype)
+                       for k, v in rows.items() if k != "stage"})  # fmt: skip
+    step_fn = _make_step(prog, tx)
+    records = []
+    total = config.total_steps
+    for t in range(total):
+        state, record = step_fn(state, target_dev, target_feats_1, d_vars, g_buffers, table_dev, t)
+        records.append(record)
+        if callback is not None:
+            callback(t + 1, total, {"stage": int(rows["stage"][t]), "record": record})
+
+    history = {k: np.stack([np.asarray(r[k])[:batch] for r in records]) if records
+               else np.zeros((0, batch)) for k in ("ftr", "mse", "nll", "loss", "active")}  # fmt: skip
+    trained = jax.tree.map(lambda a: a[:batch], state["trainable"])
+    x_final = np.asarray(state["x_last"])[:batch]
+    if total == 0:
+        x_final = np.asarray(model.generate(jnp.asarray(z0), jnp.asarray(embeddings)))
+    metrics = None
+    if not observed:
+        metrics = metrics_lib.restoration_metrics(x_final, images, _metric_mode(config.dgp_mode))
+    return SolveResult(
+        images=x_final,
+        degraded=targets,
+        z=np.asarray(trained["z"]),
+        classes=np.asarray(start_classes),
+        embeddings=np.asarray(trained["embedding"]),
+        params=trained["generator"],
+        history=history,
+        select_loss=np.asarray(select_loss),
+        metrics=metrics,
+    )
+
+
+def _metric_mode(mode: str) -> str:
+    return mode if mode in degradations_lib.MODES else "reconstruct"
+
+
+def _initial_in_state(model: BigGAN, prog: _Program, batch: int, dtype):
+    if prog.static_use_in is False:
+        return {}
+    cfg = model.config
+    z = jnp.zeros((1, cfg.effective_dim_z), dtype)
+    emb = jnp.zeros((1, cfg.shared_dim), dtype)
+    shapes = jax.eval_shape(
+        lambda: Generator(cfg).apply(
+            {PARAMS: model.generator[PARAMS], BUFFERS: model.generator[BUFFERS]},
+            z, emb, use_in=True, mutable=[INSTANCE_NORM],
+        )[1][INSTANCE_NORM]
+    )  # fmt: skip
+    return jax.tree.map(lambda s: jnp.zeros((batch,) + s.shape, s.dtype), shapes)
+
+
+def _select(model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
+            dtype, pad, put_b, put_r):  # fmt: skip
+    """The reference's select_z: the candidate with the lowest 3-feature distance."""
+    cfg = model.config
+    batch = classes.shape[0]
+    known = classes >= 0
+    num = config.select_num if z_candidates is None else np.shape(z_candidates)[1]
+    if num == 0:  # the reference: z = 0
+        return np.zeros((batch, cfg.effective_dim_z), dtype), np.where(known, classes, 0), \
+            np.zeros((batch, 0))  # fmt: skip
+    if z_candidates is None:
+        std = config.sample_std if num > 1 else 1.0  # select_num == 1: plain N(0, 1)
+        kz = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+        z_candidates = std * jax.vmap(
+            lambda k: jax.random.normal(k, (num, cfg.effective_dim_z), dtype)
+        )(kz)
+    z_candidates = np.asarray(z_candidates, dtype)
+    if class_candidates is None:
+        ky = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        random_classes = np.asarray(
+            jax.vmap(lambda k: jax.random.randint(k, (num,), 0, cfg.n_classes))(ky)
+        )
+        class_candidates = np.where(known[:, None], classes[:, None], random_classes)
+    class_candidates = np.asarray(class_candidates).reshape(batch, num)
+    if num == 1:
+        return z_candidates[:, 0], class_candidates[:, 0], np.zeros((batch, 0))
+
+    table = model.generator[PARAMS]["shared"]["weight"]
+    g_vars = put_r({PARAMS: model.generator[PARAMS], BUFFERS: model.generator[BUFFERS]})
+    d_vars = put_r(model.discriminator)
+    score = _make_selector(prog)
+    chunk = max(1, min(config.select_batch, num))
+    feats = [f[:, None] for f in target_feats]
+    losses = []
+    for start in range(0, num, chunk):
+        zc = z_candidates[:, start : start + chunk]
+        yc = class_candidates[:, start : start + chunk]
+        n = zc.shape[1]
+        if n < chunk:  # keep one compiled shape: pad the last chunk, drop its scores
+            zc = np.concatenate([zc, np.repeat(zc[:, -1:], chunk - n, 1)], 1)
+            yc = np.concatenate([yc, np.repeat(yc[:, -1:], chunk - n, 1)], 1)
+        emb = np.asarray(jnp.take(table, jnp.asarray(yc), axis=0), dtype)
+        out = score(put_b(pad(zc)), put_b(pad(emb)), feats, g_vars, d_vars)
+        losses.append(np.asarray(out)[:batch, :n])
+    select_loss = np.concatenate(losses, axis=1)
+    best = np.argmin(select_loss, axis=1)  # first minimum, as torch.argmin
+    rows = np.arange(batch)
+    return z_candidates[rows, best], class_candidates[rows, best], select_loss
