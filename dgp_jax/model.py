@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -63,26 +64,16 @@ class BigGAN:
         the instance-norm mode runs and ``(images, instance_norm_state)`` is returned;
         pass that state back to hold the captured statistics.
         """
-        variables = {
-            PARAMS: self.generator[PARAMS] if params is None else params,
-            BUFFERS: self.generator[BUFFERS],
-        }
-        y = jnp.asarray(y)
-        if use_in is False:
-            return Generator(self.config).apply(variables, z, y)
-        if instance_norm is not None:
-            variables[INSTANCE_NORM] = instance_norm
-        images, state = Generator(self.config).apply(
-            variables, z, y, use_in=use_in, mutable=[INSTANCE_NORM]
-        )
-        return images, state[INSTANCE_NORM]
+        params = self.generator[PARAMS] if params is None else params
+        return _generate(self.config, params, self.generator[BUFFERS], jnp.asarray(z),
+                         jnp.asarray(y), use_in, instance_norm)  # fmt: skip
 
     # -- discriminator -------------------------------------------------------------
     def discriminate(self, x: Array, y: Array | None = None) -> tuple[Array, list[Array]]:
         """D(x, y) -> (logits (B, 1), feature list). x: (B, R, R, 3) NHWC in [-1, 1]."""
         if self.discriminator is None:
             raise ValueError("this model has no discriminator; DGP needs one: load the D_*.pth too")
-        return Discriminator(self.config).apply(self.discriminator, x, y)
+        return _discriminate(self.config, self.discriminator, jnp.asarray(x), y)
 
     @property
     def dtype(self):
@@ -98,6 +89,22 @@ class BigGAN:
         return checkpoint.save(
             directory, self.config, self.generator, self.discriminator, overwrite=overwrite
         )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _generate(config, params, buffers, z, y, use_in, instance_norm):
+    variables = {PARAMS: params, BUFFERS: buffers}
+    if use_in is False:
+        return Generator(config).apply(variables, z, y)
+    if instance_norm is not None:
+        variables[INSTANCE_NORM] = instance_norm
+    images, state = Generator(config).apply(variables, z, y, use_in=use_in, mutable=[INSTANCE_NORM])
+    return images, state[INSTANCE_NORM]
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _discriminate(config, variables, x, y):
+    return Discriminator(config).apply(variables, x, y)
 
 
 def random_biggan(

@@ -108,9 +108,11 @@ def stage_table(config: SolverConfig, num_groups: int, num_features: int) -> dic
             rows["stage_start"].append(i == 0)
             rows["stage"].append(s)
     dtypes = {"ftr_mask": bool, "use_in": bool, "stage_start": bool, "stage": np.int32}
-    return {k: np.asarray(v, dtype=dtypes.get(k, np.float64)).reshape(len(v), -1).squeeze(-1)
-            if k not in ("group_lr", "ftr_mask") else np.asarray(v, dtype=dtypes.get(k, np.float64))
-            for k, v in rows.items()}  # fmt: skip
+    widths = {"group_lr": (num_groups,), "ftr_mask": (num_features,)}
+    return {
+        k: np.asarray(v, dtype=dtypes.get(k, np.float64)).reshape((len(v),) + widths.get(k, ()))
+        for k, v in rows.items()
+    }
 
 
 # --------------------------------------------------------------------------- pieces
@@ -220,23 +222,46 @@ def _without(d: dict, key: str) -> dict:
     return {k: v for k, v in d.items() if k != key}
 
 
-def _make_selector(prog: _Program):
+def _make_selector(prog: _Program, host_degradation: Callable | None):
+    """Scores start candidates. The reference degrades them with its *target-side* φ
+    (``pre_process(x)`` defaults to target=True): for super-resolution that is the 8-bit
+    PIL path, which runs on the host between the two compiled halves."""
     disc = Discriminator(prog.model_config)
     gen = Generator(prog.model_config)
 
-    def per_image(z_cands, emb_cands, target_feats, g_vars, d_vars):
-        x = gen.apply(g_vars, z_cands, emb_cands)
-        _, feats = disc.apply(d_vars, prog.generator_fn(x))
+    def features_l1(x, target_feats, d_vars):
+        _, feats = disc.apply(d_vars, x)
         last = slice(len(feats) - SELECT_FEATURES, None)
-        return feature_l1(feats[last], [t for t in target_feats[last]])
+        return feature_l1(feats[last], list(target_feats[last]))
 
-    def score(z_cands, emb_cands, target_feats, g_vars, d_vars):
-        TRACE_COUNTS["select"] += 1
-        return jax.vmap(per_image, in_axes=(0, 0, 0, None, None))(
-            z_cands, emb_cands, target_feats, g_vars, d_vars
-        )
+    if host_degradation is None:
 
-    return jax.jit(score)
+        def per_image(z_cands, emb_cands, target_feats, g_vars, d_vars):
+            x = prog.generator_fn(gen.apply(g_vars, z_cands, emb_cands))
+            return features_l1(x, target_feats, d_vars)
+
+        def score(z_cands, emb_cands, target_feats, g_vars, d_vars):
+            TRACE_COUNTS["select"] += 1
+            return jax.vmap(per_image, in_axes=(0, 0, 0, None, None))(
+                z_cands, emb_cands, target_feats, g_vars, d_vars
+            )
+
+        return jax.jit(score)
+
+    render = jax.jit(jax.vmap(lambda z, e, g: gen.apply(g, z, e), in_axes=(0, 0, None)))
+    compare = jax.jit(jax.vmap(features_l1, in_axes=(0, 0, None)))
+
+    def score_on_host(z_cands, emb_cands, target_feats, g_vars, d_vars):
+        x = np.asarray(render(z_cands, emb_cands, g_vars))
+        x = np.asarray(host_degradation(x.reshape((-1,) + x.shape[2:])), x.dtype).reshape(x.shape)
+        x = jax.device_put(x, z_cands.sharding)
+        return compare(x, target_feats, d_vars)
+
+    return score_on_host
+
+
+def _host_target_in_selection(degradation: degradations_lib.Degradation) -> bool:
+    return degradation.name.startswith(("SR", "hybrid"))
 
 
 # --------------------------------------------------------------------------- restore
@@ -357,7 +382,7 @@ def restore(
     else:
         z0, start_classes, select_loss = _select(
             model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
-            dtype, pad, put_b, put_r,
+            dtype, pad, put_b, put_r, degradation, _host_target_in_selection(degradation),
         )  # fmt: skip
     embeddings = np.asarray(model.embed(jnp.asarray(start_classes)), dtype)
 
@@ -437,7 +462,7 @@ def _initial_in_state(model: BigGAN, prog: _Program, batch: int, dtype):
 
 
 def _select(model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
-            dtype, pad, put_b, put_r):  # fmt: skip
+            dtype, pad, put_b, put_r, degradation, host_select):  # fmt: skip
     """The reference's select_z: the candidate with the lowest 3-feature distance."""
     cfg = model.config
     batch = classes.shape[0]
@@ -466,7 +491,7 @@ def _select(model, prog, config, keys, classes, target_feats, z_candidates, clas
     table = model.generator[PARAMS]["shared"]["weight"]
     g_vars = put_r({PARAMS: model.generator[PARAMS], BUFFERS: model.generator[BUFFERS]})
     d_vars = put_r(model.discriminator)
-    score = _make_selector(prog)
+    score = _make_selector(prog, degradation.target_fn if host_select else None)
     chunk = max(1, min(config.select_batch, num))
     feats = [f[:, None] for f in target_feats]
     losses = []

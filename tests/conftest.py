@@ -1,0 +1,53 @@
+"""Test setup: float64 for the parity tests, 8 host CPU devices for the sharding tests.
+
+Both must be set before JAX initialises its backend, hence here. Solver tests that are not
+about sharding pass a one-device mesh so that they do not pay for eight.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "biggan_pytorch"
+
+
+def fixture_path(name: str) -> Path:
+    path = FIXTURES / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"reference fixture {path} is missing: tests read ../shared beside the repository"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def one_device_mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()[:1]), ("data",))
+
+
+_MODELS: dict = {}
+
+
+def reference_model(resolution: int, dtype=jnp.float64):
+    """The fixture BigGAN (G_ch = D_ch = 8) loaded from its released-format .pth files."""
+    import dgp_jax
+
+    key = (resolution, jnp.dtype(dtype).name)
+    if key not in _MODELS:
+        _MODELS[key] = dgp_jax.load_biggan(
+            fixture_path(f"G_ema_{resolution}_ch8_f64.pth"),
+            fixture_path(f"D_{resolution}_ch8_f64.pth"),
+            dtype=dtype,
+        )
+    return _MODELS[key]
