@@ -172,7 +172,7 @@ def _generate_one(prog: _Program, g_params, g_buffers, z, emb, in_state, use_in)
     return x, new[INSTANCE_NORM]
 
 
-def _make_step(prog: _Program, tx):
+def _make_step(prog: _Program, tx, mesh: Mesh):
     disc = Discriminator(prog.model_config)
 
     def per_image(state, target, target_feats, d_vars, g_buffers, hp):
@@ -208,12 +208,27 @@ def _make_step(prog: _Program, tx):
         record = {"ftr": ftr, "mse": mse, "nll": nll, "loss": loss, "active": active}
         return new, record
 
-    def step(state, target, target_feats, d_vars, g_buffers, table, t):
-        TRACE_COUNTS["step"] += 1
+    def local_step(state, target, target_feats, d_vars, g_buffers, table, t):
         hp = {k: v[t] for k, v in table.items()}
         return jax.vmap(per_image, in_axes=(0, 0, 0, None, None, None))(
             state, target, target_feats, d_vars, g_buffers, hp
         )
+
+    # Images are independent, so each device runs the vmapped step on its own shard
+    # (shard_map) rather than leaving the split to the SPMD partitioner, which mis-splits
+    # convolutions whose kernels are batched per image (seen on XLA:CPU).
+    data, rep = PartitionSpec("data"), PartitionSpec()
+    sharded = jax.shard_map(
+        local_step,
+        mesh=mesh,
+        in_specs=(data, data, data, rep, rep, rep, rep),
+        out_specs=(data, data),
+        check_vma=False,
+    )
+
+    def step(state, target, target_feats, d_vars, g_buffers, table, t):
+        TRACE_COUNTS["step"] += 1
+        return sharded(state, target, target_feats, d_vars, g_buffers, table, t)
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -411,11 +426,13 @@ def restore(
     rows["w_nll"] = np.full(len(rows["z_lr"]), config.w_nll)
     table_dev = put_r({k: jnp.asarray(v, dtype if v.dtype == np.float64 else v.dtype)
                        for k, v in rows.items() if k != "stage"})  # fmt: skip
-    step_fn = _make_step(prog, tx)
+    step_fn = _make_step(prog, tx, mesh)
     records = []
     total = config.total_steps
     for t in range(total):
-        state, record = step_fn(state, target_dev, target_feats_1, d_vars, g_buffers, table_dev, t)
+        state, record = step_fn(
+            state, target_dev, target_feats_1, d_vars, g_buffers, table_dev, jnp.int32(t)
+        )
         records.append(record)
         if callback is not None:
             callback(t + 1, total, {"stage": int(rows["stage"][t]), "record": record})

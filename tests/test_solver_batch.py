@@ -1,0 +1,119 @@
+"""Batch behaviour of the solver: one compilation for all stages, sharding, early stop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+import dgp_jax
+from dgp_jax import solve
+from dgp_jax.nets.biggan import BigGANConfig
+
+TINY = BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16, dim_z=20,
+                    G_attn="0", D_attn="0")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return dgp_jax.random_biggan(TINY, jax.random.PRNGKey(0), dtype=jnp.float64)
+
+
+def images(n, seed=0):
+    return np.asarray(jax.random.uniform(jax.random.PRNGKey(seed), (n, 32, 32, 3), jnp.float64,
+                                         -1, 1))  # fmt: skip
+
+
+def config(**kw):
+    base = dict(dgp_mode="colorization", iterations=(2, 3, 2), ft_num=(1, 2, 9),
+                lr_ratio=(0.7, 0.8, 1.0), G_lrs=(1e-3, 5e-4, 2e-4), z_lrs=(1e-2, 1e-3, 1e-4),
+                w_D_loss=(1.0, 1.0, 0.5), w_mse=(0.0, 1.0, 10.0), w_nll=0.02,
+                ftr_num=(5, 3, 2), use_in=(False, True, False), update_embed=True,
+                select_num=4, select_batch=2, sample_std=0.5)  # fmt: skip
+    base.update(kw)
+    return dgp_jax.SolverConfig(**base)
+
+
+def test_all_stages_compile_the_step_once(tiny_model, one_device_mesh):
+    before = solve.TRACE_COUNTS["step"]
+    result = dgp_jax.restore(tiny_model, images(2), [1, -1], config(), jax.random.PRNGKey(1),
+                             mesh=one_device_mesh)  # fmt: skip
+    # Three stages with different rates, loss weights, feature counts and IN switch.
+    assert solve.TRACE_COUNTS["step"] - before == 1
+    assert result.history["loss"].shape == (7, 2)
+    assert np.all(np.isfinite(result.history["loss"]))
+
+
+def test_eight_devices_give_the_same_result_as_one(tiny_model, one_device_mesh):
+    assert len(jax.devices()) == 8, "conftest sets 8 host CPU devices"
+    eight = Mesh(np.array(jax.devices()), ("data",))
+    kwargs = dict(classes=[1, 2, -1, 3, 4, -1, 5, 6], config=config(), key=jax.random.PRNGKey(2))
+    one = dgp_jax.restore(tiny_model, images(8, 3), mesh=one_device_mesh, **kwargs)
+    many = dgp_jax.restore(tiny_model, images(8, 3), mesh=eight, **kwargs)
+    np.testing.assert_allclose(many.images, one.images, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(many.z, one.z, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(many.classes, one.classes)
+    for k in ("ftr", "mse", "loss"):
+        np.testing.assert_allclose(many.history[k], one.history[k], rtol=1e-12)
+
+
+def test_early_stop_freezes_one_image_and_leaves_the_others(tiny_model, one_device_mesh):
+    cfg = config(use_in=(False, False, False))
+    batch, classes = images(3, 4), [1, 2, 3]
+    key = jax.random.PRNGKey(5)
+    free = dgp_jax.restore(tiny_model, batch, classes, cfg, key, mesh=one_device_mesh)
+    # A threshold between image 1's first-step mse and everyone else's: image 1 stops
+    # after its first step of each stage (the reference breaks out of the stage).
+    mse0 = free.history["mse"][0]
+    assert mse0[1] < min(mse0[0], mse0[2])
+    stop = float((mse0[1] + min(mse0[0], mse0[2])) / 2)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(3))
+    stopped = dgp_jax.restore(tiny_model, batch, classes, cfg.replace(stop_mse=stop), keys,
+                              mesh=one_device_mesh)  # fmt: skip
+    active = stopped.history["active"]
+    assert active[:, 0].all() and active[:, 2].all()
+    assert active[:, 1].tolist() == [True, False, True, False, False, True, False]
+    for i in (0, 2):
+        np.testing.assert_allclose(stopped.images[i], free.images[i], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(stopped.z[i], free.z[i], rtol=0, atol=1e-12)
+    assert not np.allclose(stopped.z[1], free.z[1])
+    # Image 1 alone gives what it got in the batch.
+    solo = dgp_jax.restore(tiny_model, batch[1:2], [2], cfg.replace(stop_mse=stop), keys[1:2],
+                           mesh=one_device_mesh)  # fmt: skip
+    np.testing.assert_allclose(solo.z[0], stopped.z[1], rtol=0, atol=1e-12)
+
+
+def test_unknown_class_is_chosen_with_the_latent(tiny_model, one_device_mesh):
+    result = dgp_jax.restore(tiny_model, images(2), [-1, 7], config(iterations=(0, 0, 0)),
+                             jax.random.PRNGKey(3), mesh=one_device_mesh)  # fmt: skip
+    assert result.select_loss.shape == (2, 4)
+    assert result.classes[1] == 7 and 0 <= result.classes[0] < 10
+    again = dgp_jax.restore(tiny_model, images(2), [-1, 7], config(iterations=(0, 0, 0)),
+                            jax.random.PRNGKey(3), mesh=one_device_mesh)  # fmt: skip
+    np.testing.assert_array_equal(again.z, result.z)
+
+
+def test_bad_arguments_are_named(tiny_model):
+    with pytest.raises(ValueError, match=r"\(batch, 32, 32, 3\)"):
+        dgp_jax.restore(tiny_model, np.zeros((1, 64, 64, 3)), [1], config())
+    with pytest.raises(ValueError, match=r"classes \[10\] out of range"):
+        dgp_jax.restore(tiny_model, images(1), [10], config())
+    with pytest.raises(ValueError, match="ft_num has 2 entries but iterations has 3"):
+        config(ft_num=(1, 2))
+    with pytest.raises(ValueError, match="unknown preset"):
+        dgp_jax.SolverConfig.preset("nope")
+    with pytest.raises(ValueError, match="preset is for 128 px"):
+        dgp_jax.restore(tiny_model, images(1), [1], dgp_jax.SolverConfig.preset("colorization"))
+
+
+def test_presets_translate_the_reference_scripts():
+    names = dgp_jax.preset_names()
+    assert "imagenet1k_128/colorization" in names and "examples_256/morphing" in names
+    c = dgp_jax.SolverConfig.preset("colorization")
+    assert c.iterations == (200, 200, 300, 400, 300) and c.ftr_num == (7,) * 5
+    assert c.lr_ratio == (0.7, 0.7, 0.8, 0.9, 1.0) and c.select_num == 500
+    assert dgp_jax.SolverConfig.preset("inpainting", iterations=(1,) * 5).iterations == (1,) * 5
+    table = solve.stage_table(c, num_groups=6, num_features=8)
+    assert table["group_lr"].shape == (1400, 6)
+    np.testing.assert_allclose(table["group_lr"][0], [5e-5, 3.5e-5, 0, 0, 0, 0])
+    assert table["ftr_mask"][0].tolist() == [False] + [True] * 7
