@@ -1,8 +1,8 @@
 """``dgp-jax``: convert checkpoints and restore images from the command line.
 
-    dgp-jax convert G_ema_128.pth D_128.pth --out biggan128
-    dgp-jax export biggan128 --generator G_out.pth --discriminator D_out.pth
-    dgp-jax restore --weights biggan128 --task colorization photos/ --out results/
+dgp-jax convert G_ema_128.pth D_128.pth --out biggan128
+dgp-jax export biggan128 --generator G_out.pth --discriminator D_out.pth
+dgp-jax restore --weights biggan128 --task colorization photos/ --out results/
 """
 
 from __future__ import annotations

@@ -84,8 +84,8 @@ class SolveResult:
 def stage_table(config: SolverConfig, num_groups: int, num_features: int) -> dict[str, np.ndarray]:
     """Per-step settings as arrays (T rows): what the reference's LRScheduler and
     stage loop set before each step."""
-    rows: dict[str, list] = {k: [] for k in
-        ("group_lr", "z_lr", "w_D", "w_mse", "ftr_mask", "use_in", "stage_start", "stage")}  # fmt: skip
+    names = ("group_lr", "z_lr", "w_D", "w_mse", "ftr_mask", "use_in", "stage_start", "stage")
+    rows: dict[str, list] = {k: [] for k in names}
     step = 0
     for s, n in enumerate(config.iterations):
         for i in range(n):
@@ -364,9 +364,10 @@ def restore(
     mesh = mesh or default_mesh()
     n_dev = mesh.devices.size
     padded = math.ceil(batch / n_dev) * n_dev
-    pad = lambda a: (
-        np.concatenate([a, np.repeat(a[-1:], padded - batch, 0)]) if padded > batch else a
-    )  # noqa: E731,E501
+
+    def pad(a):
+        return np.concatenate([a, np.repeat(a[-1:], padded - batch, 0)]) if padded > batch else a
+
     shard = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
     put_b = lambda t: jax.device_put(t, shard)  # noqa: E731
@@ -437,8 +438,12 @@ def restore(
         if callback is not None:
             callback(t + 1, total, {"stage": int(rows["stage"][t]), "record": record})
 
-    history = {k: np.stack([np.asarray(r[k])[:batch] for r in records]) if records
-               else np.zeros((0, batch)) for k in ("ftr", "mse", "nll", "loss", "active")}  # fmt: skip
+    history = {
+        k: np.stack([np.asarray(r[k])[:batch] for r in records])
+        if records
+        else np.zeros((0, batch))
+        for k in ("ftr", "mse", "nll", "loss", "active")
+    }
     trained = jax.tree.map(lambda a: a[:batch], state["trainable"])
     x_final = np.asarray(state["x_last"])[:batch]
     if total == 0:

@@ -8,13 +8,10 @@ checked separately, and dgp_jax picks the lowest, as the reference does on a GPU
 
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import dgp_jax
-from dgp_jax import solve
 from dgp_jax.checkpoint import state_dict_from_variables
 from tests.conftest import fixture_path, reference_model
 
