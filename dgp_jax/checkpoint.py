@@ -27,7 +27,13 @@ import numpy as np
 from flax import traverse_util
 
 from dgp_jax import pth
-from dgp_jax.nets.biggan import _G_MULTIPLIERS, BigGANConfig, Discriminator, Generator
+from dgp_jax.nets.biggan import (
+    _D_MULTIPLIERS,
+    _G_MULTIPLIERS,
+    BigGANConfig,
+    Discriminator,
+    Generator,
+)
 from dgp_jax.nets.layers import BUFFERS, PARAMS
 from dgp_jax.pth import CheckpointError
 
@@ -102,7 +108,9 @@ def variables_from_state_dict(
     flat: dict[str, dict[tuple[str, ...], Any]] = {PARAMS: {}, BUFFERS: {}}
     for key, (collection, path) in table.items():
         value = np.asarray(state[key])
-        flat[collection][path] = jnp.asarray(value, dtype=dtype or value.dtype)
+        # dtype None (conversion, export) keeps numpy arrays: jnp.asarray would silently
+        # turn float64 into float32 whenever jax_enable_x64 is off.
+        flat[collection][path] = value if dtype is None else jnp.asarray(value, dtype=dtype)
     return {c: traverse_util.unflatten_dict(flat[c]) for c in (PARAMS, BUFFERS)}
 
 
@@ -179,11 +187,11 @@ def infer_discriminator_config(state: Mapping[str, np.ndarray], source: str = "s
         raise CheckpointError(f"{source} is {kind} (a discriminator has 'embed.weight')")
     try:
         n_blocks = len(_block_indices(state))
-        resolution = {5: 64, 6: 128, 7: 256}[n_blocks]
-        d_ch = np.shape(state["blocks.0.0.conv1.weight"])[0]
+        resolution = {len(t[1]): r for r, t in _D_MULTIPLIERS.items()}[n_blocks]
+        _, outs, _, nominal = _D_MULTIPLIERS[resolution]
+        # conv2 always has the block's output channels (conv1 has them only when D_wide).
+        d_ch = np.shape(state["blocks.0.0.conv2.weight"])[0] // outs[0]
         n_classes = np.shape(state["embed.weight"])[0]
-        nominal = {64: [32, 16, 8, 4, 4], 128: [64, 32, 16, 8, 4, 4],
-                   256: [128, 64, 32, 16, 8, 4, 4]}[resolution]  # fmt: skip
         attn = sorted({nominal[i] for i in range(n_blocks) if f"blocks.{i}.1.gamma" in state})
     except (KeyError, IndexError, ValueError) as err:
         raise CheckpointError(
@@ -275,7 +283,11 @@ def read_meta(directory: str | os.PathLike) -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from None
-    if meta.get("format") != "dgp_jax" or "config" not in meta:
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != "dgp_jax"
+        or not isinstance(meta.get("config"), dict)
+    ):
         raise CheckpointError(f"{path} is not a dgp_jax checkpoint description")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
@@ -293,7 +305,10 @@ def load(
 
     directory = Path(directory).absolute()
     meta = read_meta(directory)
-    config = BigGANConfig.from_dict(meta["config"])
+    try:
+        config = BigGANConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: invalid architecture: {err}") from None
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
             state = ckptr.restore(directory / STATE_DIR)

@@ -127,6 +127,7 @@ class BigGANConfig:
 
     @property
     def num_d_features(self) -> int:
+        _ = self.d_channels  # raises the clear error where BigGAN has no discriminator
         return len(self.d_downsample) + sum(self.d_attention) + 1
 
     def to_json(self) -> str:
