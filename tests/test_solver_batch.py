@@ -83,12 +83,14 @@ def test_early_stop_freezes_one_image_and_leaves_the_others(tiny_model, one_devi
         np.testing.assert_allclose(stopped.images[i], free.images[i], rtol=0, atol=1e-12)
         np.testing.assert_allclose(stopped.z[i], free.z[i], rtol=0, atol=1e-12)
     assert not np.allclose(stopped.z[first], free.z[first])
-    # The stopped image alone gives what it got in the batch.
-    solo = dgp_jax.restore(tiny_model, batch[first : first + 1], [classes[first]],
-                           cfg.replace(stop_mse=stop), keys[first : first + 1],
-                           mesh=one_device_mesh)  # fmt: skip
-    np.testing.assert_allclose(solo.z[0], stopped.z[first], rtol=0, atol=1e-12)
-    np.testing.assert_array_equal(solo.history["active"][:, 0], active[:, first])
+    # Each image alone gives what it got in the batch, the stopped one included.
+    for i in range(3):
+        solo = dgp_jax.restore(tiny_model, batch[i : i + 1], [classes[i]],
+                               cfg.replace(stop_mse=stop), keys[i : i + 1],
+                               mesh=one_device_mesh)  # fmt: skip
+        np.testing.assert_allclose(solo.z[0], stopped.z[i], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(solo.images[0], stopped.images[i], rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(solo.history["active"][:, 0], active[:, i])
 
 
 def test_unknown_class_is_chosen_with_the_latent(tiny_model, one_device_mesh):
