@@ -1,8 +1,14 @@
-"""``dgp-jax``: convert checkpoints and restore images from the command line.
+"""``dgp-jax``: convert checkpoints, restore and edit images from the command line.
 
 dgp-jax convert G_ema_128.pth D_128.pth --out biggan128
 dgp-jax export biggan128 --generator G_out.pth --discriminator D_out.pth
 dgp-jax restore --weights biggan128 --task colorization photos/ --out results/
+dgp-jax jitter|morph|transfer --weights biggan128 photos/ --out edits/
+
+The batch commands are resumable: rerun the same command after an interruption and
+finished images are skipped. Exit codes: 0 all done, 1 some inputs failed (listed in the
+summary), 2 a setup error before any work, 130 interrupted. The logic lives in
+``dgp_jax.runner``; this module only parses arguments.
 """
 
 from __future__ import annotations
@@ -12,41 +18,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-
-def _parse_set(items: list[str]) -> dict:
-    """``field=value`` overrides; lists comma-separated (``iterations=200,200,300``)."""
-    import dataclasses
-
-    from dgp_jax.config import STAGE_FIELDS, SolverConfig
-
-    types = {f.name: f.type for f in dataclasses.fields(SolverConfig)}
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set expects field=value, got {item!r}")
-        name, value = item.split("=", 1)
-        if name not in types:
-            raise SystemExit(f"--set: unknown field {name!r}; fields: {sorted(types)}")
-        if name in STAGE_FIELDS or name == "iterations":
-            out[name] = tuple(_scalar(v) for v in value.split(","))
-        else:
-            out[name] = _scalar(value)
-    return out
-
-
-def _scalar(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    return text
 
 
 def cmd_convert(args) -> int:
@@ -64,12 +35,14 @@ def cmd_convert(args) -> int:
 
 
 def _parse_set_model(items: list[str]) -> dict:
+    from dgp_jax.runner import parse_value
+
     out = {}
     for item in items:
         if "=" not in item:
             raise SystemExit(f"--set expects field=value, got {item!r}")
         name, value = item.split("=", 1)
-        out[name] = _scalar(value)
+        out[name] = parse_value(value)
     return out
 
 
@@ -81,65 +54,130 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_restore(args) -> int:
-    import jax
-    import numpy as np
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
 
-    import dgp_jax
-    from dgp_jax.images import ImageError, image_sheet, load_image, read_inputs, save_image
 
-    model = dgp_jax.load_biggan(args.weights)
-    res = model.config.resolution
-    task = {"sr": "SR", "reconstruct": "reconstruct"}.get(args.task, args.task)
-    preset = args.preset or {"SR": "SR", "colorization": "colorization",
-                             "inpainting": "inpainting"}.get(task, "reconstruct")  # fmt: skip
-    overrides = {"dgp_mode": task, "resolution": None, **_parse_set(args.set)}
-    if args.factor is not None:
-        overrides["factor"] = args.factor
-    config = dgp_jax.SolverConfig.preset(preset, **overrides)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+def _classes(text: str) -> list[int]:
+    """``151,207,281`` or ranges ``151-160``."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, dash, hi = part.partition("-")
+        out += range(int(lo), int(hi) + 1) if dash and lo else [int(part)]
+    return out
 
-    entries = read_inputs(args.inputs)
-    if args.class_index is not None:
-        entries = [(p, args.class_index) for p, _ in entries]
-    images, classes, names, failed = [], [], [], []
-    for path, cls in entries:
-        try:
-            images.append(load_image(path, res))
-        except (ImageError, FileNotFoundError) as err:
-            print(f"skipped: {err}", file=sys.stderr)
-            failed.append(str(path))
-            continue
-        classes.append(cls)
-        names.append(path.stem)
-    summary = {}
-    key = jax.random.PRNGKey(args.seed)
-    for start in range(0, len(images), args.batch):
-        chunk = slice(start, start + args.batch)
-        t = time.perf_counter()
-        result = dgp_jax.restore(
-            model, np.stack(images[chunk]).astype(model.dtype), np.asarray(classes[chunk]),
-            config, jax.random.fold_in(key, start),
-        )  # fmt: skip
-        for i, name in enumerate(names[chunk]):
-            save_image(result.images[i], out / f"{name}_{task}.png")
-            save_image(result.degraded[i], out / f"{name}_{task}_degraded.png")
-            save_image(
-                image_sheet([images[start + i], result.degraded[i], result.images[i]]),
-                out / f"{name}_{task}_sheet.png",
-            )
-            summary[name] = {k: float(v[i]) for k, v in (result.metrics or {}).items()}
-            summary[name]["class"] = int(result.classes[i])
-        print(f"images {min(start + args.batch, len(images))}/{len(images)} "
-              f"({time.perf_counter() - t:.1f} s for this batch)")  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"results in {out}")
-    if failed:
-        print(f"{len(failed)} input(s) could not be read: {failed}", file=sys.stderr)
+
+def cmd_run(args) -> int:
+    """restore / jitter / morph / transfer: set up JAX, then dgp_jax.runner.execute."""
+    from dgp_jax import runner
+
+    # Before anything else: a bad --out must fail before JAX starts or processes wait.
+    runner.OutputDir.check_writable(args.out)
+    runner.configure_compilation_cache(args.cache_dir)
+    index, count = runner.init_distributed(args.coordinator, args.num_processes,
+                                           args.process_id)  # fmt: skip
+    manipulation = {}
+    if args.command == "jitter":
+        manipulation = {"stds": args.stds, "samples": args.samples}
+    elif args.command == "morph":
+        manipulation = {"frames": args.frames}
+    elif args.command == "transfer":
+        manipulation = {"classes": args.classes}
+    options = runner.RunOptions(
+        kind=args.command, inputs=args.inputs, weights=args.weights, out=args.out,
+        task=args.task, preset=args.preset, sets=args.set, class_index=args.class_index,
+        mask=args.mask, mask_keep=args.mask_keep, factor=args.factor, observed=args.observed,
+        batch=args.batch, seed=args.seed, force=args.force, progress=not args.quiet,
+        process_index=index, process_count=count, manipulation=manipulation,
+    )  # fmt: skip
+    report = runner.execute(options)
+    what = "images" if args.command != "morph" else "pairs"
+    print(
+        f"{args.command}: {len(report.done)} {what} done now, {len(report.skipped)} already "
+        f"done, {len(report.failed)} failed, of {report.total} (process {index + 1}/{count})"
+    )
+    print(f"results in {Path(args.out).resolve()} (summary: {report.summary.with_suffix('.csv')})")
+    if report.interrupted:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    if report.failed:
+        print(f"{len(report.failed)} failed:", file=sys.stderr)
+        for name, message in report.failed.items():
+            print(f"  {name}: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) -> None:
+    p.add_argument(
+        "inputs", nargs="+", help="image files, folders, or list files (path [class] per line)"
+    )
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="dgp_jax checkpoint folder, or G_ema_*.pth with D_*.pth beside it",
+    )
+    p.add_argument("--out", required=True, help="output folder (created; reruns resume)")
+    p.add_argument(
+        "--task",
+        required=task_default is None,
+        default=task_default,
+        choices=["colorization", "inpainting", "sr", "SR", "hybrid", "reconstruct", "defense"],
+        help="degradation to undo" + (f" (default {task_default})" if task_default else ""),
+    )
+    p.add_argument(
+        "--preset",
+        help="SolverConfig preset (default: the task's published one for the "
+        "model's resolution; see dgp_jax.preset_names())",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a SolverConfig field; per-stage lists comma-separated "
+        "(one value = every stage), e.g. --set iterations=200,200,300",
+    )
+    p.add_argument(
+        "--class",
+        dest="class_index",
+        type=int,
+        help="class of every input (default: from the list file, else unknown)",
+    )
+    p.add_argument(
+        "--mask", help="inpainting mask PNG, exactly the model's resolution (not resized)"
+    )
+    p.add_argument(
+        "--mask-keep",
+        choices=["white", "black"],
+        default="white",
+        help="which mask pixels are kept (default white)",
+    )
+    p.add_argument("--factor", type=int, help="super-resolution factor (SR, hybrid)")
+    p.add_argument(
+        "--observed",
+        action="store_true",
+        help="inputs are already degraded (no metrics); default: originals",
+    )
+    p.add_argument("--batch", type=int, default=8, help="images solved together")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="redo everything in --out even if it holds other settings' results",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--cache-dir",
+        help="JAX compilation cache (default $DGP_JAX_CACHE or ~/.cache/dgp_jax/"
+        "jax; 'none' disables)",
+    )
+    p.add_argument("--coordinator",
+                   help="HOST:PORT of process 0: join with jax.distributed (without it, the "
+                        "processes only split the inputs)")  # fmt: skip
+    p.add_argument("--num-processes", type=int, help="processes in a multi-process run")
+    p.add_argument("--process-id", type=int, help="this process's index")
+    p.set_defaults(func=cmd_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,31 +199,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discriminator")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("restore", help="restore images with DGP")
-    p.add_argument("inputs", nargs="+", help="image files, folders, or list files (path [class])")
-    p.add_argument("--weights", required=True, help="dgp_jax checkpoint folder or G_ema_*.pth")
-    p.add_argument("--task", required=True,
-                   choices=["colorization", "inpainting", "sr", "SR", "hybrid", "reconstruct",
-                            "defense"])  # fmt: skip
-    p.add_argument("--out", required=True)
-    p.add_argument("--preset", help="a SolverConfig preset (default: the task's 128 px one)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a SolverConfig field; lists comma-separated")  # fmt: skip
-    p.add_argument("--class", dest="class_index", type=int, help="class of every input")
-    p.add_argument("--factor", type=int, help="super-resolution factor")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("restore", help="restore images with DGP (resumable batch run)")
+    _add_run_options(p, task_default=None)
+
+    p = sub.add_parser("jitter", help="solve, then random jitters of each image's latent")
+    _add_run_options(p, task_default="reconstruct")
+    p.add_argument("--stds", type=_floats, default=[0.3, 0.5, 0.7],
+                   help="noise scales, comma-separated (default 0.3,0.5,0.7)")  # fmt: skip
+    p.add_argument("--samples", type=int, default=30, help="jitters per scale (default 30)")
+
+    p = sub.add_parser("morph", help="solve, then morph each input into the next")
+    _add_run_options(p, task_default="reconstruct")
+    p.add_argument("--frames", type=int, default=11, help="frames per pair (default 11)")
+
+    p = sub.add_parser("transfer", help="solve, then re-render each image as other classes")
+    _add_run_options(p, task_default="reconstruct")
+    p.add_argument("--classes", type=_classes, required=True,
+                   help="target classes, e.g. 151,207,281 or 151-160")  # fmt: skip
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dgp_jax.runner import RunError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except RunError as err:
+        print(f"dgp-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, FileExistsError) as err:
         print(f"dgp-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"dgp-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

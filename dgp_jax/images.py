@@ -3,58 +3,156 @@
 Loading: RGB, centre crop to the short side (offset ``int(round((long - short) / 2))``, as
 torchvision's center_crop), PIL bilinear resize to the model resolution, then [-1, 1].
 Saving: ``uint8(255 * (x + 1) / 2)``, truncating. Arrays are (H, W, 3) NHWC-style.
+
+What the loader does with unusual inputs, and why:
+
+* Every PIL mode is turned into RGB with ``.convert('RGB')``, as the reference does: L, LA,
+  P, RGBA (alpha dropped, not composited), CMYK (PIL's naive inversion, no ICC profile).
+  16-bit grayscale (``I;16``, e.g. a 16-bit PNG) is *clipped* to 0..255, not rescaled, so a
+  typical 16-bit photo comes out almost white. That is PIL's and therefore the reference's
+  behaviour; we keep it so that results match, and say so here rather than guess a scale.
+* EXIF orientation is applied first, so a phone photo is upright.
+* An image smaller than the model is upsampled by the same bilinear resize (the reference
+  does not refuse it either); ``load_image_with_size`` reports the source size so a caller
+  can flag it.
+* Decompression bombs: anything over ``MAX_PIXELS`` pixels is refused from the header,
+  before any pixel is decoded.
+* Any decoding failure (corrupt, truncated, empty, not an image) is an ``ImageError`` whose
+  message names the file, so a batch run can report and skip it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-# PIL's own bomb guard is a warning up to 2x this; we refuse anything beyond it.
+# PIL's own bomb guard only warns up to 2x this; we refuse anything beyond it.
 MAX_PIXELS = 89_478_485
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 class ImageError(ValueError):
-    """An input image that cannot be used; the message names the file."""
+    """An input image (or mask) that cannot be used; the message names the file."""
 
 
-def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
-    """(resolution, resolution, 3) float64 in [-1, 1], EXIF orientation applied."""
-    path = Path(path)
+def _too_big(path: Path, width: int | None, height: int | None, pixels: int | None) -> ImageError:
+    size = f"{width}x{height} = {width * height}" if width and height else f"{pixels}"
+    return ImageError(
+        f"{path}: refused, {size} pixels is over the limit of {MAX_PIXELS} pixels "
+        "(dgp_jax.images.MAX_PIXELS; a guard against decompression bombs)"
+    )
+
+
+def _decode(path: Path, convert: Callable[[Image.Image], Any], what: str = "") -> Any:
+    """``convert(opened image)`` with the size guard first; any failure is an ImageError
+    naming the file (``what`` prefixes it, e.g. "mask ")."""
     if not path.is_file():
-        raise FileNotFoundError(f"no image file at {path}")
+        raise FileNotFoundError(f"no {what or 'image '}file at {path}")
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise ImageError(
-                    f"{path}: {im.width}x{im.height} pixels is over the limit of {MAX_PIXELS}"
-                )
-            im = ImageOps.exif_transpose(im)
-            rgb = im.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL warns between 1x and 2x its limit; we refuse those ourselves below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                # The size comes from the header: checked before any pixel is decoded.
+                if im.width * im.height > MAX_PIXELS:
+                    raise _too_big(path, im.width, im.height, None)
+                return convert(im)
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{path} is not a readable image ({type(err).__name__}: {err})") from None
+    except Image.DecompressionBombError as err:
+        # PIL refuses > 2x its limit inside open(), before we see the size.
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise _too_big(path, None, None, int(found.group(1)) if found else None) from None
+    except Exception as err:  # any decoder failure means "unreadable file"
+        raise ImageError(
+            f"{what}{path} is not a readable image ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _upright_rgb(im: Image.Image) -> Image.Image:
+    return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def load_image_with_size(
+    path: str | os.PathLike, resolution: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """(image, (width, height) of the upright source): see ``load_image``."""
+    path = Path(path)
+    rgb = _decode(path, _upright_rgb)
     w, h = rgb.size
     short = min(w, h)
     left = int(round((w - short) / 2.0))
     top = int(round((h - short) / 2.0))
     square = rgb.crop((left, top, left + short, top + short))
     resized = square.resize((resolution, resolution), Image.BILINEAR)
-    return np.asarray(resized, np.float64) / 255.0 * 2 - 1
+    return np.asarray(resized, np.float64) / 255.0 * 2 - 1, (w, h)
+
+
+def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
+    """(resolution, resolution, 3) float64 in [-1, 1], EXIF orientation applied."""
+    return load_image_with_size(path, resolution)[0]
+
+
+def load_mask(path: str | os.PathLike, resolution: int, keep: str = "white") -> np.ndarray:
+    """An inpainting mask file -> (resolution, resolution, 1) float64, 1 = keep.
+
+    The mask must already be ``resolution`` x ``resolution``: it is not cropped or resized,
+    because a mask drawn on a photo of another size would land somewhere else after the
+    photo's centre crop and resize, and a resized mask is no longer binary. Pixels are read
+    as grayscale and thresholded at 128, so anti-aliased edges fall on one side.
+
+    Args:
+      keep: "white" (pixels >= 128 are kept) or "black" (pixels < 128 are kept).
+    """
+    if keep not in ("white", "black"):
+        raise ValueError(f"mask keep must be 'white' or 'black', got {keep!r}")
+    path = Path(path)
+
+    def gray(im: Image.Image) -> np.ndarray:
+        if im.size != (resolution, resolution):
+            raise ImageError(
+                f"mask {path} is {im.width}x{im.height} but the model works at "
+                f"{resolution}x{resolution}: draw the mask at {resolution}x{resolution}"
+            )
+        return np.asarray(im.convert("L"))
+
+    pixels = _decode(path, gray, "mask ")
+    kept = pixels >= 128 if keep == "white" else pixels < 128
+    return kept.astype(np.float64)[..., None]
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> uint8 as the reference saves: ``uint8(255 * (x + 1) / 2)``, truncating."""
+    return np.uint8(np.clip(255 * (np.asarray(x, np.float64) + 1) / 2, 0, 255))
+
+
+def encode_image(x: np.ndarray, fmt: str = "PNG") -> bytes:
+    """(H, W, 3) in [-1, 1] -> encoded file bytes (so a caller can write them atomically)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(x)).save(buffer, format=fmt)
+    return buffer.getvalue()
 
 
 def save_image(x: np.ndarray, path: str | os.PathLike) -> None:
     """Write (H, W, 3) in [-1, 1] as the reference does, atomically (temp + rename)."""
     path = Path(path)
-    pixels = np.uint8(np.clip(255 * (np.asarray(x, np.float64) + 1) / 2, 0, 255))
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(pixels).save(tmp, format=_format(path))
-    os.replace(tmp, path)
+    data = encode_image(x, _format(path))
+    # The pid keeps two writers of one file (e.g. two processes) off each other's temp file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _format(path: Path) -> str:
@@ -64,6 +162,13 @@ def _format(path: Path) -> str:
 def image_sheet(rows: list[np.ndarray]) -> np.ndarray:
     """Concatenate same-size (H, W, 3) images left to right into one sheet."""
     return np.concatenate(rows, axis=1)
+
+
+def image_grid(rows: list[list[np.ndarray]]) -> np.ndarray:
+    """A grid of same-size (H, W, 3) images; short rows are padded with mid-gray (0)."""
+    width = max(len(r) for r in rows)
+    blank = np.zeros_like(rows[0][0])
+    return np.concatenate([image_sheet(list(r) + [blank] * (width - len(r))) for r in rows], axis=0)
 
 
 def read_inputs(inputs: list[str]) -> list[tuple[Path, int]]:

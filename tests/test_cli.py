@@ -1,16 +1,50 @@
-"""The dgp-jax command line on a converted fixture model."""
+"""The dgp-jax command line: convert/export, restore, setup errors, kill-and-resume, and a
+two-process run on this machine's CPU."""
+
+from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dgp_jax import cli
 from dgp_jax.pth import read_state_dict
 from tests.conftest import fixture_path
+from tests.test_runner import fast_compiles, make_photos, session_cache_dir, tiny_model_files
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--set", "iterations=1", "--set", "select_num=1", "--set", "resolution=none"]
 
 
-def test_convert_export_and_restore(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    return tiny_model_files(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory) -> Path:
+    path = session_cache_dir(tmp_path_factory)
+    with fast_compiles(path):  # see tests/test_runner.py
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def cache_env(monkeypatch, compilation_cache):
+    # cli.main turns the persistent cache on from the environment: the session's folder,
+    # shared with tests/test_runner.py, so each solver program compiles once per session.
+    monkeypatch.setenv("DGP_JAX_CACHE", str(compilation_cache))
+
+
+def test_convert_export_and_restore(tmp_path, tiny, capsys):
     ckpt = tmp_path / "biggan"
     g, d = fixture_path("G_ema_128_ch8_f64.pth"), fixture_path("D_128_ch8_f64.pth")
     assert cli.main(["convert", str(g), str(d), "--out", str(ckpt)]) == 0
@@ -24,17 +58,214 @@ def test_convert_export_and_restore(tmp_path, capsys):
     assert list(original) == list(exported)
     assert all(np.array_equal(original[k], exported[k]) for k in original)
 
+    # restore from a converted folder (the tiny model's; the 128 px fixture takes minutes
+    # to compile on 2 cores, and the README's quickstart with it was run by hand).
     photos = tmp_path / "photos"
-    photos.mkdir()
+    make_photos(photos, 2)
     Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(photos / "a.png")
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
-    code = cli.main(["restore", "--weights", str(ckpt), "--task", "colorization", str(photos),
-                     "--out", str(out), "--set", "iterations=1,1,1,1,1", "--set", "select_num=2",
-                     "--class", "3"])  # fmt: skip
+    argv = ["restore", "--weights", str(tiny["folder"]), "--task", "colorization", str(photos),
+            "--out", str(out), "--class", "3", "--batch", "2", *FAST]  # fmt: skip
+    code = cli.main(argv)
     assert code == 1  # one input failed
-    assert "broken.jpg" in capsys.readouterr().err
-    assert (out / "a_colorization.png").is_file() and (out / "a_colorization_sheet.png").is_file()
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and "1 failed" in captured.err
+    assert "colorization: images 0/4" in captured.err  # the progress line
+    assert f"results in {out.resolve()}" in captured.out
+    for suffix in (".png", "_degraded.png", "_sheet.png", "_metrics.json", ".done.json"):
+        assert (out / f"a_colorization{suffix}").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["a"]["class"] == 3 and np.isfinite(summary["a"]["psnr"])
+    assert summary["images"]["a"]["class"] == 3 and summary["done"] == 3
+    assert np.isfinite(summary["images"]["a"]["metrics"]["psnr"])
     assert json.loads((out / "config.json").read_text())["iterations"] == [1, 1, 1, 1, 1]
+
+
+def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys):
+    photos = make_photos(tmp_path / "photos", 2)
+    weights = str(tiny["pth"])
+
+    def run(*args: str, out: Path | None = None) -> str:
+        out = out or tmp_path / "out"
+        argv = ["restore", "--weights", weights, "--out", str(out), "--quiet", *FAST, *args]
+        assert cli.main(argv) == 2
+        assert not (out / "config.json").exists()  # nothing was started
+        return capsys.readouterr().err
+
+    # Output folder under a regular file: no folder can be made there.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = run("--task", "colorization", str(photos[0]), out=blocker / "out")
+    assert "not writable" in err and str(blocker / "out") in err
+    if os.geteuid() != 0:  # root writes through chmod, so only a real user sees this
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert "not writable" in run("--task", "colorization", str(photos[0]), out=locked)
+
+    # A class out of range, from a list file: the message names the image.
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{photos[0]} 3\n{photos[1]} 12\n")
+    err = run("--task", "colorization", str(listing))
+    assert f"{photos[1]} (class 12)" in err and "[-1, 10)" in err
+    assert "p1.png (class 10)" in run("--task", "colorization", str(photos[1]), "--class", "10")
+
+    # The checkpoint's resolution is not the preset's.
+    argv = ["restore", "--weights", weights, "--out", str(tmp_path / "o"), "--task", "SR",
+            str(photos[0])]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "32 px model but preset 'imagenet1k_128/SR_D_biased' is for 128 px" in (
+        capsys.readouterr().err
+    )
+
+    # A mask of the wrong size names both sizes.
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(tmp_path / "mask.png")
+    err = run("--task", "inpainting", "--mask", str(tmp_path / "mask.png"), str(photos[0]))
+    assert "mask.png is 24x20 but the model works at 32x32" in err
+    assert "--mask applies" in run("--task", "SR", "--mask", str(tmp_path / "mask.png"),
+                                   str(photos[0]))  # fmt: skip
+
+    # No such weights; a factor for a task without one; an unknown --set field.
+    assert "no BigGAN weights" in run("--task", "SR", str(photos[0]), "--weights",
+                                      str(tmp_path / "none.pth"))  # fmt: skip
+    assert "--factor applies" in run("--task", "colorization", "--factor", "2", str(photos[0]))
+    assert "unknown field 'itrations'" in run("--task", "SR", "--set", "itrations=2",
+                                              str(photos[0]))  # fmt: skip
+
+
+def test_compilation_cache_setting(tmp_path, monkeypatch):
+    import jax
+
+    from dgp_jax import runner
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        assert runner.configure_compilation_cache(str(tmp_path / "a")) == tmp_path / "a"
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "a")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+        monkeypatch.setenv("DGP_JAX_CACHE", str(tmp_path / "b"))
+        assert runner.configure_compilation_cache(None) == tmp_path / "b"
+        assert runner.configure_compilation_cache("none") is None
+        monkeypatch.delenv("DGP_JAX_CACHE")
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        assert runner.configure_compilation_cache(None) == tmp_path / "home/.cache/dgp_jax/jax"
+    finally:
+        runner.configure_compilation_cache(before or "none")
+        if not before:
+            jax.config.update("jax_compilation_cache_dir", None)
+
+
+# --------------------------------------------------------------------------- processes
+def _env(cache: Path, devices: int) -> dict[str, str]:
+    """A CPU process with this checkout's dgp_jax.
+
+    x64, cheap XLA optimisation and (for one process) conftest's 8 host devices, as in
+    this process, so that the CLI loads the solver program the in-process tests compiled
+    into the shared cache instead of compiling its own (same program, but the cache key
+    includes these settings).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTEST_XDIST_WORKER")}
+    env.update(JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+               PYTHONPATH=str(REPO), DGP_JAX_CACHE=str(cache))  # fmt: skip
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_complete(out: Path, names: list[str]) -> dict[Path, int]:
+    """Every image has exactly one complete result; returns the files' mtimes."""
+    stamps = {}
+    for name in names:
+        markers = list(out.glob(f"{name}_colorization*.done.json"))
+        assert len(markers) == 1, (name, markers)
+        record = json.loads(markers[0].read_text())
+        for rel in record["files"]:
+            path = out / rel
+            if path.suffix == ".png":
+                with Image.open(path) as im:
+                    im.load()  # decodes: the file is whole
+            else:
+                json.loads(path.read_text())
+            stamps[path] = path.stat().st_mtime_ns
+        stamps[markers[0]] = markers[0].stat().st_mtime_ns
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    return stamps
+
+
+def test_kill_resume_and_two_processes(tmp_path, tiny, compilation_cache):
+    photos = make_photos(tmp_path / "photos", 6)
+    names = [p.stem for p in photos]
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dgp_jax.cli", "restore", "--weights", str(tiny["pth"]),
+               "--task", "colorization", str(tmp_path / "photos"), "--out", str(out),
+               "--batch", "2", "--class", "3", "--quiet", *FAST]  # fmt: skip
+    env = _env(compilation_cache, 8)
+
+    # Kill -9 as soon as the first image is finished.
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.done.json")):
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert time.monotonic() < deadline, "no image finished in 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(m.name.split("_")[0] for m in out.glob("*.done.json"))
+    assert 1 <= len(finished) < len(names), finished  # killed half way
+    stamps = _check_complete(out, finished)
+    # As if the kill had hit mid-write: a stale temp file the restart must clean up.
+    (out / f".{names[-1]}_colorization.png.tmp-0").write_bytes(b"\x89PNG half")
+
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{len(finished)} already done" in done.stdout
+    final = _check_complete(out, names)
+    for path, mtime in stamps.items():  # the finished ones were not redone
+        assert final[path] == mtime, path
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["done"] == 6 and summary["failed"] == 0 and summary["pending"] == 0
+
+    # Two processes on 127.0.0.1, one CPU device each: each takes every other input.
+    out2 = tmp_path / "out2"
+    port = _free_port()
+    two = [c if c != str(out) else str(out2) for c in command]
+    procs = [
+        subprocess.Popen(
+            two
+            + [
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, stderr) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, stderr
+    assert "process 1/2" in outputs[0][0] and "process 2/2" in outputs[1][0]
+    shares = [json.loads((out2 / f"summary.{i}.json").read_text()) for i in range(2)]
+    assert sorted(shares[0]["images"]) == ["p0", "p2", "p4"]
+    assert sorted(shares[1]["images"]) == ["p1", "p3", "p5"]
+    assert not (out2 / "summary.json").exists()
+    _check_complete(out2, names)
+    # Keys follow the image names: the split run gives the single run's images exactly.
+    for name in names:
+        assert (out / f"{name}_colorization.png").read_bytes() == (
+            out2 / f"{name}_colorization.png"
+        ).read_bytes()

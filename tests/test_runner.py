@@ -1,0 +1,363 @@
+"""dgp_jax.runner: batch runs on disk with a tiny random BigGAN (32 px, 10 classes).
+
+The tiny model is made once per test session (shared by xdist workers through a lock) and
+saved both as a dgp_jax folder and as a .pth pair; the .pth pair loads in a fraction of a
+second. Compilation dominates these tests, so while they run JAX's persistent compilation
+cache points at a per-session folder (each solver program compiles once per session, for
+all workers and the CLI subprocesses) and ``jax_disable_most_optimizations`` is on (XLA
+compiles about twice as fast; the few solver steps run slower, which costs nothing here).
+Both settings are put back after each module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import json
+import os
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from PIL import Image
+
+from dgp_jax import runner
+from dgp_jax.config import SolverConfig
+
+TINY = {"resolution": 32, "G_ch": 4, "D_ch": 4, "n_classes": 10, "shared_dim": 16,
+        "dim_z": 20, "G_attn": "0", "D_attn": "0"}  # fmt: skip
+FAST = ["iterations=1", "select_num=1", "resolution=none"]
+
+
+# --------------------------------------------------------------------------- shared setup
+def shared_root(tmp_path_factory) -> Path:
+    """A folder shared by every xdist worker of this session (their common basetemp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def tiny_model_files(tmp_path_factory) -> dict[str, Path]:
+    """{"folder": dgp_jax checkpoint, "pth": G_ema_32.pth (D_32.pth beside it)}."""
+    import dgp_jax
+    from dgp_jax import checkpoint
+
+    root = shared_root(tmp_path_factory)
+    target = root / "dgp_tiny32"
+    with _locked(root / "dgp_tiny32.lock"):
+        if not (target / "done").is_file():
+            config = dgp_jax.BigGANConfig(**TINY)
+            # N02 (normal) init: the orthogonal default takes ~10 s to compile on 2 cores.
+            model = dgp_jax.random_biggan(config, jax.random.PRNGKey(0), init="N02")
+            model.save(target / "folder", overwrite=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sharding info not provided")
+                checkpoint.export_pth(
+                    target / "folder", target / "G_ema_32.pth", target / "D_32.pth"
+                )
+            (target / "done").write_text("")
+    return {"folder": target / "folder", "pth": target / "G_ema_32.pth"}
+
+
+def session_cache_dir(tmp_path_factory) -> Path:
+    path = shared_root(tmp_path_factory) / "dgp_jax_cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    return tiny_model_files(tmp_path_factory)
+
+
+@contextlib.contextmanager
+def fast_compiles(cache: Path | None):
+    """The persistent cache at ``cache`` (None: unchanged) and cheap XLA optimisation, for
+    the duration; the previous settings after."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    before = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.read("jax_disable_most_optimizations"),
+    )
+    jax.config.update("jax_disable_most_optimizations", True)
+    if cache is not None:
+        runner.configure_compilation_cache(str(cache))
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_disable_most_optimizations", before[1])
+        cc.reset_cache()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    path = session_cache_dir(tmp_path_factory)
+    with fast_compiles(path):
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def cache_env(monkeypatch, compilation_cache):
+    # cli.main configures the cache from the environment: keep it on the session folder.
+    monkeypatch.setenv("DGP_JAX_CACHE", str(compilation_cache))
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()[:1]), ("data",))
+
+
+def make_photos(folder: Path, count: int, size=(40, 30)) -> list[Path]:
+    """Distinct smooth pictures p0.png, p1.png, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        w, h = size
+        x, y = np.meshgrid(np.linspace(0, 1, w), np.linspace(0, 1, h))
+        rgb = np.stack([x, y, (x * (i + 1) + y * (3 - i)) % 1], -1)
+        paths.append(folder / f"p{i}.png")
+        Image.fromarray((rgb * 255).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def options(tiny, out, inputs, **kw) -> runner.RunOptions:
+    base = dict(kind="restore", inputs=[str(p) for p in inputs], weights=str(tiny["pth"]),
+                out=str(out), task="colorization", sets=list(FAST), batch=2, class_index=3,
+                progress=False)  # fmt: skip
+    base.update(kw)
+    return runner.RunOptions(**base)
+
+
+def files_of(out: Path, marker: str) -> list[Path]:
+    record = json.loads((out / marker).read_text())
+    return [out / f for f in record["files"]] + [out / marker]
+
+
+# --------------------------------------------------------------------------- pure parts
+def test_names_keys_and_shares():
+    entries = [(Path("a/x.jpg"), 1), (Path("b/x.jpg"), 2), (Path("a/y.png"), -1),
+               (Path("a/x.jpg"), 1)]  # fmt: skip
+    items = runner.plan_items(entries)
+    assert len(items) == 3  # the exact duplicate is dropped
+    names = [it.name for it in items]
+    assert names[2] == "y" and names[0].startswith("x-") and names[1].startswith("x-")
+    assert len(set(names)) == 3
+    # Names (so keys) do not depend on the order of the list.
+    assert {it.name for it in runner.plan_items(entries[::-1])} == set(names)
+    key = runner.image_key(0, "x")
+    assert key.dtype == np.uint32 and key.shape == (2,)
+    np.testing.assert_array_equal(key, runner.image_key(0, "x"))
+    assert not np.array_equal(key, runner.image_key(1, "x"))
+    assert not np.array_equal(key, runner.image_key(0, "y"))
+    shares = [runner.take_share(list(range(7)), 3, p) for p in range(3)]
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+def test_settings_overrides_and_presets():
+    base = SolverConfig.preset("colorization")
+    sets = runner.parse_sets(["iterations=1", "G_lrs=1e-4,1e-4,1e-4,1e-4,1e-5", "w_nll=0.5",
+                              "resolution=none", "use_in=false"], base)  # fmt: skip
+    assert sets["iterations"] == (1, 1, 1, 1, 1)  # one value = every stage
+    assert sets["G_lrs"][-1] == 1e-5 and sets["w_nll"] == 0.5 and sets["resolution"] is None
+    assert sets["use_in"] == (False,) * 5
+    with pytest.raises(runner.RunError, match="unknown field 'nope'"):
+        runner.parse_sets(["nope=1"], base)
+    with pytest.raises(runner.RunError, match="field=value"):
+        runner.parse_sets(["iterations"], base)
+    # A preset for 128 px on a 32 px model is refused, naming both.
+    with pytest.raises(runner.RunError, match=r"32 px model but preset 'imagenet1k_128/colo"):
+        runner.build_config("colorization", 32)
+    config = runner.build_config("SR", 32, sets=["resolution=none"], factor=2)
+    assert config.dgp_mode == "SR" and config.sr_factor == 2
+    assert runner.default_preset("SR", 256) == "examples_256/SR"
+    assert runner.default_preset("hybrid", 128) == "imagenet1k_128/reconstruct"
+    with pytest.raises(runner.RunError, match="--factor applies to the tasks SR and hybrid"):
+        runner.build_config("colorization", 32, sets=["resolution=none"], factor=2)
+    with pytest.raises(runner.RunError, match="factor 3 does not divide the model resolution"):
+        runner.build_config("SR", 32, sets=["resolution=none"], factor=3)
+    with pytest.raises(runner.RunError, match="ft_num has 5 entries but iterations has 2"):
+        runner.build_config("colorization", 32, sets=["resolution=none", "iterations=1,1"])
+
+
+def test_process_settings(monkeypatch):
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert runner.init_distributed(None, None, None) == (0, 1)
+    # Without a coordinator the processes only split the inputs (no jax.distributed).
+    assert runner.init_distributed(None, 3, 2) == (2, 3)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    assert runner.init_distributed(None, None, None) == (1, 4)
+    with pytest.raises(runner.RunError, match="--process-id 5 is not in"):
+        runner.init_distributed(None, 4, 5)
+    monkeypatch.delenv("JAX_PROCESS_ID")
+    with pytest.raises(runner.RunError, match="needs --num-processes and --process-id"):
+        runner.init_distributed("127.0.0.1:1", None, None)
+
+
+def test_output_dir_atomic_writes_lock_and_cleanup(tmp_path):
+    out = runner.OutputDir(tmp_path / "o").open()
+    stale = out.root / ".a.png.tmp-0"
+    stale.write_bytes(b"half")
+    out.close()
+    with runner.OutputDir(tmp_path / "o") as out:
+        assert not stale.exists()  # leftovers of a killed run are removed
+        out.write_json("sub/x.json", {"a": 1})
+        assert json.loads((out.root / "sub/x.json").read_text()) == {"a": 1}
+        assert not list(out.root.rglob("*.tmp-0"))
+        # A second run on the same folder and process is refused while this one runs.
+        with pytest.raises(runner.RunError, match="another dgp-jax run"):
+            runner.OutputDir(tmp_path / "o").open()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(runner.RunError, match="not writable"):
+        runner.OutputDir.check_writable(blocker / "sub")
+
+
+# --------------------------------------------------------------------------- runs
+def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
+    photos = make_photos(tmp_path / "photos", 3)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "out"
+    opts = options(tiny, out, [tmp_path / "photos"], progress=True)
+    report = runner.execute(opts, mesh=mesh)
+    err = capsys.readouterr().err
+    # The progress line: images done/total, stage, step rate, ETA.
+    assert "colorization: images 0/4" in err and "stage 5/5" in err and "step" in err
+    assert "broken.jpg" in err
+    assert sorted(report.done) == ["p0", "p1", "p2"] and list(report.failed) == ["broken"]
+    assert not report.interrupted
+
+    for name in ("p0", "p1", "p2"):
+        for path in files_of(out, f"{name}_colorization.done.json"):
+            assert path.is_file(), path
+        with Image.open(out / f"{name}_colorization_sheet.png") as sheet:
+            assert sheet.size == (3 * 32, 32)  # input | degraded | result
+        metrics = json.loads((out / f"{name}_colorization_metrics.json").read_text())
+        assert np.isfinite(metrics["psnr"]) and metrics["class"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["done"] == 3 and summary["failed"] == 1 and summary["pending"] == 0
+    assert "broken.jpg" in summary["failures"]["broken"]["error"]
+    assert set(summary["mean"]) == {"psnr", "ssim", "mse", "l1"}
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("broken", "failed"), ("p0", "done"), ("p1", "done"), ("p2", "done")]  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert SolverConfig.from_dict(config) == runner.build_config("colorization", 32, sets=FAST)
+    assert config["run"]["seed"] == 0 and config["run"]["model"]["resolution"] == 32
+
+    # Rerun: nothing is redone (the broken file is retried and fails again); an image
+    # without its marker is redone, in the same batch shape, so bitwise the same.
+    stamps = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    first_p1 = (out / "p1_colorization.png").read_bytes()
+    (out / "p1_colorization.done.json").unlink()  # as if p1 had been interrupted
+    again = runner.execute(opts, mesh=mesh)
+    assert sorted(again.skipped) == ["p0", "p2"] and again.done == ["p1"]
+    assert (out / "p1_colorization.png").read_bytes() == first_p1
+    for name in ("p0", "p2"):
+        for path in files_of(out, f"{name}_colorization.done.json"):
+            assert path.stat().st_mtime_ns == stamps[path], path
+
+    # Results written into the input folder would be read back as inputs: refused.
+    with pytest.raises(runner.RunError, match="is an input folder"):
+        runner.execute(options(tiny, tmp_path / "photos", [tmp_path / "photos"]), mesh=mesh)
+
+    # Other settings in the same folder: refused, nothing touched; --force redoes.
+    other = options(tiny, out, [tmp_path / "photos"], seed=1)
+    with pytest.raises(runner.RunError, match="other settings .*seed"):
+        runner.execute(other, mesh=mesh)
+    assert json.loads((out / "config.json").read_text())["run"]["seed"] == 0
+
+    # Another batch split (other partners, other positions): keys follow the names, so the
+    # results are the same. (A different batch *size* may differ by float rounding, as XLA
+    # can vectorise another shape differently.)
+    split = tmp_path / "split"
+    runner.execute(options(tiny, split, photos[::-1]), mesh=mesh)
+    for name in ("p0", "p1", "p2"):
+        a = json.loads((out / f"{name}_colorization.done.json").read_text())
+        b = json.loads((split / f"{name}_colorization.done.json").read_text())
+        assert a["metrics"] == b["metrics"] and a["class"] == b["class"]
+        assert (out / f"{name}_colorization.png").read_bytes() == (
+            split / f"{name}_colorization.png"
+        ).read_bytes()
+
+    forced = runner.execute(options(tiny, out, photos, seed=1, force=True), mesh=mesh)
+    assert sorted(forced.done) == ["p0", "p1", "p2"]
+
+
+def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
+    photos = make_photos(tmp_path / "photos", 1)
+    keep = np.full((32, 32), 255, np.uint8)
+    keep[:, :8] = 0  # the left quarter is missing
+    Image.fromarray(keep).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    opts = options(tiny, out, photos, task="inpainting", mask=str(tmp_path / "mask.png"),
+                   batch=1)  # fmt: skip
+    assert not runner.execute(opts, mesh=mesh).failed
+    degraded = np.asarray(Image.open(out / "p0_inpainting_degraded.png"))
+    assert np.all(degraded[:, :8] == 127) and not np.all(degraded[:, 8:] == 127)
+    record = json.loads((out / "p0_inpainting.done.json").read_text())
+    assert record["metrics_region"] == "whole image (custom mask)"
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["mask"].endswith("mask.png (keep white)")
+    assert config["run"]["mask_sha256"]
+
+    # Observed inputs are already degraded: no metrics, the sheet is degraded | result.
+    seen = tmp_path / "observed"
+    runner.execute(options(tiny, seen, photos, task="inpainting", batch=1, observed=True,
+                           mask=str(tmp_path / "mask.png")), mesh=mesh)  # fmt: skip
+    record = json.loads((seen / "p0_inpainting.done.json").read_text())
+    assert record["metrics"] is None and not (seen / "p0_inpainting_metrics.json").exists()
+    with Image.open(seen / "p0_inpainting_sheet.png") as sheet:
+        assert sheet.size == (64, 32)
+
+
+def test_jitter_transfer_and_morph(tmp_path, tiny, mesh):
+    photos = make_photos(tmp_path / "photos", 2)
+    # Every run solves 2 images in one batch: one solver program for the three kinds.
+    common = dict(task="reconstruct", class_index=None, batch=2)
+
+    out = tmp_path / "jitter"
+    report = runner.execute(options(tiny, out, photos[:2], kind="jitter", **common,
+                                    manipulation={"stds": [0.3, 0.7], "samples": 2}),
+                            mesh=mesh)  # fmt: skip
+    assert sorted(report.done) == ["p0", "p1"]
+    frames = sorted(p.name for p in (out / "p0_jitter_frames").iterdir())
+    assert frames == ["std0.3_00.png", "std0.3_01.png", "std0.7_00.png", "std0.7_01.png"]
+    with Image.open(out / "p0_jitter_grid.png") as grid:
+        assert grid.size == (3 * 32, 2 * 32)  # restored + 2 samples, one row per std
+    assert (out / "p0_jitter.png").is_file()
+
+    out = tmp_path / "transfer"
+    runner.execute(options(tiny, out, photos, kind="transfer", **common,
+                           manipulation={"classes": [1, 7]}), mesh=mesh)  # fmt: skip
+    assert sorted(p.name for p in (out / "p0_transfer_frames").iterdir()) == [
+        "class0001.png", "class0007.png"]  # fmt: skip
+    with pytest.raises(runner.RunError, match=r"--classes \[12\] out of range"):
+        runner.execute(options(tiny, tmp_path / "t2", photos[:1], kind="transfer", **common,
+                               manipulation={"classes": [12]}), mesh=mesh)  # fmt: skip
+
+    out = tmp_path / "morph"
+    report = runner.execute(options(tiny, out, photos, kind="morph", **common,
+                                    manipulation={"frames": 3}), mesh=mesh)  # fmt: skip
+    assert report.done == ["p0_to_p1"]
+    assert sorted(p.name for p in (out / "p0_to_p1_morph_frames").iterdir()) == [
+        "frame00.png", "frame01.png", "frame02.png"]  # fmt: skip
+    with Image.open(out / "p0_to_p1_morph_grid.png") as grid:
+        assert grid.size == (3 * 32, 32)
+    assert json.loads((out / "summary.json").read_text())["done"] == 1
+    again = runner.execute(options(tiny, out, photos, kind="morph", **common,
+                                   manipulation={"frames": 3}), mesh=mesh)  # fmt: skip
+    assert again.skipped == ["p0_to_p1"] and not again.done
