@@ -19,18 +19,8 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-MODES = (
-    "reconstruct",
-    "colorization",
-    "inpainting",
-    "SR",
-    "hybrid",
-    "defense",
-    "defence",
-    "jitter",
-    "morphing",
-    "category_transfer",
-)
+from dgp_jax.degradations import MODES  # one list of mode names for φ and config
+
 # Fields given once per stage.
 STAGE_FIELDS = ("ft_num", "lr_ratio", "G_lrs", "z_lrs", "w_D_loss", "w_mse", "ftr_num", "use_in")
 # Short names for the published 128 px ImageNet protocol.
