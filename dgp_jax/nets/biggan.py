@@ -183,21 +183,21 @@ class GBlock(nn.Module):
     sn_eps: float
 
     @nn.compact
-    def __call__(self, x: Array, y: Array, use_in=False, captured=None) -> Array:
+    def __call__(self, x: Array, y: Array, use_in=False, captured=None, train=False) -> Array:
         conv = lambda f, k, name: SNConv2d(eps=self.sn_eps, features=f, kernel_size=k, name=name)  # noqa: E731
         bn = lambda name: ConditionalBatchNorm(eps=self.bn_eps, sn_eps=self.sn_eps, name=name)  # noqa: E731
 
-        h = self._norm(bn("bn1"), "in1", x, y, use_in, captured)
+        h = self._norm(bn("bn1"), "in1", x, y, use_in, captured, train)
         h = upsample_nearest2x(jax.nn.relu(h))
         x = upsample_nearest2x(x)
-        h = conv(self.out_channels, 3, "conv1")(h)
-        h = self._norm(bn("bn2"), "in2", h, y, use_in, captured)
-        h = conv(self.out_channels, 3, "conv2")(jax.nn.relu(h))
+        h = conv(self.out_channels, 3, "conv1")(h, train)
+        h = self._norm(bn("bn2"), "in2", h, y, use_in, captured, train)
+        h = conv(self.out_channels, 3, "conv2")(jax.nn.relu(h), train)
         # Every BigGAN G block upsamples, so the shortcut is always learnable.
-        return h + conv(self.out_channels, 1, "conv_sc")(x)
+        return h + conv(self.out_channels, 1, "conv_sc")(x, train)
 
-    def _norm(self, cbn: nn.Module, in_name: str, x, y, use_in, captured):
-        h_bn = cbn(x, y)
+    def _norm(self, cbn: nn.Module, in_name: str, x, y, use_in, captured, train=False):
+        h_bn = cbn(x, y, train)
         if use_in is False:
             return h_bn
         b, c = x.shape[0], x.shape[-1]
@@ -220,13 +220,15 @@ class Generator(nn.Module):
 
     z: (B, effective_dim_z) latents. y: integer classes (B,) or class embeddings
     (B, shared_dim) -- morphing interpolates embeddings, so both are accepted. Stored BN
-    statistics are used (evaluation mode), as DGP does.
+    statistics are used (evaluation mode), as DGP does. ``train=True`` is BigGAN-PyTorch's
+    training mode (batch statistics, power iterations advance) and needs
+    ``mutable=["buffers"]``; see ``dgp_jax.train``.
     """
 
     config: BigGANConfig
 
     @nn.compact
-    def __call__(self, z: Array, y: Array, use_in=False) -> Array:
+    def __call__(self, z: Array, y: Array, use_in=False, train: bool = False) -> Array:
         cfg = self.config
         if z.ndim != 2 or z.shape[-1] != cfg.effective_dim_z:
             raise ValueError(
@@ -256,17 +258,17 @@ class Generator(nn.Module):
                 flag.value = jnp.asarray(use_in, bool)
 
         c0, bw = cfg.g_in_channels[0], cfg.bottom_width
-        h = SNLinear(eps=cfg.SN_eps, features=c0 * bw * bw, name="linear")(z0)
+        h = SNLinear(eps=cfg.SN_eps, features=c0 * bw * bw, name="linear")(z0, train)
         # PyTorch views the linear output as NCHW.
         h = h.reshape(z.shape[0], c0, bw, bw).transpose(0, 2, 3, 1)
         for i, out_ch in enumerate(cfg.g_out_channels):
             h = GBlock(out_ch, cfg.BN_eps, cfg.SN_eps, name=f"blocks.{i}.0")(
-                h, conds[i], use_in, captured
+                h, conds[i], use_in, captured, train
             )
             if cfg.g_attention[i]:
-                h = Attention(out_ch, cfg.SN_eps, name=f"blocks.{i}.1")(h)
-        h = jax.nn.relu(BatchNorm(cfg.BN_eps, name="output_layer.0")(h))
-        h = SNConv2d(eps=cfg.SN_eps, features=3, kernel_size=3, name="output_layer.2")(h)
+                h = Attention(out_ch, cfg.SN_eps, name=f"blocks.{i}.1")(h, train)
+        h = jax.nn.relu(BatchNorm(cfg.BN_eps, name="output_layer.0")(h, train))
+        h = SNConv2d(eps=cfg.SN_eps, features=3, kernel_size=3, name="output_layer.2")(h, train)
         return jnp.tanh(h)
 
 
@@ -280,22 +282,22 @@ class DBlock(nn.Module):
     sn_eps: float
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         conv = lambda f, k, name: SNConv2d(eps=self.sn_eps, features=f, kernel_size=k, name=name)  # noqa: E731
         h = jax.nn.relu(x) if self.preactivation else x
-        h = conv(self.hidden_channels, 3, "conv1")(h)
-        h = conv(self.out_channels, 3, "conv2")(jax.nn.relu(h))
+        h = conv(self.hidden_channels, 3, "conv1")(h, train)
+        h = conv(self.out_channels, 3, "conv2")(jax.nn.relu(h), train)
         if self.downsample:
             h = avg_pool2x(h)
         sc = x
         if x.shape[-1] != self.out_channels or self.downsample:
             shortcut_conv = conv(self.out_channels, 1, "conv_sc")
             if self.preactivation:
-                sc = shortcut_conv(sc)
+                sc = shortcut_conv(sc, train)
                 sc = avg_pool2x(sc) if self.downsample else sc
             else:
                 sc = avg_pool2x(sc) if self.downsample else sc
-                sc = shortcut_conv(sc)
+                sc = shortcut_conv(sc, train)
         return h + sc
 
 
@@ -305,13 +307,15 @@ class Discriminator(nn.Module):
     x: images (B, R, R, 3) in [-1, 1], NHWC. y: integer classes (B,) or None. The feature
     list is the output of every block and attention layer in order, then the ReLU'd
     features summed over space (8 entries at 128 px, 9 at 256 px) -- DGP's loss uses its
-    tail.
+    tail. ``train=True`` advances the spectral-norm power iterations (``mutable=["buffers"]``).
     """
 
     config: BigGANConfig
 
     @nn.compact
-    def __call__(self, x: Array, y: Array | None = None) -> tuple[Array, list[Array]]:
+    def __call__(
+        self, x: Array, y: Array | None = None, train: bool = False
+    ) -> tuple[Array, list[Array]]:
         cfg = self.config
         ins, outs = cfg.d_channels
         if x.ndim != 4 or x.shape[1:] != (cfg.resolution, cfg.resolution, 3):
@@ -323,17 +327,17 @@ class Discriminator(nn.Module):
             hidden = out_ch if cfg.D_wide else ins[i]
             h = DBlock(
                 out_ch, hidden, i > 0, cfg.d_downsample[i], cfg.SN_eps, name=f"blocks.{i}.0"
-            )(h)
+            )(h, train)
             features.append(h)
             if cfg.d_attention[i]:
-                h = Attention(out_ch, cfg.SN_eps, name=f"blocks.{i}.1")(h)
+                h = Attention(out_ch, cfg.SN_eps, name=f"blocks.{i}.1")(h, train)
                 features.append(h)
         pooled = jnp.sum(jax.nn.relu(h), axis=(1, 2))
         features.append(pooled)
-        out = SNLinear(eps=cfg.SN_eps, features=1, name="linear")(pooled)
+        out = SNLinear(eps=cfg.SN_eps, features=1, name="linear")(pooled, train)
         if y is not None:
             embed = SNEmbedding(
                 eps=cfg.SN_eps, num_embeddings=cfg.n_classes, features=outs[-1], name="embed"
-            )(y, pooled.dtype)
+            )(y, pooled.dtype, train)
             out = out + jnp.sum(embed * pooled, axis=1, keepdims=True)
         return out, features

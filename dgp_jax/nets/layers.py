@@ -10,6 +10,11 @@ Conventions, chosen so a converted checkpoint is a renaming and nothing else:
   differentiates, vmaps and shards ``params`` alone.
 * Module names are the PyTorch module paths (``blocks.0.0``, ``output_layer.2``), so
   flattening either collection with ``"."`` gives the checkpoint keys.
+* Every layer takes ``train=False`` (evaluation mode, what DGP uses). ``train=True`` is
+  BigGAN-PyTorch's ``.train()`` mode and needs ``mutable=["buffers"]``: spectral norm
+  writes its power-iteration ``u`` and ``sigma`` back to ``u0``/``sv0``, and BN normalises
+  with the batch statistics and updates ``stored_mean``/``stored_var`` as running
+  averages (momentum 0.1, unbiased variance, as ``F.batch_norm``).
 """
 
 from __future__ import annotations
@@ -33,11 +38,10 @@ def _normalize(x: Array, eps: float) -> Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def spectral_normalize(weight: Array, u: Array, eps: float) -> Array:
-    """Divide ``weight`` by its top singular value, estimated from the stored ``u``.
+def power_iteration(weight: Array, u: Array, eps: float) -> tuple[Array, Array]:
+    """One step of BigGAN-PyTorch's power iteration from the stored ``u``: (u', sigma).
 
-    One power iteration at evaluation time, as BigGAN-PyTorch does in ``eval()``: u, v and
-    u' carry no gradient, sigma does (through W), and the stored u is not updated.
+    u, v and u' carry no gradient; sigma = v W^T u'^T does (through W).
     """
     w_mat = weight.reshape(weight.shape[0], -1)
     w_const = lax.stop_gradient(w_mat)
@@ -45,6 +49,16 @@ def spectral_normalize(weight: Array, u: Array, eps: float) -> Array:
     v = _normalize(u @ w_const, eps)
     u_next = _normalize(v @ w_const.T, eps)
     sigma = (v @ w_mat.T @ u_next.T)[0, 0]
+    return u_next, sigma
+
+
+def spectral_normalize(weight: Array, u: Array, eps: float) -> Array:
+    """Divide ``weight`` by its top singular value, estimated from the stored ``u``.
+
+    One power iteration at evaluation time, as BigGAN-PyTorch does in ``eval()``: the
+    stored u is not updated.
+    """
+    _, sigma = power_iteration(weight, u, eps)
     return weight / sigma
 
 
@@ -68,13 +82,20 @@ class _SNWeight(nn.Module):
 
     eps: float
 
-    def normalized_weight(self, shape: tuple[int, ...], dtype) -> Array:
+    def normalized_weight(self, shape: tuple[int, ...], dtype, train: bool = False) -> Array:
         weight = self.param("weight", orthogonal_init, shape, dtype)
         u = self.variable(
             BUFFERS, "u0", lambda: _unit_row(self.make_rng(PARAMS), (1, shape[0]), dtype)
         )
-        self.variable(BUFFERS, "sv0", lambda: jnp.ones((1,), dtype))
-        return spectral_normalize(weight, u.value, self.eps)
+        sv = self.variable(BUFFERS, "sv0", lambda: jnp.ones((1,), dtype))
+        if not train:
+            return spectral_normalize(weight, u.value, self.eps)
+        # Training mode: the power iteration advances, as SN.W_() under .train().
+        u_next, sigma = power_iteration(weight, u.value, self.eps)
+        if not self.is_initializing():
+            u.value = u_next
+            sv.value = lax.stop_gradient(sigma).reshape(1)
+        return weight / sigma
 
 
 class SNConv2d(_SNWeight):
@@ -85,9 +106,9 @@ class SNConv2d(_SNWeight):
     use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         k = self.kernel_size
-        w = self.normalized_weight((self.features, x.shape[-1], k, k), x.dtype)
+        w = self.normalized_weight((self.features, x.shape[-1], k, k), x.dtype, train)
         pad = (k - 1) // 2
         y = lax.conv_general_dilated(
             x,
@@ -108,8 +129,8 @@ class SNLinear(_SNWeight):
     use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
-        w = self.normalized_weight((self.features, x.shape[-1]), x.dtype)
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        w = self.normalized_weight((self.features, x.shape[-1]), x.dtype, train)
         y = x @ w.T
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
@@ -123,8 +144,8 @@ class SNEmbedding(_SNWeight):
     features: int = 0
 
     @nn.compact
-    def __call__(self, classes: Array, dtype=jnp.float32) -> Array:
-        w = self.normalized_weight((self.num_embeddings, self.features), dtype)
+    def __call__(self, classes: Array, dtype=jnp.float32, train: bool = False) -> Array:
+        w = self.normalized_weight((self.num_embeddings, self.features), dtype, train)
         return jnp.take(w, classes, axis=0)
 
 
@@ -146,15 +167,36 @@ def _stored_stats(module: nn.Module, channels: int, dtype) -> tuple[Array, Array
     return mean.value, var.value
 
 
+def _norm_stats(module: nn.Module, x: Array, train: bool, momentum: float) -> tuple[Array, Array]:
+    """(mean, var) to normalise x with: the stored ones in evaluation; in training the
+    batch's (biased variance) while the stored ones move towards them (unbiased variance),
+    as ``F.batch_norm(x, stored_mean, stored_var, training=True, momentum=momentum)``."""
+    c = x.shape[-1]
+    if not train:
+        return _stored_stats(module, c, x.dtype)
+    stored_mean = module.variable(BUFFERS, "stored_mean", lambda: jnp.zeros((c,), x.dtype))
+    stored_var = module.variable(BUFFERS, "stored_var", lambda: jnp.ones((c,), x.dtype))
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    if not module.is_initializing():
+        n = x.size // c
+        unbiased = lax.stop_gradient(var) * (n / max(n - 1, 1))
+        stored_mean.value = (1 - momentum) * stored_mean.value + momentum * lax.stop_gradient(mean)
+        stored_var.value = (1 - momentum) * stored_var.value + momentum * unbiased
+    return mean, var
+
+
 class BatchNorm(nn.Module):
     """BN with stored statistics and a learned per-channel gain/bias (G's output layer)."""
 
     eps: float = 1e-5
+    momentum: float = 0.1
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         c = x.shape[-1]
-        mean, var = _stored_stats(self, c, x.dtype)
+        mean, var = _norm_stats(self, x, train, self.momentum)
         gain = self.param("gain", nn.initializers.ones, (c,), x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), x.dtype)
         return (x - mean) * lax.rsqrt(var + self.eps) * gain + bias
@@ -169,14 +211,16 @@ class ConditionalBatchNorm(nn.Module):
 
     eps: float = 1e-5
     sn_eps: float = 1e-6
+    momentum: float = 0.1
 
     @nn.compact
-    def __call__(self, x: Array, y: Array) -> Array:
+    def __call__(self, x: Array, y: Array, train: bool = False) -> Array:
         c = x.shape[-1]
-        mean, var = _stored_stats(self, c, x.dtype)
-        gain = 1 + SNLinear(eps=self.sn_eps, features=c, use_bias=False, name="gain")(y)
-        bias = SNLinear(eps=self.sn_eps, features=c, use_bias=False, name="bias")(y)
-        # BigGAN-PyTorch's F.batch_norm in eval mode: (x - mean) / sqrt(var + eps).
+        mean, var = _norm_stats(self, x, train, self.momentum)
+        gain = 1 + SNLinear(eps=self.sn_eps, features=c, use_bias=False, name="gain")(y, train)
+        bias = SNLinear(eps=self.sn_eps, features=c, use_bias=False, name="bias")(y, train)
+        # BigGAN-PyTorch's F.batch_norm: (x - mean) / sqrt(var + eps), with the stored
+        # statistics in eval mode and the batch's in training.
         out = (x - mean) * lax.rsqrt(var + self.eps)
         return out * gain[:, None, None, :] + bias[:, None, None, :]
 
@@ -217,15 +261,15 @@ class Attention(nn.Module):
     sn_eps: float = 1e-6
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         b, h, w, c = x.shape
         conv = lambda f, name: SNConv2d(  # noqa: E731
             eps=self.sn_eps, features=f, kernel_size=1, use_bias=False, name=name
         )
-        theta = conv(c // 8, "theta")(x).reshape(b, h * w, c // 8)
-        phi = max_pool2x(conv(c // 8, "phi")(x)).reshape(b, h * w // 4, c // 8)
-        g = max_pool2x(conv(c // 2, "g")(x)).reshape(b, h * w // 4, c // 2)
+        theta = conv(c // 8, "theta")(x, train).reshape(b, h * w, c // 8)
+        phi = max_pool2x(conv(c // 8, "phi")(x, train)).reshape(b, h * w // 4, c // 8)
+        g = max_pool2x(conv(c // 2, "g")(x, train)).reshape(b, h * w // 4, c // 2)
         beta = jax.nn.softmax(theta @ jnp.swapaxes(phi, 1, 2), axis=-1)
-        o = conv(c, "o")((beta @ g).reshape(b, h, w, c // 2))
+        o = conv(c, "o")((beta @ g).reshape(b, h, w, c // 2), train)
         gamma = self.param("gamma", nn.initializers.zeros, (), x.dtype)
         return gamma * o + x
