@@ -625,6 +625,7 @@ def _pick(result, i: int):
         history={k: v[:, sl] for k, v in result.history.items()},
         select_loss=result.select_loss[sl],
         metrics=None if result.metrics is None else {k: v[sl] for k, v in result.metrics.items()},
+        stage_images=None if result.stage_images is None else result.stage_images[:, sl],
     )  # fmt: skip
 
 
@@ -787,9 +788,10 @@ def write_solved(out: OutputDir, model, spec: RunSpec, solved: Solved, fingerpri
     files = [f"{stem}.png", f"{stem}_degraded.png", f"{stem}_sheet.png"]
     out.write_image(files[0], res.images[0])
     out.write_image(files[1], res.degraded[0])
-    # input | degraded | result. The solver does not expose its per-stage images, so the
-    # sheet cannot show the process stage by stage as the reference's does.
-    sheet = [res.degraded[0], res.images[0]]
+    # input | degraded | G's output at the end of each stage (the reconstruction process,
+    # as the reference's sheet shows it) | result.
+    stages = [] if res.stage_images is None else list(res.stage_images[:-1, 0])
+    sheet = [res.degraded[0], *stages, res.images[0]]
     out.write_image(files[2], image_sheet(sheet if spec.observed else [solved.original] + sheet))
     metrics, region = _metrics(solved, spec)
     record: dict[str, Any] = {

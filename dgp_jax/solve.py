@@ -61,6 +61,8 @@ class SolveResult:
     select_loss: (B, select_num) the start candidates' scores (empty if none scored).
     metrics: against the originals (unless ``observed=True``): 'mse', 'l1' ([0, 1]
         scale), 'psnr', 'ssim' as the reference reports them, each (B,).
+    stage_images: (S, B, R, R, 3) G's output at the last step of each stage that ran (the
+        reconstruction process the reference's image sheet shows); None without steps.
     """
 
     images: Array
@@ -72,6 +74,7 @@ class SolveResult:
     history: dict[str, np.ndarray]
     select_loss: np.ndarray
     metrics: dict[str, np.ndarray] | None = None
+    stage_images: np.ndarray | None = None
 
     def generator(self, model: BigGAN, index: int) -> BigGAN:
         """Image ``index``'s fine-tuned generator as a BigGAN (its class row updated)."""
@@ -459,12 +462,17 @@ def restore(
     table_dev = put_r({k: jnp.asarray(v, dtype if v.dtype == np.float64 else v.dtype)
                        for k, v in rows.items() if k != "stage"})  # fmt: skip
     records = []
+    stage_images = []
+    stage = rows["stage"]
+    rows["stage_end"] = np.append(stage[1:] != stage[:-1], True)[: len(stage)]
     total = config.total_steps
     for t in range(total):
         state, record = step_fn(
             state, target_dev, target_feats_1, d_vars, g_buffers, table_dev, jnp.int32(t)
         )
         records.append(record)
+        if rows["stage_end"][t]:
+            stage_images.append(np.asarray(state["x_last"])[:batch])
         if callback is not None:
             callback(t + 1, total, {"stage": int(rows["stage"][t]), "record": record})
 
@@ -490,6 +498,7 @@ def restore(
         params=trained["generator"],
         history=history,
         select_loss=np.asarray(select_loss),
+        stage_images=np.stack(stage_images) if stage_images else None,
         metrics=metrics,
     )
 

@@ -244,7 +244,8 @@ def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
         for path in files_of(out, f"{name}_colorization.done.json"):
             assert path.is_file(), path
         with Image.open(out / f"{name}_colorization_sheet.png") as sheet:
-            assert sheet.size == (3 * 32, 32)  # input | degraded | result
+            # input | degraded | end of stages 1-4 | result (5 stages of 1 step)
+            assert sheet.size == (7 * 32, 32)
         metrics = json.loads((out / f"{name}_colorization_metrics.json").read_text())
         assert np.isfinite(metrics["psnr"]) and metrics["class"] == 3
     summary = json.loads((out / "summary.json").read_text())
@@ -314,14 +315,14 @@ def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
     assert config["run"]["mask"].endswith("mask.png (keep white)")
     assert config["run"]["mask_sha256"]
 
-    # Observed inputs are already degraded: no metrics, the sheet is degraded | result.
+    # Observed inputs are already degraded: no metrics, the sheet is degraded | stages | result.
     seen = tmp_path / "observed"
     runner.execute(options(tiny, seen, photos, task="inpainting", batch=1, observed=True,
                            mask=str(tmp_path / "mask.png")), mesh=mesh)  # fmt: skip
     record = json.loads((seen / "p0_inpainting.done.json").read_text())
     assert record["metrics"] is None and not (seen / "p0_inpainting_metrics.json").exists()
     with Image.open(seen / "p0_inpainting_sheet.png") as sheet:
-        assert sheet.size == (64, 32)
+        assert sheet.size == (6 * 32, 32)
 
 
 def test_jitter_transfer_and_morph(tmp_path, tiny, mesh):

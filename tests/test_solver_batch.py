@@ -45,6 +45,9 @@ def test_all_stages_compile_the_step_once(tiny_model, one_device_mesh):
                     mesh=one_device_mesh)  # fmt: skip
     assert solve.TRACE_COUNTS["step"] - before == 1
     assert result.history["loss"].shape == (7, 2)
+    # The reconstruction process: G's output at the end of each of the three stages.
+    assert result.stage_images.shape == (3, 2, 32, 32, 3)
+    np.testing.assert_array_equal(result.stage_images[-1], result.images)
     assert np.all(np.isfinite(result.history["loss"]))
 
 
