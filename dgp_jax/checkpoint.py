@@ -11,6 +11,7 @@ Conversion is a table: the Flax path of every leaf, joined with ".", is the PyTo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -226,6 +227,23 @@ def infer_config(
 
 
 # --------------------------------------------------------------------------- save / load
+@contextlib.contextmanager
+def atomic_directory(final: Path):
+    """Yield a temporary folder beside ``final``; when the block succeeds it replaces
+    ``final``, when it fails it is removed, so an interrupted write never leaves a
+    half-written folder (model checkpoints and training checkpoints alike)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save(
     directory: str | os.PathLike,
     config: BigGANConfig,
@@ -242,9 +260,7 @@ def save(
     directory = Path(directory).absolute()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         state = {"generator": _strip(generator)}
         if discriminator is not None:
             state["discriminator"] = _strip(discriminator)
@@ -259,12 +275,6 @@ def save(
             "metadata": dict(metadata or {}),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

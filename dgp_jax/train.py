@@ -354,21 +354,11 @@ def save_train_checkpoint(
     host = jax.device_get(state)
     step = int(host["step"])
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with checkpoint_lib.atomic_directory(final) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "state", host)
             ckptr.wait_until_finished()
         (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

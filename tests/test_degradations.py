@@ -11,15 +11,13 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import json  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from dgp_jax import degradations as dg  # noqa: E402
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "biggan_pytorch"
+from tests.conftest import FIXTURES  # noqa: E402
 
 CASES = [
     "128_ch8_f64_colorization",

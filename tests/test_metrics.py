@@ -9,7 +9,6 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import json  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -17,8 +16,7 @@ from skimage import color  # noqa: E402
 
 from dgp_jax import metrics  # noqa: E402
 from dgp_jax.degradations import hole_box  # noqa: E402
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "biggan_pytorch"
+from tests.conftest import FIXTURES  # noqa: E402
 
 # hybrid is absent: the reference reports no origin metrics for it.
 CASES = [
