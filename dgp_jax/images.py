@@ -173,7 +173,8 @@ def image_grid(rows: list[list[np.ndarray]]) -> np.ndarray:
 
 def read_inputs(inputs: list[str]) -> list[tuple[Path, int]]:
     """Files, folders (their images, sorted) and list files (``path [class]`` per line,
-    relative to the list's folder; class -1 or absent = unknown) -> (path, class)."""
+    relative to the list's folder; class -1 or absent = unknown; lines starting with ``#``
+    are comments) -> (path, class)."""
     out: list[tuple[Path, int]] = []
     for item in inputs:
         p = Path(item)
@@ -184,7 +185,7 @@ def read_inputs(inputs: list[str]) -> list[tuple[Path, int]]:
                 raise FileNotFoundError(f"no list file at {p}")
             for n, line in enumerate(p.read_text().splitlines(), 1):
                 parts = line.split()
-                if not parts:
+                if not parts or parts[0].startswith("#"):
                     continue
                 if len(parts) > 2:
                     raise ValueError(f"{p}:{n}: expected 'path [class]', got {line!r}")

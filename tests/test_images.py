@@ -169,7 +169,7 @@ def test_save_is_atomic_and_reference_rounding(tmp_path):
 def test_read_inputs_list_folder_and_grid(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "notes.md").write_text("skip me")
-    (tmp_path / "list.txt").write_text("a.png 3\n\nsub/b.jpg\nc.png -1\n")
+    (tmp_path / "list.txt").write_text("# file class\na.png 3\n\nsub/b.jpg\n  # x y z\nc.png -1\n")
     entries = images.read_inputs([str(tmp_path / "list.txt"), str(tmp_path)])
     assert [(p.name, c) for p, c in entries] == [("a.png", 3), ("b.jpg", -1), ("c.png", -1),
                                                   ("a.png", -1)]  # fmt: skip
