@@ -396,14 +396,27 @@ def export_pth(
     directory: str | os.PathLike,
     generator_pth: str | os.PathLike,
     discriminator_pth: str | os.PathLike | None = None,
+    *,
+    dtype: str | None = None,
 ) -> None:
-    """A dgp_jax checkpoint folder -> ``.pth`` state dicts that BigGAN-PyTorch loads."""
+    """A dgp_jax checkpoint folder -> ``.pth`` state dicts that BigGAN-PyTorch loads.
+
+    ``dtype`` (e.g. "float16") stores the floating-point tensors in that type (half the
+    size; loading casts back to the compute dtype); integer buffers are kept as they are.
+    """
     config, g_vars, d_vars, meta = load(directory)
     order = meta.get("key_order", {})
-    pth.write_state_dict(generator_pth, state_dict_from_variables(g_vars, order.get("generator")))
+
+    def state(variables, key_order):
+        flat = state_dict_from_variables(variables, key_order)
+        if dtype is None:
+            return flat
+        cast = np.dtype(dtype)
+        return {k: v.astype(cast) if np.issubdtype(v.dtype, np.floating) else v
+                for k, v in flat.items()}  # fmt: skip
+
+    pth.write_state_dict(generator_pth, state(g_vars, order.get("generator")))
     if discriminator_pth is not None:
         if d_vars is None:
             raise CheckpointError(f"{directory} holds no discriminator to export")
-        pth.write_state_dict(
-            discriminator_pth, state_dict_from_variables(d_vars, order.get("discriminator"))
-        )
+        pth.write_state_dict(discriminator_pth, state(d_vars, order.get("discriminator")))

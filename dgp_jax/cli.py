@@ -3,6 +3,7 @@
 dgp-jax convert G_ema_128.pth D_128.pth --out biggan128
 dgp-jax export biggan128 --generator G_out.pth --discriminator D_out.pth
 dgp-jax restore --weights biggan128 --task colorization photos/ --out results/
+dgp-jax restore --task SR photos/ --out results/     # the shipped 64 px model
 dgp-jax jitter|morph|transfer --weights biggan128 photos/ --out edits/
 
 The batch commands are resumable: rerun the same command after an interruption and
@@ -49,7 +50,7 @@ def _parse_set_model(items: list[str]) -> dict:
 def cmd_export(args) -> int:
     from dgp_jax import checkpoint
 
-    checkpoint.export_pth(args.checkpoint, args.generator, args.discriminator)
+    checkpoint.export_pth(args.checkpoint, args.generator, args.discriminator, dtype=args.dtype)
     print(f"wrote {args.generator}" + (f" and {args.discriminator}" if args.discriminator else ""))
     return 0
 
@@ -84,10 +85,11 @@ def cmd_run(args) -> int:
     elif args.command == "transfer":
         manipulation = {"classes": args.classes}
     options = runner.RunOptions(
-        kind=args.command, inputs=args.inputs, weights=args.weights, out=args.out,
+        kind=args.command, inputs=args.inputs, weights=args.weights or "", out=args.out,
         task=args.task, preset=args.preset, sets=args.set, class_index=args.class_index,
         mask=args.mask, mask_keep=args.mask_keep, factor=args.factor, observed=args.observed,
-        batch=args.batch, seed=args.seed, force=args.force, progress=not args.quiet,
+        batch=args.batch, precision=args.precision, seed=args.seed, force=args.force,
+        progress=not args.quiet,
         process_index=index, process_count=count, manipulation=manipulation,
     )  # fmt: skip
     report = runner.execute(options)
@@ -114,8 +116,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
     )
     p.add_argument(
         "--weights",
-        required=True,
-        help="dgp_jax checkpoint folder, or G_ema_*.pth with D_*.pth beside it",
+        help="dgp_jax checkpoint folder, or G_ema_*.pth with D_*.pth beside it (default: the "
+        "64 px model shipped with dgp_jax, classes 0 flora, 1 landscape, 2 objects)",
     )
     p.add_argument("--out", required=True, help="output folder (created; reruns resume)")
     p.add_argument(
@@ -159,7 +161,15 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
         action="store_true",
         help="inputs are already degraded (no metrics); default: originals",
     )
-    p.add_argument("--batch", type=int, default=8, help="images solved together")
+    p.add_argument(
+        "--batch", type=int, default=0,
+        help="images solved together (default: one per device on a CPU, 8 per device on a GPU/TPU)",
+    )  # fmt: skip
+    p.add_argument(
+        "--precision", choices=["float32", "tf32", "bfloat16"], default="float32",
+        help="float32 (default, the reference's numbers); tf32 / bfloat16: opt-in faster "
+        "modes on GPUs/TPUs that change results (see BENCHMARKS.md)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--force",
@@ -197,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--generator", required=True)
     p.add_argument("--discriminator")
+    p.add_argument(
+        "--dtype", choices=["float32", "float16"], help="store floating tensors in this type"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("restore", help="restore images with DGP (resumable batch run)")

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from dgp_jax.config import STAGE_FIELDS, SolverConfig
+from dgp_jax.default_model import DEFAULT_MODEL
 from dgp_jax.images import (
     ImageError,
     encode_image,
@@ -63,12 +64,21 @@ from dgp_jax.images import (
     read_inputs,
 )
 
+PRECISIONS = ("float32", "tf32", "bfloat16")  # dgp_jax.solve.PRECISIONS, without JAX
 METRIC_NAMES = ("psnr", "ssim", "mse", "l1")
 TASKS = ("colorization", "inpainting", "SR", "hybrid", "reconstruct", "defense")
 KINDS = ("restore", "jitter", "morph", "transfer")
 # The task's published schedule, by model resolution (the 256 px examples have no
 # reconstruct script: their jitter one reconstructs).
 _DEFAULT_PRESETS = {
+    64: {
+        "colorization": "wallpapers_64/colorization",
+        "inpainting": "wallpapers_64/inpainting",
+        "SR": "wallpapers_64/SR",
+        "reconstruct": "wallpapers_64/reconstruct",
+        "hybrid": "wallpapers_64/reconstruct",
+        "defense": "wallpapers_64/reconstruct",
+    },
     128: {
         "colorization": "imagenet1k_128/colorization",
         "inpainting": "imagenet1k_128/inpainting",
@@ -252,6 +262,16 @@ def init_distributed(
         coordinator, num_processes, process_id, shutdown_timeout_seconds=SHUTDOWN_WAIT_S
     )
     return jax.process_index(), jax.process_count()
+
+
+def default_batch() -> int:
+    """Images solved together when ``--batch`` is not given: one per device on a CPU, where
+    solving per-image generators together (grouped convolutions) is about twice as slow
+    per image as one at a time (BENCHMARKS.md); 8 per device on an accelerator."""
+    import jax
+
+    devices = jax.local_devices()
+    return len(devices) * (1 if devices[0].platform == "cpu" else 8)
 
 
 def local_mesh(batch: int):
@@ -439,6 +459,7 @@ class RunSpec:
     seed: int = 0
     batch: int = 8
     observed: bool = False
+    precision: str = "float32"
     mask: np.ndarray | None = dataclasses.field(default=None, compare=False)
     mask_source: str | None = None
     weights: str = ""
@@ -453,6 +474,7 @@ class RunSpec:
             "kind": self.kind,
             "label": self.label,
             "seed": self.seed,
+            "precision": self.precision,
             "observed": self.observed,
             "mask": self.mask_source,
             "mask_sha256": mask_hash,
@@ -692,7 +714,7 @@ def solve_items(
             result = dgp_jax.restore(
                 model, images, classes, spec.config, keys, degradation=degradation,
                 observed=spec.observed, mesh=mesh or local_mesh(batch_size),
-                callback=progress.step,
+                callback=progress.step, precision=spec.precision,
             )  # fmt: skip
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -1021,7 +1043,8 @@ class RunOptions:
     mask_keep: str = "white"
     factor: int | None = None
     observed: bool = False
-    batch: int = 8
+    batch: int = 0  # 0 = default_batch()
+    precision: str = "float32"
     seed: int = 0
     force: bool = False
     progress: bool = True
@@ -1030,12 +1053,18 @@ class RunOptions:
     manipulation: dict = dataclasses.field(default_factory=dict)
 
 
-def load_model(weights: str):
-    """The BigGAN (with its discriminator) from a dgp_jax folder or a G_*.pth file."""
+def load_model(weights: str | None):
+    """The BigGAN (with its discriminator) from a dgp_jax folder or a G_*.pth file; with no
+    ``weights``, the model shipped with dgp_jax."""
     import warnings
 
     import dgp_jax
 
+    if not weights:
+        try:
+            return dgp_jax.load_default_biggan()
+        except ValueError as err:
+            raise RunError(str(err)) from None
     with warnings.catch_warnings():
         # orbax warns that it reads the saved sharding; that is what we want.
         warnings.filterwarnings("ignore", message="Sharding info not provided")
@@ -1070,8 +1099,10 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     """Run one command: checks first (RunError before any work), then the batches."""
     if options.kind not in KINDS:
         raise RunError(f"unknown kind {options.kind!r}")
-    if options.batch < 1:
+    if options.batch < 0:
         raise RunError(f"--batch must be >= 1, got {options.batch}")
+    if options.precision not in PRECISIONS:
+        raise RunError(f"--precision must be one of {', '.join(PRECISIONS)}")
     task = canonical_task(options.task)
     OutputDir.check_writable(options.out)
     try:
@@ -1105,10 +1136,11 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     _check_manipulation(options.kind, options.manipulation, model.config.n_classes)
     label = task if options.kind == "restore" else options.kind
     spec = RunSpec(
-        kind=options.kind, label=label, config=config, seed=options.seed, batch=options.batch,
+        kind=options.kind, label=label, config=config, seed=options.seed,
+        batch=options.batch or default_batch(), precision=options.precision,
         observed=options.observed, mask=mask,
         mask_source=None if mask is None else f"{options.mask} (keep {options.mask_keep})",
-        weights=str(options.weights), manipulation=dict(options.manipulation),
+        weights=str(options.weights or DEFAULT_MODEL), manipulation=dict(options.manipulation),
     )  # fmt: skip
 
     with OutputDir(options.out, options.process_index, options.process_count) as out:

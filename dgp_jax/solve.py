@@ -154,6 +154,7 @@ class _Program:
     eps: float
     update_embed: bool
     update_G: bool
+    compute_dtype: Any = None  # None: the model's dtype; else G and D run in this dtype
 
 
 def _split_generator(params: dict) -> tuple[dict, dict]:
@@ -185,12 +186,17 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
         stopped = jnp.where(hp["stage_start"], False, state["stopped"])
 
         def loss_fn(trainable):
-            x, in_state = _generate_one(
-                prog, trainable["generator"], g_buffers, trainable["z"],
-                trainable["embedding"], state["in_state"], use_in,
-            )  # fmt: skip
+            g_in = (trainable["generator"], g_buffers, trainable["z"], trainable["embedding"],
+                    state["in_state"])  # fmt: skip
+            d_in = d_vars
+            if prog.compute_dtype is not None:  # bfloat16 compute, float32 everything kept
+                g_in, d_in = _cast_floats((g_in, d_in), prog.compute_dtype)
+            x, in_state = _generate_one(prog, *g_in, use_in)
+            if prog.compute_dtype is not None:
+                x, in_state = _cast_floats((x, in_state), target.dtype)
             x_map = prog.generator_fn(x)
-            _, feats = disc.apply(d_vars, x_map)
+            _, feats = disc.apply(d_in, x_map.astype(prog.compute_dtype or x_map.dtype))
+            feats = _cast_floats(feats, target.dtype)
             ftr = feature_l1(feats, target_feats, hp["ftr_mask"])[0]
             mse = jnp.mean(jnp.square(x_map - target))
             nll = jnp.mean(jnp.square(trainable["z"]) / 2)
@@ -236,6 +242,22 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
         return sharded(state, target, target_feats, d_vars, g_buffers, table, t)
 
     return jax.jit(step, donate_argnums=(0,))
+
+
+PRECISIONS = {"float32": ("float32", None), "tf32": ("tensorfloat32", None),
+              "bfloat16": ("bfloat16", jnp.bfloat16)}  # fmt: skip
+
+
+def _precision(precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
 
 
 def _without(d: dict, key: str) -> dict:
@@ -338,6 +360,7 @@ def restore(
     observed: bool = False,
     mesh: Mesh | None = None,
     callback: Callable[[int, int, dict], None] | None = None,
+    precision: str = "float32",
 ) -> SolveResult:
     """Restore a batch of images with DGP.
 
@@ -356,151 +379,164 @@ def restore(
       degradation: a custom φ (``dgp_jax.degradations``); default: the mode's.
       mesh: a ('data',) device mesh for the image axis; default: all local devices.
       callback: called as ``callback(step, total_steps, info)`` after each step.
+      precision: "float32" (default: float32 everywhere, matmuls and convolutions at full
+        float32 precision on every device), "tf32" (the device's default matmul precision:
+        TensorFloat-32 on NVIDIA Ampere and later; on a CPU the same as float32) or
+        "bfloat16" (the fine-tuning steps run G and D in bfloat16; weights, latents,
+        optimiser state and losses stay float32). The last two are opt-in speed modes that
+        change results; BENCHMARKS.md gives their measured effect.
     """
-    if isinstance(config, str):
-        config = SolverConfig.preset(config)
-    cfg = model.config
-    if model.discriminator is None:
-        raise ValueError("DGP needs the discriminator: load the model with its D_*.pth")
-    if config.resolution is not None and config.resolution != cfg.resolution:
-        raise ValueError(
-            f"the preset is for {config.resolution} px models but the model is "
-            f"{cfg.resolution} px; pass resolution=None to override"
+    matmul_precision, compute_dtype = _precision(precision)
+    with jax.default_matmul_precision(matmul_precision):
+        if isinstance(config, str):
+            config = SolverConfig.preset(config)
+        cfg = model.config
+        if model.discriminator is None:
+            raise ValueError("DGP needs the discriminator: load the model with its D_*.pth")
+        if config.resolution is not None and config.resolution != cfg.resolution:
+            raise ValueError(
+                f"the preset is for {config.resolution} px models but the model is "
+                f"{cfg.resolution} px; pass resolution=None to override"
+            )
+        dtype = model.dtype
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (cfg.resolution, cfg.resolution, 3):
+            raise ValueError(
+                f"images must be (batch, {cfg.resolution}, {cfg.resolution}, 3) NHWC in [-1, 1], "
+                f"got {images.shape}"
+            )
+        batch = images.shape[0]
+        classes = np.full((batch,), -1) if classes is None else np.asarray(classes).reshape(-1)
+        if classes.shape != (batch,):
+            raise ValueError(f"classes must be ({batch},), got {classes.shape}")
+        if np.any(classes >= cfg.n_classes) or np.any(classes < -1):
+            bad = classes[(classes >= cfg.n_classes) | (classes < -1)]
+            raise ValueError(f"classes {bad.tolist()} out of range [-1, {cfg.n_classes})")
+        if key is None:
+            key = jax.random.PRNGKey(0)
+        keys = _as_keys(key, batch)
+
+        degradation = degradation or default_degradation(
+            config.dgp_mode,
+            cfg.resolution,
+            config.sr_factor if config.dgp_mode in ("SR", "hybrid") else None,
         )
-    dtype = model.dtype
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1:] != (cfg.resolution, cfg.resolution, 3):
-        raise ValueError(
-            f"images must be (batch, {cfg.resolution}, {cfg.resolution}, 3) NHWC in [-1, 1], "
-            f"got {images.shape}"
-        )
-    batch = images.shape[0]
-    classes = np.full((batch,), -1) if classes is None else np.asarray(classes).reshape(-1)
-    if classes.shape != (batch,):
-        raise ValueError(f"classes must be ({batch},), got {classes.shape}")
-    if np.any(classes >= cfg.n_classes) or np.any(classes < -1):
-        bad = classes[(classes >= cfg.n_classes) | (classes < -1)]
-        raise ValueError(f"classes {bad.tolist()} out of range [-1, {cfg.n_classes})")
-    if key is None:
-        key = jax.random.PRNGKey(0)
-    keys = _as_keys(key, batch)
+        images = images.astype(dtype)
+        targets = images if observed else np.asarray(degradation.target_fn(images), dtype)
 
-    degradation = degradation or default_degradation(
-        config.dgp_mode,
-        cfg.resolution,
-        config.sr_factor if config.dgp_mode in ("SR", "hybrid") else None,
-    )
-    images = images.astype(dtype)
-    targets = images if observed else np.asarray(degradation.target_fn(images), dtype)
+        mesh = mesh or default_mesh()
+        n_dev = mesh.devices.size
+        padded = math.ceil(batch / n_dev) * n_dev
 
-    mesh = mesh or default_mesh()
-    n_dev = mesh.devices.size
-    padded = math.ceil(batch / n_dev) * n_dev
+        def pad(a):
+            return (
+                np.concatenate([a, np.repeat(a[-1:], padded - batch, 0)]) if padded > batch else a
+            )
 
-    def pad(a):
-        return np.concatenate([a, np.repeat(a[-1:], padded - batch, 0)]) if padded > batch else a
+        shard = NamedSharding(mesh, PartitionSpec("data"))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        put_b = lambda t: jax.device_put(t, shard)  # noqa: E731
+        put_r = lambda t: jax.device_put(t, replicated)  # noqa: E731
 
-    shard = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    put_b = lambda t: jax.device_put(t, shard)  # noqa: E731
-    put_r = lambda t: jax.device_put(t, replicated)  # noqa: E731
-
-    prog = _Program(
-        model_config=cfg, generator_fn=degradation.generator_fn,
-        static_use_in=_static_use_in(config), stop_mse=float(config.stop_mse),
-        stop_ftr=float(config.stop_ftr), b1=config.G_B1, b2=config.G_B2, eps=config.adam_eps,
-        update_embed=config.update_embed, update_G=config.update_G,
-    )  # fmt: skip
-    d_vars = put_r(model.discriminator)
-    g_params, table = _split_generator(model.generator[PARAMS])
-    g_buffers = put_r(model.generator[BUFFERS])
-
-    target_dev = put_b(pad(targets))
-    features_fn = _cached_features(cfg)
-    target_feats = features_fn(target_dev, d_vars)
-    # Per image, batch of one inside the vmapped step: (B, 1, ...).
-    target_feats_1 = [f[:, None] for f in target_feats]
-
-    # -- start: candidates scored on the last 3 features --------------------------------
-    select_loss = np.zeros((batch, 0))
-    known = classes >= 0
-    start_classes = np.where(known, classes, 0)
-    if z_init is not None:
-        z0 = np.asarray(z_init, dtype).reshape(batch, cfg.effective_dim_z)
-    else:
-        z0, start_classes, select_loss = _select(
-            model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
-            dtype, pad, put_b, put_r, degradation, _host_target_in_selection(degradation),
+        prog = _Program(
+            model_config=cfg, generator_fn=degradation.generator_fn,
+            static_use_in=_static_use_in(config), stop_mse=float(config.stop_mse),
+            stop_ftr=float(config.stop_ftr), b1=config.G_B1, b2=config.G_B2, eps=config.adam_eps,
+            update_embed=config.update_embed, update_G=config.update_G,
+            compute_dtype=compute_dtype,
         )  # fmt: skip
-    embeddings = np.asarray(model.embed(jnp.asarray(start_classes)), dtype)
+        d_vars = put_r(model.discriminator)
+        g_params, table = _split_generator(model.generator[PARAMS])
+        g_buffers = put_r(model.generator[BUFFERS])
 
-    # -- the fine-tuning state, one copy per image -----------------------------------------
-    tile = lambda a: jnp.broadcast_to(a, (padded,) + a.shape)  # noqa: E731
-    trainable = {
-        "generator": jax.tree.map(tile, g_params),
-        "embedding": jnp.asarray(pad(embeddings)),
-        "z": jnp.asarray(pad(z0)),
-    }
-    labels = _labels(jax.tree.map(lambda a: a[0], trainable), prog)
-    step_fn, tx = _cached_step(
-        prog, tuple(sorted(traverse_util.flatten_dict(labels, sep="/").items())), mesh
-    )
-    opt_state = jax.vmap(tx.init)(trainable)
-    in_state = _initial_in_state(model, prog, padded, dtype)
-    state = {
-        "trainable": trainable,
-        "opt_state": opt_state,
-        "in_state": in_state,
-        "x_last": jnp.zeros((padded, cfg.resolution, cfg.resolution, 3), dtype),
-        "stopped": jnp.zeros((padded,), bool),
-    }
-    state = put_b(state)
+        target_dev = put_b(pad(targets))
+        features_fn = _cached_features(cfg)
+        target_feats = features_fn(target_dev, d_vars)
+        # Per image, batch of one inside the vmapped step: (B, 1, ...).
+        target_feats_1 = [f[:, None] for f in target_feats]
 
-    num_groups = cfg.num_g_blocks + 1
-    rows = stage_table(config, num_groups, cfg.num_d_features)
-    rows["w_nll"] = np.full(len(rows["z_lr"]), config.w_nll)
-    table_dev = put_r({k: jnp.asarray(v, dtype if v.dtype == np.float64 else v.dtype)
-                       for k, v in rows.items() if k != "stage"})  # fmt: skip
-    records = []
-    stage_images = []
-    stage = rows["stage"]
-    rows["stage_end"] = np.append(stage[1:] != stage[:-1], True)[: len(stage)]
-    total = config.total_steps
-    for t in range(total):
-        state, record = step_fn(
-            state, target_dev, target_feats_1, d_vars, g_buffers, table_dev, jnp.int32(t)
+        # -- start: candidates scored on the last 3 features --------------------------------
+        select_loss = np.zeros((batch, 0))
+        known = classes >= 0
+        start_classes = np.where(known, classes, 0)
+        if z_init is not None:
+            z0 = np.asarray(z_init, dtype).reshape(batch, cfg.effective_dim_z)
+        else:
+            z0, start_classes, select_loss = _select(
+                model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
+                dtype, pad, put_b, put_r, degradation, _host_target_in_selection(degradation),
+            )  # fmt: skip
+        embeddings = np.asarray(model.embed(jnp.asarray(start_classes)), dtype)
+
+        # -- the fine-tuning state, one copy per image -----------------------------------------
+        tile = lambda a: jnp.broadcast_to(a, (padded,) + a.shape)  # noqa: E731
+        trainable = {
+            "generator": jax.tree.map(tile, g_params),
+            "embedding": jnp.asarray(pad(embeddings)),
+            "z": jnp.asarray(pad(z0)),
+        }
+        labels = _labels(jax.tree.map(lambda a: a[0], trainable), prog)
+        step_fn, tx = _cached_step(
+            prog, tuple(sorted(traverse_util.flatten_dict(labels, sep="/").items())), mesh
         )
-        records.append(record)
-        if rows["stage_end"][t]:
-            stage_images.append(np.asarray(state["x_last"])[:batch])
-        if callback is not None:
-            callback(t + 1, total, {"stage": int(rows["stage"][t]), "record": record})
+        opt_state = jax.vmap(tx.init)(trainable)
+        in_state = _initial_in_state(model, prog, padded, dtype)
+        state = {
+            "trainable": trainable,
+            "opt_state": opt_state,
+            "in_state": in_state,
+            "x_last": jnp.zeros((padded, cfg.resolution, cfg.resolution, 3), dtype),
+            "stopped": jnp.zeros((padded,), bool),
+        }
+        state = put_b(state)
 
-    history = {
-        k: np.stack([np.asarray(r[k])[:batch] for r in records])
-        if records
-        else np.zeros((0, batch))
-        for k in ("ftr", "mse", "nll", "loss", "active")
-    }
-    trained = jax.tree.map(lambda a: a[:batch], state["trainable"])
-    x_final = np.asarray(state["x_last"])[:batch]
-    if total == 0:
-        x_final = np.asarray(model.generate(jnp.asarray(z0), jnp.asarray(embeddings)))
-    metrics = None
-    if not observed:
-        metrics = metrics_lib.restoration_metrics(x_final, images, _metric_mode(config.dgp_mode))
-    return SolveResult(
-        images=x_final,
-        degraded=targets,
-        z=np.asarray(trained["z"]),
-        classes=np.asarray(start_classes),
-        embeddings=np.asarray(trained["embedding"]),
-        params=trained["generator"],
-        history=history,
-        select_loss=np.asarray(select_loss),
-        stage_images=np.stack(stage_images) if stage_images else None,
-        metrics=metrics,
-    )
+        num_groups = cfg.num_g_blocks + 1
+        rows = stage_table(config, num_groups, cfg.num_d_features)
+        rows["w_nll"] = np.full(len(rows["z_lr"]), config.w_nll)
+        table_dev = put_r({k: jnp.asarray(v, dtype if v.dtype == np.float64 else v.dtype)
+                           for k, v in rows.items() if k != "stage"})  # fmt: skip
+        records = []
+        stage_images = []
+        stage = rows["stage"]
+        rows["stage_end"] = np.append(stage[1:] != stage[:-1], True)[: len(stage)]
+        total = config.total_steps
+        for t in range(total):
+            state, record = step_fn(
+                state, target_dev, target_feats_1, d_vars, g_buffers, table_dev, jnp.int32(t)
+            )
+            records.append(record)
+            if rows["stage_end"][t]:
+                stage_images.append(np.asarray(state["x_last"])[:batch])
+            if callback is not None:
+                callback(t + 1, total, {"stage": int(rows["stage"][t]), "record": record})
+
+        history = {
+            k: np.stack([np.asarray(r[k])[:batch] for r in records])
+            if records
+            else np.zeros((0, batch))
+            for k in ("ftr", "mse", "nll", "loss", "active")
+        }
+        trained = jax.tree.map(lambda a: a[:batch], state["trainable"])
+        x_final = np.asarray(state["x_last"])[:batch]
+        if total == 0:
+            x_final = np.asarray(model.generate(jnp.asarray(z0), jnp.asarray(embeddings)))
+        metrics = None
+        if not observed:
+            metrics = metrics_lib.restoration_metrics(
+                x_final, images, _metric_mode(config.dgp_mode)
+            )
+        return SolveResult(
+            images=x_final,
+            degraded=targets,
+            z=np.asarray(trained["z"]),
+            classes=np.asarray(start_classes),
+            embeddings=np.asarray(trained["embedding"]),
+            params=trained["generator"],
+            history=history,
+            select_loss=np.asarray(select_loss),
+            stage_images=np.stack(stage_images) if stage_images else None,
+            metrics=metrics,
+        )
 
 
 def _metric_mode(mode: str) -> str:

@@ -35,8 +35,6 @@ REF_TOOLS = Path(__file__).resolve().parents[1].parent / "shared" / "reference_t
 def time_dgp_jax(args) -> dict:
     model_config = BigGANConfig(resolution=args.resolution, G_ch=args.ch, D_ch=args.ch)
     model = dgp_jax.random_biggan(model_config, jax.random.PRNGKey(0), init="N02")
-    if args.dtype == "bfloat16":
-        raise SystemExit("bfloat16 is not offered yet: see BENCHMARKS.md")
     full = dgp_jax.SolverConfig.preset(args.preset, resolution=None)
     n = full.num_stages
     config = full.replace(
@@ -58,7 +56,7 @@ def time_dgp_jax(args) -> dict:
 
         start = time.perf_counter()
         result = dgp_jax.restore(model, images, classes, cfg, jax.random.PRNGKey(1),
-                                 callback=callback)  # fmt: skip
+                                 callback=callback, precision=args.precision)  # fmt: skip
         jax.block_until_ready(result.params)
         return start, stamps + [time.perf_counter()]
 
@@ -88,6 +86,7 @@ def time_dgp_jax(args) -> dict:
         "ch": args.ch,
         "preset": args.preset,
         "batch": args.batch,
+        "precision": args.precision,
         "steps_timed": len(steps),
         "compile_s": round(compile_s, 2),
         "seconds_per_step": per_step,
@@ -128,7 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--select", type=int, default=4)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--precision", default="float32", choices=["float32", "tf32", "bfloat16"])
     p.add_argument("--reference", help="reference DGP checkout: time it too, same machine")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -205,6 +205,24 @@ def test_export_round_trip_is_exact(
         assert_state_identical(got, want)  # includes the key order of the source file
 
 
+def test_export_in_float16_halves_and_loads_back(
+    converted: Callable[[int], Path], tmp_path: Path
+) -> None:
+    g_out, d_out = tmp_path / "G_ema_x.pth", tmp_path / "D_x.pth"
+    checkpoint.export_pth(converted(128), g_out, d_out, dtype="float16")
+    want = source_state(g_pth(128))
+    got = read_state_dict(g_out)
+    assert list(got) == list(want)
+    for key, value in got.items():
+        assert value.dtype == np.float16, key
+        np.testing.assert_array_equal(value, want[key].astype(np.float16), err_msg=key)
+    model = load_biggan(g_out, dtype=jnp.float32)  # D_x.pth found beside it
+    assert model.discriminator is not None
+    weight = model.generator["params"]["shared"]["weight"]
+    assert weight.dtype == jnp.float32
+    np.testing.assert_array_equal(weight, want["shared.weight"].astype(np.float16))
+
+
 def test_exported_pth_loads_in_torch(converted: Callable[[int], Path], tmp_path: Path) -> None:
     torch = require_torch()
     g_out, d_out = tmp_path / "G.pth", tmp_path / "D.pth"

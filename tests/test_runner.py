@@ -182,6 +182,8 @@ def test_settings_overrides_and_presets():
     config = runner.build_config("SR", 32, sets=["resolution=none"], factor=2)
     assert config.dgp_mode == "SR" and config.sr_factor == 2
     assert runner.default_preset("SR", 256) == "examples_256/SR"
+    assert runner.default_preset("colorization", 64) == "wallpapers_64/colorization"
+    assert runner.build_config("inpainting", 64).iterations == (40, 40, 40, 40, 40)
     assert runner.default_preset("hybrid", 128) == "imagenet1k_128/reconstruct"
     with pytest.raises(runner.RunError, match="--factor applies to the tasks SR and hybrid"):
         runner.build_config("colorization", 32, sets=["resolution=none"], factor=2)
@@ -189,6 +191,12 @@ def test_settings_overrides_and_presets():
         runner.build_config("SR", 32, sets=["resolution=none"], factor=3)
     with pytest.raises(runner.RunError, match="ft_num has 5 entries but iterations has 2"):
         runner.build_config("colorization", 32, sets=["resolution=none", "iterations=1,1"])
+
+
+def test_default_batch_is_one_image_per_cpu_device():
+    # conftest.py gives this session 8 host CPU devices.
+    assert jax.local_devices()[0].platform == "cpu"
+    assert runner.default_batch() == len(jax.local_devices()) == 8
 
 
 def test_process_settings(monkeypatch):
