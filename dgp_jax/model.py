@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from dgp_jax import checkpoint
+from dgp_jax.default_model import DEFAULT_DISCRIMINATOR, DEFAULT_MODEL, verify_default_model
 from dgp_jax.nets.biggan import BigGANConfig, Discriminator, Generator
 from dgp_jax.nets.layers import BUFFERS, INSTANCE_NORM, PARAMS
 
@@ -204,3 +205,13 @@ def load_biggan(
     d_path = Path(discriminator) if discriminator is not None else _sibling_discriminator(path)
     config, g, d, _ = checkpoint.read_pth_pair(path, d_path, overrides=overrides, dtype=dtype)
     return BigGAN(config=config, generator=g, discriminator=d)
+
+
+def load_default_biggan(*, dtype=jnp.float32) -> BigGAN:
+    """The 64 px BigGAN shipped with dgp_jax (with its discriminator), weights as ``dtype``.
+
+    Classes: 0 flora, 1 landscape, 2 objects (``default_model_info()["classes"]``). The
+    files are checked against their recorded sha256 first.
+    """
+    verify_default_model()
+    return load_biggan(DEFAULT_MODEL, DEFAULT_DISCRIMINATOR, dtype=dtype)

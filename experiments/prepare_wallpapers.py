@@ -25,10 +25,8 @@ from ``--seed``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
-import lzma
 import re
 import subprocess
 import sys
@@ -37,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from dgp_jax.default_model import sha256
 
 # Debian 12 (bookworm) packages and the version the table was made from.
 PACKAGES = {
@@ -106,14 +106,6 @@ PHOTOS = [
 CLASSES = ("flora", "landscape", "objects")
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def deb_members(deb: Path, wanted: set[str]) -> dict[str, bytes]:
     """The files ``wanted`` (absolute paths) from a .deb's data archive."""
     raw = deb.read_bytes()
@@ -129,10 +121,8 @@ def deb_members(deb: Path, wanted: set[str]) -> dict[str, bytes]:
         pos += 60 + size + (size % 2)
     if data is None:
         raise SystemExit(f"{deb}: no data.tar member")
-    if name.endswith(".xz") or data[:6] == b"\xfd7zXZ\x00":
-        data = lzma.decompress(data)
     found = {}
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:  # xz, gz or plain: detected
         for member in tar:
             path = "/" + member.name.lstrip("./")
             if path in wanted and member.isfile():
