@@ -34,11 +34,13 @@ def sha256(path: Path) -> str:
 def verify_default_model() -> None:
     """Raise ValueError naming the file when a shipped file is missing or altered (a
     damaged install), rather than letting a truncated tensor surface later."""
-    expected = default_model_info()["files"]
+    if not RECORD.is_file():
+        raise ValueError(f"the shipped model's record {RECORD} is missing: reinstall dgp_jax")
+    expected = default_model_info().get("files", {})
     for path in (DEFAULT_MODEL, DEFAULT_DISCRIMINATOR):
         if not path.is_file():
             raise ValueError(f"the shipped model file {path} is missing: reinstall dgp_jax")
-        if sha256(path) != expected[path.name]:
+        if sha256(path) != expected.get(path.name):
             raise ValueError(
                 f"the shipped model file {path} does not match its sha256 in {RECORD} "
                 "(damaged or replaced): reinstall dgp_jax"

@@ -474,7 +474,8 @@ class RunSpec:
             "kind": self.kind,
             "label": self.label,
             "seed": self.seed,
-            "precision": self.precision,
+            # Only when not the default, so that runs made before the option still resume.
+            **({"precision": self.precision} if self.precision != "float32" else {}),
             "observed": self.observed,
             "mask": self.mask_source,
             "mask_sha256": mask_hash,
@@ -1063,7 +1064,7 @@ def load_model(weights: str | None):
     if not weights:
         try:
             return dgp_jax.load_default_biggan()
-        except ValueError as err:
+        except (OSError, ValueError) as err:
             raise RunError(str(err)) from None
     with warnings.catch_warnings():
         # orbax warns that it reads the saved sharding; that is what we want.
@@ -1100,7 +1101,7 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     if options.kind not in KINDS:
         raise RunError(f"unknown kind {options.kind!r}")
     if options.batch < 0:
-        raise RunError(f"--batch must be >= 1, got {options.batch}")
+        raise RunError(f"--batch must be >= 1 (or 0, the default), got {options.batch}")
     if options.precision not in PRECISIONS:
         raise RunError(f"--precision must be one of {', '.join(PRECISIONS)}")
     task = canonical_task(options.task)

@@ -383,8 +383,10 @@ def restore(
         float32 precision on every device), "tf32" (the device's default matmul precision:
         TensorFloat-32 on NVIDIA Ampere and later; on a CPU the same as float32) or
         "bfloat16" (the fine-tuning steps run G and D in bfloat16; weights, latents,
-        optimiser state and losses stay float32). The last two are opt-in speed modes that
-        change results; BENCHMARKS.md gives their measured effect.
+        optimiser state and losses stay float32). The mode's matmul precision holds for the
+        whole call (candidate scoring and target features too), in place of any global
+        ``jax_default_matmul_precision``. The last two are opt-in speed modes that change
+        results; BENCHMARKS.md gives their measured effect.
     """
     matmul_precision, compute_dtype = _precision(precision)
     with jax.default_matmul_precision(matmul_precision):

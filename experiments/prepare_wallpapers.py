@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -218,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "source": "Debian 12 (bookworm) packages, fetched with apt-get download",
         "packages": {
-            name: {"file": deb.name, "sha256": sha256(deb), "version_used": PACKAGES[name]}
+            name: {
+                "file": deb.name,
+                "sha256": sha256(deb),
+                "version": urllib.parse.unquote(deb.name.split("_")[1]),
+                "version_table_made_from": PACKAGES[name],
+            }  # fmt: skip
             for name, deb in debs.items()
         },
         "classes": list(CLASSES),
