@@ -104,10 +104,15 @@ def time_dgp_jax(args) -> dict:
 def time_reference(args, ref_dir: str) -> dict:
     env = dict(os.environ, DGP_REF=ref_dir)
     mode = dgp_jax.SolverConfig.preset(args.preset, resolution=None).dgp_mode
-    cmd = [sys.executable, str(REF_TOOLS / "ref_bench.py"), "--res", str(args.resolution),
-           "--ch", str(args.ch), "--steps", str(args.steps), "--mode", mode,
-           "--select", str(args.select)]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    script = Path(args.reference_tools) / "ref_bench.py"
+    cmd = [sys.executable, str(script), "--res", str(args.resolution), "--ch", str(args.ch),
+           "--steps", str(args.steps), "--mode", mode, "--select", str(args.select)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"the reference run failed (exit {done.returncode}): "
+                         f"{' '.join(cmd)}\n{tail}")  # fmt: skip
+    out = done.stdout
     line = [s for s in out.splitlines() if s.startswith("reference")][-1]
     values = dict(re.findall(r"(\w+)=([\w.]+)", line))
     return {
@@ -130,6 +135,10 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="float32", choices=["float32", "tf32", "bfloat16"])
     p.add_argument("--reference", help="reference DGP checkout: time it too, same machine")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--reference_tools", default=str(REF_TOOLS),
+        help="folder holding ref_bench.py (default ../shared/reference_tools)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     ours = time_dgp_jax(args)
     rows = [ours]
