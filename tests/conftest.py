@@ -22,6 +22,17 @@ from jax.sharding import Mesh  # noqa: E402
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "biggan_pytorch"
 
 
+def load_experiment(name: str):
+    """experiments/<name>.py as a module (the experiments folder is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def fixture_path(name: str) -> Path:
     path = FIXTURES / name
     if not path.exists():

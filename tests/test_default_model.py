@@ -4,7 +4,6 @@ photo with it, and the CLI using it when no --weights is given."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from dgp_jax import cli, default_model, runner
 from dgp_jax.images import load_image
 from dgp_jax.nets.biggan import BigGANConfig
 from dgp_jax.pth import read_state_dict
+from tests.conftest import load_experiment
 from tests.test_runner import fast_compiles, session_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,11 +136,7 @@ def test_cli_uses_the_shipped_model_without_weights(tmp_path, compilation_cache,
 
 
 def test_ablation_table_script_runs(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "default_model_table", REPO / "experiments" / "default_model_table.py"
-    )
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = load_experiment("default_model_table")
     out = tmp_path / "table"
     argv = ["--out", str(out), "--limit", "2", "--tasks", "SR", "--iterations", "1",
             "--select_num", "2", "--batch", "2"]  # fmt: skip
@@ -160,11 +156,7 @@ def test_ablation_table_script_runs(tmp_path):
 
 
 def test_ablation_table_passes_each_methods_settings(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "default_model_table", REPO / "experiments" / "default_model_table.py"
-    )
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = load_experiment("default_model_table")
     calls = []
 
     def fake_restore(model, images, classes, config, keys, *, precision):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_experiment
 from tests.test_runner import fast_compiles, session_cache_dir, tiny_model_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,12 +18,7 @@ PHOTOS = REPO.parent / "shared" / "images" / "imagenet_val"
 
 
 def _protocol():
-    spec = importlib.util.spec_from_file_location(
-        "imagenet_protocol", REPO / "experiments" / "imagenet_protocol.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("imagenet_protocol")
 
 
 @pytest.fixture(autouse=True)

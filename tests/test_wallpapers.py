@@ -3,7 +3,6 @@ photo table it ships with."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import lzma
@@ -14,16 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import load_experiment
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location(
-        "prepare_wallpapers", REPO / "experiments" / "prepare_wallpapers.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("prepare_wallpapers")
 
 
 def _ar_member(name: str, data: bytes) -> bytes:
