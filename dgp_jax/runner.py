@@ -274,17 +274,6 @@ def default_batch() -> int:
     return len(devices) * (1 if devices[0].platform == "cpu" else 8)
 
 
-def local_mesh(batch: int):
-    """A ('data',) mesh over as many local devices as divide ``batch``: no device then
-    solves padding copies (restore pads the batch to a multiple of the mesh size)."""
-    import jax
-    from jax.sharding import Mesh
-
-    devices = jax.local_devices()
-    count = max(d for d in range(1, min(batch, len(devices)) + 1) if batch % d == 0)
-    return Mesh(np.array(devices[:count]), ("data",))
-
-
 # --------------------------------------------------------------------------- inputs
 @dataclasses.dataclass(frozen=True)
 class Item:
@@ -714,7 +703,7 @@ def solve_items(
         try:
             result = dgp_jax.restore(
                 model, images, classes, spec.config, keys, degradation=degradation,
-                observed=spec.observed, mesh=mesh or local_mesh(batch_size),
+                observed=spec.observed, mesh=mesh,
                 callback=progress.step, precision=spec.precision,
             )  # fmt: skip
         except (KeyboardInterrupt, SystemExit):

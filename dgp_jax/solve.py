@@ -188,14 +188,15 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
         def loss_fn(trainable):
             g_in = (trainable["generator"], g_buffers, trainable["z"], trainable["embedding"],
                     state["in_state"])  # fmt: skip
-            d_in = d_vars
-            if prog.compute_dtype is not None:  # bfloat16 compute, float32 everything kept
-                g_in, d_in = _cast_floats((g_in, d_in), prog.compute_dtype)
+            if prog.compute_dtype is not None:
+                # bfloat16 compute: G's own weights are cast here (their gradients flow back
+                # to the float32 copies); D and G's buffers come cast once per solve.
+                g_in = _cast_floats(g_in, prog.compute_dtype)
             x, in_state = _generate_one(prog, *g_in, use_in)
             if prog.compute_dtype is not None:
                 x, in_state = _cast_floats((x, in_state), target.dtype)
             x_map = prog.generator_fn(x)
-            _, feats = disc.apply(d_in, x_map.astype(prog.compute_dtype or x_map.dtype))
+            _, feats = disc.apply(d_vars, x_map.astype(prog.compute_dtype or x_map.dtype))
             feats = _cast_floats(feats, target.dtype)
             ftr = feature_l1(feats, target_feats, hp["ftr_mask"])[0]
             mse = jnp.mean(jnp.square(x_map - target))
@@ -341,9 +342,16 @@ def _as_keys(key, batch: int) -> Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
 
 
-def default_mesh() -> Mesh:
-    """A ('data',) mesh over this process's devices."""
-    return Mesh(np.array(jax.local_devices()), ("data",))
+def default_mesh(batch: int | None = None) -> Mesh:
+    """A ('data',) mesh over this process's devices; with ``batch``, over as many of them as
+    divide it, so that no device solves padding copies (restore pads the batch to a
+    multiple of the mesh size)."""
+    devices = jax.local_devices()
+    if batch is not None:
+        devices = devices[
+            : max(d for d in range(1, min(batch, len(devices)) + 1) if batch % d == 0)
+        ]
+    return Mesh(np.array(devices), ("data",))
 
 
 def restore(
@@ -377,7 +385,8 @@ def restore(
       z_candidates / class_candidates: (B, select_num, dim_z) / (B, select_num) explicit
         start candidates, instead of sampling them from ``key``.
       degradation: a custom φ (``dgp_jax.degradations``); default: the mode's.
-      mesh: a ('data',) device mesh for the image axis; default: all local devices.
+      mesh: a ('data',) device mesh for the image axis; default: as many local devices as
+        divide the batch.
       callback: called as ``callback(step, total_steps, info)`` after each step.
       precision: "float32" (default: float32 everywhere, matmuls and convolutions at full
         float32 precision on every device), "tf32" (the device's default matmul precision:
@@ -426,7 +435,7 @@ def restore(
         images = images.astype(dtype)
         targets = images if observed else np.asarray(degradation.target_fn(images), dtype)
 
-        mesh = mesh or default_mesh()
+        mesh = mesh or default_mesh(batch)
         n_dev = mesh.devices.size
         padded = math.ceil(batch / n_dev) * n_dev
 
@@ -497,6 +506,9 @@ def restore(
         rows["w_nll"] = np.full(len(rows["z_lr"]), config.w_nll)
         table_dev = put_r({k: jnp.asarray(v, dtype if v.dtype == np.float64 else v.dtype)
                            for k, v in rows.items() if k != "stage"})  # fmt: skip
+        d_step, g_buffers_step = d_vars, g_buffers
+        if compute_dtype is not None:  # constants of the solve: cast once, not per step
+            d_step, g_buffers_step = _cast_floats((d_vars, g_buffers), compute_dtype)
         records = []
         stage_images = []
         stage = rows["stage"]
@@ -504,7 +516,13 @@ def restore(
         total = config.total_steps
         for t in range(total):
             state, record = step_fn(
-                state, target_dev, target_feats_1, d_vars, g_buffers, table_dev, jnp.int32(t)
+                state,
+                target_dev,
+                target_feats_1,
+                d_step,
+                g_buffers_step,
+                table_dev,
+                jnp.int32(t),
             )
             records.append(record)
             if rows["stage_end"][t]:
