@@ -171,6 +171,19 @@ def image_grid(rows: list[list[np.ndarray]]) -> np.ndarray:
     return np.concatenate([image_sheet(list(r) + [blank] * (width - len(r))) for r in rows], axis=0)
 
 
+def sample_grid(images: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
+    """(N, H, W, 3) in [-1, 1] -> one uint8 sheet, ``cols`` images per row."""
+    n, h, w, _ = images.shape
+    rows = -(-n // cols)
+    sheet = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    pixels = np.clip(np.round((np.asarray(images, np.float64) + 1) * 127.5), 0, 255)
+    for i, img in enumerate(pixels.astype(np.uint8)):
+        r, c = divmod(i, cols)
+        sheet[pad + r * (h + pad) : pad + r * (h + pad) + h,
+              pad + c * (w + pad) : pad + c * (w + pad) + w] = img  # fmt: skip
+    return sheet
+
+
 def read_inputs(inputs: list[str]) -> list[tuple[Path, int]]:
     """Files, folders (their images, sorted) and list files (``path [class]`` per line,
     relative to the list's folder; class -1 or absent = unknown; lines starting with ``#``

@@ -51,7 +51,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import math
 import os
 import re
 import shutil
@@ -69,6 +68,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from dgp_jax import checkpoint as checkpoint_lib
+from dgp_jax.images import sample_grid
 from dgp_jax.model import random_biggan
 from dgp_jax.nets.biggan import BigGANConfig, Discriminator, Generator
 from dgp_jax.nets.layers import BUFFERS, PARAMS
@@ -380,19 +380,6 @@ def state_template(config: BigGANConfig, tc: TrainConfig) -> State:
 
 
 # --------------------------------------------------------------------------- samples
-def sample_grid(images: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
-    """(N, H, W, 3) in [-1, 1] -> one uint8 sheet, ``cols`` images per row."""
-    n, h, w, _ = images.shape
-    rows = math.ceil(n / cols)
-    sheet = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
-    pixels = np.clip(np.round((np.asarray(images, np.float64) + 1) * 127.5), 0, 255)
-    for i, img in enumerate(pixels.astype(np.uint8)):
-        r, c = divmod(i, cols)
-        sheet[pad + r * (h + pad) : pad + r * (h + pad) + h,
-              pad + c * (w + pad) : pad + c * (w + pad) + w] = img  # fmt: skip
-    return sheet
-
-
 def fixed_samples(config: BigGANConfig, seed: int, rows: int = 8, cols: int = 8):
     """Fixed (z, y) for the sample sheets: row r shows class ``r * n_classes // rows``."""
     rows = min(rows, config.n_classes)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dgp_jax.images import load_image, to_uint8
+from dgp_jax.images import load_image, sample_grid, to_uint8
 
 TASKS = ("colorization", "inpainting", "SR")
 
@@ -44,18 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         raise SystemExit(f"no finished images in {runs / TASKS[0] / 'summary.csv'}")
     res = Image.open(runs / TASKS[0] / f"{rows[0]['name']}_{TASKS[0]}.png").size[0]
-    size, pad = res * args.scale, 2 * args.scale
-    sheet_rows = []
+    size = res * args.scale
+    tiles = []
     for row in rows:
         original = to_uint8(load_image(row["input"], res))
-        tiles = [np.asarray(Image.fromarray(original).resize((size, size), Image.NEAREST))]
+        tiles.append(np.asarray(Image.fromarray(original).resize((size, size), Image.NEAREST)))
         for task in TASKS:
             base = runs / task / f"{row['name']}_{task}"
             tiles += [_read(Path(f"{base}_degraded.png"), size), _read(Path(f"{base}.png"), size)]
-        gap = np.full((size, pad, 3), 255, np.uint8)
-        sheet_rows.append(np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1))
-    line = np.full((pad, sheet_rows[0].shape[1], 3), 255, np.uint8)
-    sheet = np.concatenate([x for r in sheet_rows for x in (r, line)][:-1], axis=0)
+    as_unit = np.stack(tiles).astype(np.float64) / 127.5 - 1.0
+    sheet = sample_grid(as_unit, cols=1 + 2 * len(TASKS), pad=2 * args.scale)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(args.out)
     print(f"wrote {args.out}: {len(rows)} photos x (original, then observation and DGP result "
