@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, help="every stage's steps (quick look)")
     p.add_argument("--select_num", type=int, help="start candidates (quick look)")
     args = p.parse_args(argv)
+    unknown = [k for k in args.methods.split(",") if k not in METHODS]
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    unknown = [t for t in args.tasks.split(",") if t not in TASKS]
+    if unknown:
+        p.error(f"--tasks: unknown {', '.join(unknown)} (known: {', '.join(TASKS)})")
     overrides = {}
     if args.iterations is not None:
         overrides["iterations"] = (args.iterations,) * 5

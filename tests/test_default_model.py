@@ -77,6 +77,9 @@ def test_damaged_shipped_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(default_model, "DEFAULT_MODEL", tmp_path / "gone.pth")
     with pytest.raises(ValueError, match=r"gone\.pth is missing"):
         default_model.verify_default_model()
+    monkeypatch.setattr(default_model, "RECORD", tmp_path / "no_record.json")
+    with pytest.raises(ValueError, match=r"record .*no_record\.json is missing"):
+        default_model.verify_default_model()
 
 
 def test_shipped_model_restores_a_heldout_photo(model):
@@ -181,3 +184,13 @@ def test_ablation_table_passes_each_methods_settings(tmp_path, monkeypatch):
     assert latent == base.replace(update_G=False)
     assert mse.w_D_loss == (0.0,) * 5 and mse.w_mse == (1.0,) * 5
     assert mse.replace(w_D_loss=base.w_D_loss, w_mse=base.w_mse) == base
+
+
+def test_ablation_table_refuses_unknown_methods_and_tasks(capsys):
+    table = load_experiment("default_model_table")
+    with pytest.raises(SystemExit) as err:
+        table.main(["--out", "unused", "--methods", "dgp,dpg"])
+    assert err.value.code == 2 and "--methods: unknown dpg" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        table.main(["--out", "unused", "--tasks", "SR,deblur"])
+    assert "--tasks: unknown deblur" in capsys.readouterr().err

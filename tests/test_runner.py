@@ -193,6 +193,18 @@ def test_settings_overrides_and_presets():
         runner.build_config("colorization", 32, sets=["resolution=none", "iterations=1,1"])
 
 
+def test_bad_precision_or_batch_is_a_setup_error(tmp_path):
+    def options(**kw):
+        return runner.RunOptions(kind="restore", inputs=[], weights="", out=str(tmp_path / "o"),
+                                 task="colorization", **kw)  # fmt: skip
+
+    with pytest.raises(runner.RunError, match="--precision must be one of float32, tf32"):
+        runner.execute(options(precision="float8"))
+    with pytest.raises(runner.RunError, match="--batch must be >= 1"):
+        runner.execute(options(batch=-2))
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
 def test_default_batch_is_one_image_per_cpu_device():
     # conftest.py gives this session 8 host CPU devices.
     assert jax.local_devices()[0].platform == "cpu"
