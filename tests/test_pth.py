@@ -712,9 +712,12 @@ def test_torch_computes_our_storage_offsets(
     config = importlib.import_module("torch.utils.serialization").config
     state = synthetic_state()
     write_state_dict(tmp_path / "w.pth", state)
-    monkeypatch.setattr(config.load, "calculate_storage_offsets", True)
     monkeypatch.setenv("TORCH_SERIALIZATION_DEBUG", "1")
-    loaded = torch.load(tmp_path / "w.pth", weights_only=True, mmap=True)
+    # torch's own patch() restores the setting; a monkeypatch of the proxy attribute does
+    # not (its undo deletes the attribute and breaks every later torch.load in the process).
+    with config.patch({"load.calculate_storage_offsets": True}):
+        loaded = torch.load(tmp_path / "w.pth", weights_only=True, mmap=True)
+    assert config.load.calculate_storage_offsets is False
     assert_bit_exact({k: torch_to_numpy(t) for k, t in loaded.items()}, state)
 
 
