@@ -37,7 +37,8 @@ from dgp_jax.config import SolverConfig
 from dgp_jax.model import BigGAN
 from dgp_jax.nets.biggan import Discriminator, Generator
 from dgp_jax.nets.layers import BUFFERS, INSTANCE_NORM, PARAMS
-from dgp_jax.optim import StageHparams, label_tree, make_optimizer
+from dgp_jax.nets.per_image import check_lowering, per_image_lowering
+from dgp_jax.optim import FROZEN, StageHparams, group_index, label_tree, make_optimizer
 
 Array = jax.Array
 SELECT_FEATURES = 3  # the reference scores start candidates on the last 3 D features
@@ -155,6 +156,7 @@ class _Program:
     update_embed: bool
     update_G: bool
     compute_dtype: Any = None  # None: the model's dtype; else G and D run in this dtype
+    lowering: str = "auto"  # how G's per-image convolutions batch (dgp_jax.nets.per_image)
 
 
 def _split_generator(params: dict) -> tuple[dict, dict]:
@@ -171,26 +173,60 @@ def _generate_one(prog: _Program, g_params, g_buffers, z, emb, in_state, use_in)
     """G for one image (batch of 1 inside), returning the image and the new IN state."""
     variables = {PARAMS: g_params, BUFFERS: g_buffers}
     gen = Generator(prog.model_config)
-    if prog.static_use_in is False:
-        return gen.apply(variables, z[None], emb[None]), in_state
-    variables[INSTANCE_NORM] = in_state
-    x, new = gen.apply(variables, z[None], emb[None], use_in=use_in, mutable=[INSTANCE_NORM])
+    with per_image_lowering(prog.lowering):
+        if prog.static_use_in is False:
+            return gen.apply(variables, z[None], emb[None]), in_state
+        variables[INSTANCE_NORM] = in_state
+        x, new = gen.apply(variables, z[None], emb[None], use_in=use_in, mutable=[INSTANCE_NORM])
     return x, new[INSTANCE_NORM]
+
+
+def _merge(per_image: dict, shared: dict) -> dict:
+    """G's params from the per-image (trained) part and the part every image shares."""
+    flat = traverse_util.flatten_dict(per_image, sep="/")
+    flat.update(traverse_util.flatten_dict(shared, sep="/"))
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _split_shared(g_params: dict, config: SolverConfig, prog: _Program, num_groups: int):
+    """(per-image part, shared part) of G's params (the class table excluded).
+
+    What no stage updates -- the output layer, groups whose learning rate is 0 in every
+    stage, all of G when ``update_G`` is off -- is the same for every image, so it is
+    kept once and its convolutions run as one dense batched convolution rather than as
+    per-image ones. (Their Adam state is never observable: a zero rate moves nothing.)
+    """
+    labels = traverse_util.flatten_dict(
+        _labels({"generator": g_params, "embedding": 0, "z": 0}, prog), sep="/"
+    )
+    trained_groups = {
+        g for g in range(num_groups)
+        for s, n in enumerate(config.iterations)
+        if n > 0 and g < config.ft_num[s] and config.G_lrs[s] * config.lr_ratio[s] ** g != 0
+    }  # fmt: skip
+    per_image, shared = {}, {}
+    for path, leaf in traverse_util.flatten_dict(g_params, sep="/").items():
+        label = labels["generator/" + path]
+        frozen = label == FROZEN or group_index(label) not in trained_groups
+        (shared if frozen else per_image)[path] = leaf
+    unflat = lambda d: traverse_util.unflatten_dict(d, sep="/")  # noqa: E731
+    return unflat(per_image), unflat(shared)
 
 
 def _make_step(prog: _Program, tx, mesh: Mesh):
     disc = Discriminator(prog.model_config)
 
-    def per_image(state, target, target_feats, d_vars, g_buffers, hp):
+    def per_image(state, target, target_feats, d_vars, g_shared, hp):
         use_in = prog.static_use_in if prog.static_use_in is not None else hp["use_in"]
         stopped = jnp.where(hp["stage_start"], False, state["stopped"])
 
         def loss_fn(trainable):
-            g_in = (trainable["generator"], g_buffers, trainable["z"], trainable["embedding"],
+            g_params = _merge(trainable.get("generator", {}), g_shared[PARAMS])
+            g_in = (g_params, g_shared[BUFFERS], trainable["z"], trainable["embedding"],
                     state["in_state"])  # fmt: skip
             if prog.compute_dtype is not None:
                 # bfloat16 compute: G's own weights are cast here (their gradients flow back
-                # to the float32 copies); D and G's buffers come cast once per solve.
+                # to the float32 copies); D and G's shared part come cast once per solve.
                 g_in = _cast_floats(g_in, prog.compute_dtype)
             x, in_state = _generate_one(prog, *g_in, use_in)
             if prog.compute_dtype is not None:
@@ -220,10 +256,10 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
         record = {"ftr": ftr, "mse": mse, "nll": nll, "loss": loss, "active": active}
         return new, record
 
-    def local_step(state, target, target_feats, d_vars, g_buffers, table, t):
+    def local_step(state, target, target_feats, d_vars, g_shared, table, t):
         hp = {k: v[t] for k, v in table.items()}
         return jax.vmap(per_image, in_axes=(0, 0, 0, None, None, None))(
-            state, target, target_feats, d_vars, g_buffers, hp
+            state, target, target_feats, d_vars, g_shared, hp
         )
 
     # Images are independent, so each device runs the vmapped step on its own shard
@@ -238,9 +274,9 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
         check_vma=False,
     )
 
-    def step(state, target, target_feats, d_vars, g_buffers, table, t):
+    def step(state, target, target_feats, d_vars, g_shared, table, t):
         TRACE_COUNTS["step"] += 1
-        return sharded(state, target, target_feats, d_vars, g_buffers, table, t)
+        return sharded(state, target, target_feats, d_vars, g_shared, table, t)
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -369,6 +405,7 @@ def restore(
     mesh: Mesh | None = None,
     callback: Callable[[int, int, dict], None] | None = None,
     precision: str = "float32",
+    lowering: str = "auto",
 ) -> SolveResult:
     """Restore a batch of images with DGP.
 
@@ -396,7 +433,12 @@ def restore(
         whole call (candidate scoring and target features too), in place of any global
         ``jax_default_matmul_precision``. The last two are opt-in speed modes that change
         results; BENCHMARKS.md gives their measured effect.
+      lowering: how the convolutions of the per-image generators are batched:
+        "auto" (per layer, by backend and shape), "vmap" (XLA's grouped convolutions),
+        "im2col", "shifted" or "unrolled"; see ``dgp_jax.nets.per_image``. Every
+        lowering computes the same values up to float rounding; only speed differs.
     """
+    check_lowering(lowering)
     matmul_precision, compute_dtype = _precision(precision)
     with jax.default_matmul_precision(matmul_precision):
         if isinstance(config, str):
@@ -454,11 +496,13 @@ def restore(
             static_use_in=_static_use_in(config), stop_mse=float(config.stop_mse),
             stop_ftr=float(config.stop_ftr), b1=config.G_B1, b2=config.G_B2, eps=config.adam_eps,
             update_embed=config.update_embed, update_G=config.update_G,
-            compute_dtype=compute_dtype,
+            compute_dtype=compute_dtype, lowering=lowering,
         )  # fmt: skip
         d_vars = put_r(model.discriminator)
         g_params, table = _split_generator(model.generator[PARAMS])
-        g_buffers = put_r(model.generator[BUFFERS])
+        num_groups = cfg.num_g_blocks + 1
+        g_trained, g_fixed = _split_shared(g_params, config, prog, num_groups)
+        g_shared = put_r({PARAMS: g_fixed, BUFFERS: model.generator[BUFFERS]})
 
         target_dev = put_b(pad(targets))
         features_fn = _cached_features(cfg)
@@ -481,11 +525,9 @@ def restore(
 
         # -- the fine-tuning state, one copy per image -----------------------------------------
         tile = lambda a: jnp.broadcast_to(a, (padded,) + a.shape)  # noqa: E731
-        trainable = {
-            "generator": jax.tree.map(tile, g_params),
-            "embedding": jnp.asarray(pad(embeddings)),
-            "z": jnp.asarray(pad(z0)),
-        }
+        trainable = {"embedding": jnp.asarray(pad(embeddings)), "z": jnp.asarray(pad(z0))}
+        if g_trained:  # (an empty subtree would vanish from the optimiser's label tree)
+            trainable["generator"] = jax.tree.map(tile, g_trained)
         labels = _labels(jax.tree.map(lambda a: a[0], trainable), prog)
         step_fn, tx = _cached_step(
             prog, tuple(sorted(traverse_util.flatten_dict(labels, sep="/").items())), mesh
@@ -501,14 +543,13 @@ def restore(
         }
         state = put_b(state)
 
-        num_groups = cfg.num_g_blocks + 1
         rows = stage_table(config, num_groups, cfg.num_d_features)
         rows["w_nll"] = np.full(len(rows["z_lr"]), config.w_nll)
         table_dev = put_r({k: jnp.asarray(v, dtype if v.dtype == np.float64 else v.dtype)
                            for k, v in rows.items() if k != "stage"})  # fmt: skip
-        d_step, g_buffers_step = d_vars, g_buffers
+        d_step, g_shared_step = d_vars, g_shared
         if compute_dtype is not None:  # constants of the solve: cast once, not per step
-            d_step, g_buffers_step = _cast_floats((d_vars, g_buffers), compute_dtype)
+            d_step, g_shared_step = _cast_floats((d_vars, g_shared), compute_dtype)
         records = []
         stage_images = []
         stage = rows["stage"]
@@ -520,7 +561,7 @@ def restore(
                 target_dev,
                 target_feats_1,
                 d_step,
-                g_buffers_step,
+                g_shared_step,
                 table_dev,
                 jnp.int32(t),
             )
@@ -537,6 +578,7 @@ def restore(
             for k in ("ftr", "mse", "nll", "loss", "active")
         }
         trained = jax.tree.map(lambda a: a[:batch], state["trainable"])
+        fixed = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), g_fixed)
         x_final = np.asarray(state["x_last"])[:batch]
         if total == 0:
             x_final = np.asarray(model.generate(jnp.asarray(z0), jnp.asarray(embeddings)))
@@ -551,7 +593,7 @@ def restore(
             z=np.asarray(trained["z"]),
             classes=np.asarray(start_classes),
             embeddings=np.asarray(trained["embedding"]),
-            params=trained["generator"],
+            params=_merge(trained.get("generator", {}), fixed),
             history=history,
             select_loss=np.asarray(select_loss),
             stage_images=np.stack(stage_images) if stage_images else None,

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dgp_jax.nets.per_image import attention, conv2d
+
 PARAMS = "params"
 BUFFERS = "buffers"
 INSTANCE_NORM = "instance_norm"
@@ -109,14 +111,9 @@ class SNConv2d(_SNWeight):
     def __call__(self, x: Array, train: bool = False) -> Array:
         k = self.kernel_size
         w = self.normalized_weight((self.features, x.shape[-1], k, k), x.dtype, train)
-        pad = (k - 1) // 2
-        y = lax.conv_general_dilated(
-            x,
-            w.astype(x.dtype),
-            window_strides=(1, 1),
-            padding=((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "OIHW", "NHWC"),
-        )
+        # Under the solver's vmap with a per-image kernel, dgp_jax.nets.per_image picks
+        # how this is lowered; elsewhere it is lax.conv_general_dilated.
+        y = conv2d(x, w.astype(x.dtype))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
         return y
@@ -269,7 +266,6 @@ class Attention(nn.Module):
         theta = conv(c // 8, "theta")(x, train).reshape(b, h * w, c // 8)
         phi = max_pool2x(conv(c // 8, "phi")(x, train)).reshape(b, h * w // 4, c // 8)
         g = max_pool2x(conv(c // 2, "g")(x, train)).reshape(b, h * w // 4, c // 2)
-        beta = jax.nn.softmax(theta @ jnp.swapaxes(phi, 1, 2), axis=-1)
-        o = conv(c, "o")((beta @ g).reshape(b, h, w, c // 2), train)
+        o = conv(c, "o")(attention(theta, phi, g).reshape(b, h, w, c // 2), train)
         gamma = self.param("gamma", nn.initializers.zeros, (), x.dtype)
         return gamma * o + x

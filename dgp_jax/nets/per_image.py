@@ -1,0 +1,305 @@
+"""How a convolution whose kernel differs per image is lowered under ``vmap``.
+
+The solver ``vmap``s one image's step over the batch, and every image fine-tunes its own
+generator. Left to XLA, a convolution with a per-image kernel becomes a grouped
+convolution (``feature_group_count = B``) and its kernel gradient a convolution with
+``batch_group_count = B``, which XLA:CPU rewrites into a dilated convolution doing about
+B times the work. This module gives the generator's convolutions a batching rule that
+picks the lowering instead:
+
+``vmap``      XLA's default: grouped convolutions (what plain ``jax.vmap`` does).
+``im2col``    the k*k shifted views of each image side by side, then one matrix product
+              per image, written as one ``dot_general`` with the image axis as a batch
+              dimension (forward and both gradients).
+``shifted``   k*k batched matrix products, one per kernel tap, summed: im2col without
+              materialising the k*k-times larger patch matrix.
+``unrolled``  one ordinary convolution per image of the shard (batch 1 each).
+``auto``      per layer, by backend and shape, from measurements (``auto_lowering``).
+
+Outside ``per_image_lowering(...)`` (generation, training, the discriminator, anything
+not vmapped with a per-image kernel) ``conv2d`` is ``lax.conv_general_dilated`` itself.
+Inside it, the value is the same convolution; only the order of the floating-point sums
+differs between lowerings, so float64 results agree to rounding (tested against the
+reference trajectories for every lowering).
+
+The rule applies only where both the input and the kernel are batched. A kernel shared
+by all images (a frozen layer, the discriminator) is one dense convolution over the
+whole batch, whatever the lowering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_batching import custom_vmap
+
+Array = jax.Array
+
+LOWERINGS = ("vmap", "im2col", "shifted", "unrolled")
+CHOICES = ("auto",) + LOWERINGS
+_DIMS = ("NHWC", "OIHW", "NHWC")
+
+_ACTIVE: contextvars.ContextVar[str | None] = contextvars.ContextVar("per_image", default=None)
+
+
+def check_lowering(name: str) -> str:
+    if name not in CHOICES:
+        raise ValueError(f"lowering must be one of {list(CHOICES)}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def per_image_lowering(name: str | None):
+    """While tracing inside this context, ``conv2d`` batches per-image kernels with
+    ``name``'s lowering (None: plain ``lax`` convolution, XLA's own batching)."""
+    token = _ACTIVE.set(None if name is None else check_lowering(name))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def attention(theta: Array, phi: Array, g: Array) -> Array:
+    """softmax(theta phi^T) g over the last two axes: the core of G's self-attention.
+
+    Under the solver's vmap it runs image by image (``lax.map``, forward and gradient),
+    whatever the lowering: the attention matrix (positions x positions/4, 16 MB per image
+    at 64x64) then stays in cache, where the batched form spills, making a batch slower
+    per image than one image (measured: BENCHMARKS.md). The gradient recomputes the
+    matrix rather than keeping it.
+    """
+    if _ACTIVE.get() is None:
+        return _plain_attention(theta, phi, g)
+    return _mapped_attention(theta, phi, g)
+
+
+def conv2d(x: Array, w: Array) -> Array:
+    """Stride-1 'same' convolution, NHWC input, OIHW kernel (odd, square)."""
+    name = _ACTIVE.get()
+    if name is None:
+        return _plain_conv(x, w)
+    return _lowered_conv(name)(x, w)
+
+
+# --------------------------------------------------------------------------- choice
+def auto_lowering(backend: str, height: int, width: int, in_ch: int, out_ch: int, k: int) -> str:
+    """The lowering ``auto`` uses for one layer (per backend and shape).
+
+    On XLA:CPU (experiments/bench_lowering.py, table in BENCHMARKS.md): a 1x1 convolution
+    is a batched matrix product; a 3x3 one is fastest as one batched matrix product
+    (im2col) while the feature map has fewer pixels than half its input channels (8x8 and
+    16x16 maps of the wide first blocks), and as per-image convolutions (XLA:CPU's own
+    kernels) beyond. XLA's grouped convolutions (``vmap``) were never the fastest.
+    """
+    if k == 1:
+        return "im2col"
+    if backend == "cpu":
+        return "im2col" if 2 * height * width <= in_ch else "unrolled"
+    # GPUs/TPUs: not measured yet (experiments/bench_accelerator.py measures every
+    # lowering); batched matrix products are what these devices run best.
+    return "im2col"
+
+
+def _resolve(name: str, x_shape, w_shape) -> str:
+    if name != "auto":
+        return name
+    _, _, h, w_, _ = x_shape  # (B, N, H, W, C) under the rule
+    o, i, k, _ = w_shape[1:]
+    return auto_lowering(jax.default_backend(), h, w_, i, o, k)
+
+
+# --------------------------------------------------------------------------- pieces
+def _plain_attention(theta: Array, phi: Array, g: Array) -> Array:
+    beta = jax.nn.softmax(theta @ jnp.swapaxes(phi, -1, -2), axis=-1)
+    return beta @ g
+
+
+def _map_over_images(fn, size, in_batched, *args):
+    args = [_broadcast(b, a, size) for b, a in zip(in_batched, args, strict=True)]
+    return lax.map(lambda a: fn(*a), tuple(args)), True
+
+
+@custom_vmap
+def _attention_forward(theta, phi, g):
+    return _plain_attention(theta, phi, g)
+
+
+@custom_vmap
+def _attention_backward(theta, phi, g, d_out):
+    return jax.vjp(_plain_attention, theta, phi, g)[1](d_out)
+
+
+_attention_forward.def_vmap(functools.partial(_map_over_images, _plain_attention))
+_attention_backward.def_vmap(
+    lambda size, in_batched, *args: (
+        _map_over_images(lambda *a: jax.vjp(_plain_attention, *a[:3])[1](a[3]),
+                         size, in_batched, *args)[0], (True, True, True))
+)  # fmt: skip
+
+
+@jax.custom_vjp
+def _mapped_attention(theta, phi, g):
+    return _attention_forward(theta, phi, g)
+
+
+_mapped_attention.defvjp(
+    lambda theta, phi, g: (_attention_forward(theta, phi, g), (theta, phi, g)),
+    lambda res, d_out: tuple(_attention_backward(*res, d_out)),
+)
+
+
+def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    p = (k - 1) // 2
+    return ((p, p), (p, p))
+
+
+def _plain_conv(x: Array, w: Array) -> Array:
+    return lax.conv_general_dilated(x, w, (1, 1), _pad(w.shape[-1]), dimension_numbers=_DIMS)
+
+
+def _plain_kernel_grad(x: Array, dy: Array, k: int) -> Array:
+    """d<conv(x, w), dy>/dw as XLA computes it for one kernel."""
+    c, o = x.shape[-1], dy.shape[-1]
+    w0 = jnp.zeros((o, c, k, k), x.dtype)
+    return jax.vjp(lambda w: _plain_conv(x, w), w0)[1](dy)[0]
+
+
+def _transposed_kernel(w: Array) -> Array:
+    """The kernel whose 'same' convolution is the input gradient of ``w``'s (..., O, I, k, k)."""
+    return jnp.flip(jnp.swapaxes(w, -4, -3), axis=(-2, -1))
+
+
+def _taps(x: Array, k: int) -> list[Array]:
+    """The k*k shifted views of x (..., H, W, C) that a 'same' k x k convolution reads,
+    in (kh, kw) order."""
+    if k == 1:
+        return [x]
+    p = (k - 1) // 2
+    h, w = x.shape[-3], x.shape[-2]
+    pad = [(0, 0)] * (x.ndim - 3) + [(p, p), (p, p), (0, 0)]
+    xp = jnp.pad(x, pad)
+    return [xp[..., i : i + h, j : j + w, :] for i in range(k) for j in range(k)]
+
+
+def _flat(x: Array) -> Array:
+    """(B, N, H, W, C) -> (B, N*H*W, C)."""
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _batched_matmul(a: Array, b: Array) -> Array:
+    """(B, P, K) x (B, O, K) -> (B, P, O)."""
+    return lax.dot_general(a, b, (((2,), (2,)), ((0,), (0,))))
+
+
+# Forward: y[b] = conv(x[b], w[b]); x (B, N, H, W, C), w (B, O, C, k, k).
+def _forward_vmap(x, w):
+    return jax.vmap(_plain_conv)(x, w)
+
+
+def _forward_unrolled(x, w):
+    return jnp.stack([_plain_conv(x[b], w[b]) for b in range(x.shape[0])])
+
+
+def _forward_im2col(x, w):
+    k = w.shape[-1]
+    patches = jnp.concatenate(_taps(x, k), axis=-1) if k > 1 else x  # (kh, kw, C) order
+    kernel = jnp.transpose(w, (0, 1, 3, 4, 2)).reshape(w.shape[0], w.shape[1], -1)
+    y = _batched_matmul(_flat(patches), kernel)
+    return y.reshape(x.shape[:-1] + (w.shape[1],))
+
+
+def _forward_shifted(x, w):
+    k = w.shape[-1]
+    y = None
+    for t, view in enumerate(_taps(x, k)):
+        term = _batched_matmul(_flat(view), w[:, :, :, t // k, t % k])
+        y = term if y is None else y + term
+    return y.reshape(x.shape[:-1] + (w.shape[1],))
+
+
+_FORWARD = {"vmap": _forward_vmap, "unrolled": _forward_unrolled,
+            "im2col": _forward_im2col, "shifted": _forward_shifted}  # fmt: skip
+
+
+# Kernel gradient: dw[b] = d<conv(x[b], w), dy[b]>/dw; x (B, N, H, W, C), dy (B, N, H, W, O).
+def _kernel_grad_vmap(x, dy, k):
+    return jax.vmap(functools.partial(_plain_kernel_grad, k=k))(x, dy)
+
+
+def _kernel_grad_unrolled(x, dy, k):
+    return jnp.stack([_plain_kernel_grad(x[b], dy[b], k) for b in range(x.shape[0])])
+
+
+def _kernel_grad_im2col(x, dy, k):
+    patches = jnp.concatenate(_taps(x, k), axis=-1) if k > 1 else x
+    # (B, O, P) x (B, P, k*k*C) -> (B, O, k*k*C)
+    g = lax.dot_general(_flat(dy), _flat(patches), (((1,), (1,)), ((0,), (0,))))
+    b, o, c = x.shape[0], dy.shape[-1], x.shape[-1]
+    return jnp.transpose(g.reshape(b, o, k, k, c), (0, 1, 4, 2, 3))
+
+
+def _kernel_grad_shifted(x, dy, k):
+    dy_flat = _flat(dy)
+    taps = [lax.dot_general(dy_flat, _flat(v), (((1,), (1,)), ((0,), (0,)))) for v in _taps(x, k)]
+    b, o, c = x.shape[0], dy.shape[-1], x.shape[-1]
+    return jnp.stack(taps, axis=-1).reshape(b, o, c, k, k)
+
+
+_KERNEL_GRAD = {"vmap": _kernel_grad_vmap, "unrolled": _kernel_grad_unrolled,
+                "im2col": _kernel_grad_im2col, "shifted": _kernel_grad_shifted}  # fmt: skip
+
+
+def _broadcast(batched: bool, a: Array, size: int) -> Array:
+    return a if batched else jnp.broadcast_to(a, (size,) + a.shape)
+
+
+@functools.cache
+def _lowered_conv(name: str):
+    """conv2d with a custom vmap rule for the forward and both gradients."""
+
+    @custom_vmap
+    def forward(x, w):
+        return _plain_conv(x, w)
+
+    @forward.def_vmap
+    def _forward_rule(size, in_batched, x, w):
+        x_b, w_b = in_batched
+        if not w_b:  # one kernel for every image: a single dense convolution
+            flat = _plain_conv(x.reshape((-1,) + x.shape[2:]), w)
+            return flat.reshape(x.shape[:2] + flat.shape[1:]), True
+        x = _broadcast(x_b, x, size)
+        return _FORWARD[_resolve(name, x.shape, w.shape)](x, w), True
+
+    @custom_vmap
+    def kernel_grad(x, dy, w):
+        return _plain_kernel_grad(x, dy, w.shape[-1])
+
+    @kernel_grad.def_vmap
+    def _kernel_grad_rule(size, in_batched, x, dy, w):
+        x_b, dy_b, w_b = in_batched
+        x, dy = _broadcast(x_b, x, size), _broadcast(dy_b, dy, size)
+        k = w.shape[-1]
+        w_shape = w.shape if w_b else (size,) + w.shape
+        return _KERNEL_GRAD[_resolve(name, x.shape, w_shape)](x, dy, k), True
+
+    @jax.custom_vjp
+    def conv(x, w):
+        return forward(x, w)
+
+    def conv_fwd(x, w):
+        return forward(x, w), (x, w)
+
+    def conv_bwd(res, dy):
+        x, w = res
+        # Stride 1, symmetric 'same' padding: the input gradient is the 'same'
+        # convolution of dy with the transposed, flipped kernel.
+        dx = forward(dy, _transposed_kernel(w))
+        return dx, kernel_grad(x, dy, w)
+
+    conv.defvjp(conv_fwd, conv_bwd)
+    return conv
