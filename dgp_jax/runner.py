@@ -220,6 +220,7 @@ def run_morph(
                                      batch_size=batch_size, mesh=mesh):  # fmt: skip
                 for s in batch:
                     solved[s.item.name] = s
+                    # The image's reconstruction (its final state rendered, as the frames).
                     out.write_image(f"{s.item.name}_{spec.label}.png", s.result.images[0])
             for a, b, name in pending:
                 if a.name not in solved or b.name not in solved:
@@ -228,7 +229,7 @@ def run_morph(
                     continue
                 ra, rb = solved[a.name].result, solved[b.name].result
                 images = manipulate.morph(model, ra, 0, rb, 0, alphas)
-                files = []
+                files = [f"{a.name}_{spec.label}.png", f"{b.name}_{spec.label}.png"]
                 for k, frame in enumerate(images):
                     files.append(f"{name}_{spec.label}_frames/frame{k:02d}.png")
                     out.write_image(files[-1], frame)
@@ -265,7 +266,7 @@ class RunOptions:
     mask_keep: str = "white"
     factor: int | None = None
     observed: bool = False
-    batch: int = 0  # 0 = default_batch()
+    batch: int | None = None  # None = default_batch()
     precision: str = "float32"
     seed: int = 0
     force: bool = False
@@ -321,12 +322,13 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     """Run one command: checks first (RunError before any work), then the batches."""
     if options.kind not in KINDS:
         raise RunError(f"unknown kind {options.kind!r}")
-    if options.batch < 0:
-        raise RunError(f"--batch must be >= 1 (or 0, the default), got {options.batch}")
+    if options.batch is not None and options.batch < 1:
+        raise RunError(f"--batch must be >= 1, got {options.batch}")
     if options.precision not in PRECISIONS:
         raise RunError(f"--precision must be one of {', '.join(PRECISIONS)}")
     task = canonical_task(options.task)
-    OutputDir.check_writable(options.out)
+    # Every check before the folder is made: a refused run leaves nothing behind.
+    OutputDir.check_writable(options.out, keep=False)
     try:
         entries = read_inputs(options.inputs)
     except (OSError, ValueError) as err:
@@ -345,7 +347,8 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
 
     model = model if model is not None else load_model(options.weights)
     res = model.config.resolution
-    config = build_config(task, res, options.preset, options.sets, options.factor)
+    config = build_config(task, res, options.preset, options.sets, options.factor,
+                          kind=options.kind)  # fmt: skip
     check_classes(items, model.config.n_classes)
     mask = None
     if options.mask is not None:

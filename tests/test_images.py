@@ -171,8 +171,18 @@ def test_read_inputs_list_folder_and_grid(tmp_path):
     (tmp_path / "notes.md").write_text("skip me")
     (tmp_path / "list.txt").write_text("# file class\na.png 3\n\nsub/b.jpg\n  # x y z\nc.png -1\n")
     entries = images.read_inputs([str(tmp_path / "list.txt"), str(tmp_path)])
+    # The folder's own list file gives its images' classes (a.png: 3).
     assert [(p.name, c) for p, c in entries] == [("a.png", 3), ("b.jpg", -1), ("c.png", -1),
-                                                  ("a.png", -1)]  # fmt: skip
+                                                  ("a.png", 3)]  # fmt: skip
+    (tmp_path / "d.png").write_bytes(b"")  # not listed: unknown
+    assert [(p.name, c) for p, c in images.read_inputs([str(tmp_path)])] == [
+        ("a.png", 3), ("d.png", -1)]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"no input file or folder at .*nope.png"):
+        images.read_inputs([str(tmp_path / "nope.png")])
+    (tmp_path / "other.txt").write_text("a.png 4\n")
+    with pytest.raises(ValueError, match=r"other.txt: class 4 for .*a.png, but another list"):
+        images.read_inputs([str(tmp_path)])
+    (tmp_path / "other.txt").unlink()
     (tmp_path / "bad.txt").write_text("a.png cat\n")
     with pytest.raises(ValueError, match=r"bad.txt:1"):
         images.read_inputs([str(tmp_path / "bad.txt")])

@@ -3,6 +3,7 @@ lock and clean-up of a killed run's temp files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -28,13 +29,20 @@ class OutputDir:
         self._tmp_suffix = f".tmp-{process_index}"
 
     @staticmethod
-    def check_writable(root: str | os.PathLike) -> Path:
+    def check_writable(root: str | os.PathLike, keep: bool = True) -> Path:
         """Create ``root`` and write a probe file there, or raise a RunError.
 
         A real write, not ``os.access``: root passes every permission check, and a path
-        under a regular file or on a read-only mount fails only when written.
+        under a regular file or on a read-only mount fails only when written. With
+        ``keep=False`` the folders this call created are removed again (a check before the
+        other setup checks, so that a refused run leaves no folder behind).
         """
         root = Path(root)
+        created = []
+        parent = root.absolute()
+        while not parent.exists() and parent != parent.parent:
+            created.append(parent)
+            parent = parent.parent
         try:
             root.mkdir(parents=True, exist_ok=True)
             probe = root / f".dgp_jax.probe.{os.getpid()}"
@@ -45,25 +53,40 @@ class OutputDir:
                 f"output folder {root} is not writable ({err.strerror or err}): "
                 "choose another --out"
             ) from None
+        finally:
+            if not keep:
+                for folder in created:  # innermost first
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
         return root
 
     def open(self) -> OutputDir:
         self.check_writable(self.root)
         lock_path = self.root / f".dgp_jax.lock.{self.process_index}"
-        self._lock = open(lock_path, "w")  # noqa: SIM115 - held for the whole run
-        try:
-            import fcntl
+        while True:
+            self._lock = open(lock_path, "a")  # noqa: SIM115 - held for the whole run
+            try:
+                import fcntl
 
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no lock, the rest still works
-            pass
-        except OSError:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except ImportError:  # not POSIX: no lock, the rest still works
+                break
+            except OSError:
+                self._lock.close()
+                self._lock = None
+                raise RunError(
+                    f"another dgp-jax run (process {self.process_index}) is writing to "
+                    f"{self.root}; wait for it to finish or choose another --out"
+                ) from None
+            # The lock file is removed when a run ends: lock again if we got a removed one.
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(self._lock.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             self._lock.close()
-            self._lock = None
-            raise RunError(
-                f"another dgp-jax run (process {self.process_index}) is writing to "
-                f"{self.root}; wait for it to finish or choose another --out"
-            ) from None
+        self._lock_path = lock_path
         # Our temp files can only be leftovers of a killed run: we hold the lock.
         for stale in self.root.rglob(f".*{self._tmp_suffix}"):
             stale.unlink(missing_ok=True)
@@ -71,6 +94,10 @@ class OutputDir:
 
     def close(self) -> None:
         if self._lock is not None:
+            # Removed while still held, so that a finished folder holds no lock file; a run
+            # that opened it meanwhile notices (see open) and locks a new one.
+            with contextlib.suppress(OSError, AttributeError):
+                self._lock_path.unlink()
             self._lock.close()
             self._lock = None
 

@@ -3,6 +3,7 @@ per-image done markers that make runs resumable."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -108,7 +109,11 @@ def write_run_config(out: OutputDir, spec: RunSpec, model, *, force: bool = Fals
                 f"{', '.join(differ) or 'weights'}); rerun with the same settings to resume, "
                 "choose another --out, or pass --force to redo everything there"
             )
-    body = {**spec.config.to_dict(), "run": {**settings, "fingerprint": fingerprint}}
+    if force:
+        remove_other_results(out, fingerprint)
+    # batch is recorded, not fingerprinted: another --batch resumes the same results.
+    run = {**settings, "batch": spec.batch, "fingerprint": fingerprint}
+    body = {**spec.config.to_dict(), "run": run}
     out.write_json("config.json", body)
     return fingerprint
 
@@ -127,3 +132,30 @@ def is_done(out: OutputDir, name: str, label: str, fingerprint: str) -> bool:
     if record.get("fingerprint") != fingerprint:
         return False
     return all(out.path(f).is_file() for f in record.get("files", []))
+
+
+def remove_other_results(out: OutputDir, fingerprint: str) -> list[str]:
+    """--force: delete the results of other settings (the files their done markers list,
+    the markers, the summaries), so that none is left beside the new ones."""
+    removed = []
+    for marker in sorted(out.root.glob("*.done.json")):
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("fingerprint") == fingerprint:
+            continue
+        for rel in record.get("files", []):
+            path = out.path(rel)
+            if path.is_file() and out.root.resolve() in path.resolve().parents:
+                path.unlink()
+                removed.append(rel)
+                if path.parent != out.root:
+                    with contextlib.suppress(OSError):  # a frames folder left empty
+                        path.parent.rmdir()
+        marker.unlink()
+        removed.append(marker.name)
+    for summary in [*out.root.glob("summary*.json"), *out.root.glob("summary*.csv")]:
+        summary.unlink()
+        removed.append(summary.name)
+    return removed

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 
 from dgp_jax.run.markers import RunSpec
 
 
 # --------------------------------------------------------------------------- progress
 class Progress:
-    """One tqdm line: images done/total, current stage, solver steps/s and ETA."""
+    """One tqdm line: images done/total, current stage, solver steps/s and ETA.
+
+    When stderr is not a terminal (a log file, a pipe), plain lines instead: one when the
+    run starts, one per stage of each batch and one per finished batch, no carriage returns.
+    """
 
     def __init__(self, label: str, total_images: int, done_images: int, total_batches: int,
                  steps_per_batch: int, num_stages: int, enabled: bool = True):  # fmt: skip
@@ -22,14 +27,23 @@ class Progress:
         self.num_stages = num_stages
         self.steps_per_batch = max(steps_per_batch, 1)
         interactive = enabled and sys.stderr.isatty()
+        self.plain = enabled and not interactive
+        self._steps = 0
+        self._start = time.perf_counter()
         self.bar = tqdm(
-            total=total_batches * self.steps_per_batch, unit="step", disable=not enabled,
+            total=total_batches * self.steps_per_batch, unit="step", disable=not interactive,
             dynamic_ncols=True, file=sys.stderr,
             mininterval=0.2 if interactive else 5.0, leave=True,
             bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} steps "
                        "[{elapsed}<{remaining}, {rate_fmt}]{postfix}",
         )  # fmt: skip
         self._describe()
+        if self.plain:
+            self._log(f"{total_batches} batch(es) of {self.steps_per_batch} steps to solve")
+
+    def _log(self, text: str) -> None:
+        print(f"{self.label}: images {self.done_images}/{self.total_images}: {text}",
+              file=sys.stderr, flush=True)  # fmt: skip
 
     def _describe(self) -> None:
         self.bar.set_description_str(
@@ -53,15 +67,24 @@ class Progress:
             self._stage = info["stage"]
             self.bar.set_postfix_str(f"stage {info['stage'] + 1}/{self.num_stages}",
                                      refresh=False)  # fmt: skip
+            if self.plain:
+                self._log(f"stage {info['stage'] + 1}/{self.num_stages}")
+        self._steps += 1
         self.bar.update(1)
 
     def finished(self, count: int) -> None:
         self.done_images += count
         self._describe()
         self.bar.refresh()
+        if self.plain:
+            seconds = time.perf_counter() - self._start
+            self._log(f"{self._steps} steps in {seconds:.1f} s")
 
     def write(self, message: str) -> None:
-        self.bar.write(message, file=sys.stderr)
+        if self.plain:
+            print(message, file=sys.stderr, flush=True)
+        else:
+            self.bar.write(message, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

@@ -36,14 +36,36 @@ def _metrics(solved: Solved, spec: RunSpec) -> tuple[dict[str, float] | None, st
     )
     if spec.mask is not None:
         # restore scores inpainting on the reference's centre box, which a custom mask does
-        # not use: score the whole image instead.
+        # not use: score the whole result (known pixels pasted back) instead.
         values = metrics_lib.restoration_metrics(
-            solved.result.images, solved.original[None], "reconstruct"
+            result_image(solved, spec)[None], solved.original[None], "reconstruct"
         )
         region = "whole image (custom mask)"
     if values is None:
         return None, None
     return {k: float(np.asarray(values[k]).reshape(-1)[0]) for k in METRIC_NAMES}, region
+
+
+def result_image(solved: Solved, spec: RunSpec) -> np.ndarray:
+    """The image a restore run writes as its result, the one its metrics score: for
+    colorization the Lab merge of the input's lightness with G's colours, for inpainting
+    G's output with the known pixels pasted back, otherwise G's output."""
+    raw = np.asarray(solved.result.images[0])
+    if spec.kind != "restore":
+        return raw
+    mode = spec.config.dgp_mode
+    if mode == "colorization":
+        from dgp_jax.metrics import colorization_merge
+
+        return colorization_merge(raw, solved.original)
+    if mode == "inpainting":
+        from dgp_jax.degradations import center_mask
+
+        keep = spec.mask if spec.mask is not None else center_mask(*raw.shape[:2])
+        # In float64, so that the known pixels are written exactly as the input's.
+        keep = np.asarray(keep, np.float64).reshape(raw.shape[:2] + (1,))
+        return keep * np.asarray(solved.original, np.float64) + (1 - keep) * raw
+    return raw
 
 
 def _frames_jitter(model, spec: RunSpec, solved: Solved) -> tuple[list[tuple[str, Any]], Any]:
@@ -81,13 +103,17 @@ def write_solved(out: OutputDir, model, spec: RunSpec, solved: Solved, fingerpri
     name, label, res = solved.item.name, spec.label, solved.result
     stem = f"{name}_{label}"
     files = [f"{stem}.png", f"{stem}_degraded.png", f"{stem}_sheet.png"]
-    out.write_image(files[0], res.images[0])
+    final = result_image(solved, spec)
+    out.write_image(files[0], final)
     out.write_image(files[1], res.degraded[0])
     # input | degraded | G's output at the end of each stage (the reconstruction process,
     # as the reference's sheet shows it) | result.
     stages = [] if res.stage_images is None else list(res.stage_images[:-1, 0])
-    sheet = [res.degraded[0], *stages, res.images[0]]
+    sheet = [res.degraded[0], *stages, final]
     out.write_image(files[2], image_sheet(sheet if spec.observed else [solved.original] + sheet))
+    if spec.kind == "restore":
+        files.append(f"{stem}_generated.png")  # G's raw output, beside the result
+        out.write_image(files[-1], res.images[0])
     metrics, region = _metrics(solved, spec)
     record: dict[str, Any] = {
         "name": name,

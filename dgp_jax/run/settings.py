@@ -40,6 +40,13 @@ _DEFAULT_PRESETS = {
 }
 
 
+# jitter/morph/transfer default to the reference's manipulation scripts (run_jitter.sh,
+# run_morphing.sh, run_category_transfer.sh: use_in off throughout, so that the frames,
+# rendered in batch-norm mode, start from the solved image). 128 px has no such script:
+# it takes the 256 px schedules.
+_MANIPULATION_PRESETS = {"jitter": "jitter", "morph": "morphing", "transfer": "category_transfer"}
+
+
 class RunError(Exception):
     """A setup problem found before any image is solved (the CLI exits with 2)."""
 
@@ -76,11 +83,39 @@ def parse_sets(items: Sequence[str], base: SolverConfig) -> dict[str, Any]:
         if name not in names:
             raise RunError(f"--set: unknown field {name!r}; fields: {sorted(names)}")
         if name in STAGE_FIELDS or name == "iterations":
-            values = tuple(parse_value(v) for v in value.split(","))
+            values = tuple(_typed(name, v, getattr(base, name)[0]) for v in value.split(","))
             out[name] = values * base.num_stages if len(values) == 1 else values
         else:
-            out[name] = parse_value(value)
+            out[name] = _typed(name, value, getattr(base, name))
     return out
+
+
+# Fields whose default is None, and their type.
+_OPTIONAL_TYPES = {"factor": int, "resolution": int}
+
+
+def _typed(name: str, text: str, example: Any) -> Any:
+    """``text`` parsed for field ``name`` (the type of ``example``, its current value), or a
+    RunError naming the field."""
+    value = parse_value(text)
+    kind = _OPTIONAL_TYPES.get(name, type(example))
+    if value is None and name in _OPTIONAL_TYPES:
+        return None
+    if kind is bool:
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+        expected = "true or false"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "an integer"
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        expected = "a number"
+    else:
+        return value
+    raise RunError(f"--set {name}={text}: {name} must be {expected}, got {text!r}")
 
 
 def canonical_task(task: str) -> str:
@@ -90,8 +125,12 @@ def canonical_task(task: str) -> str:
     return task
 
 
-def default_preset(task: str, resolution: int) -> str:
-    """The task's published preset for this model size (128 px ones otherwise)."""
+def default_preset(task: str, resolution: int, kind: str = "restore") -> str:
+    """The task's published preset for this model size (128 px ones otherwise); for the
+    manipulation kinds, the reference's manipulation script (64 px: scaled down)."""
+    if kind in _MANIPULATION_PRESETS:
+        prefix = "wallpapers_64" if resolution == 64 else "examples_256"
+        return f"{prefix}/{_MANIPULATION_PRESETS[kind]}"
     return _DEFAULT_PRESETS.get(resolution, {}).get(task) or _DEFAULT_PRESETS[128].get(
         task, "imagenet1k_128/reconstruct"
     )
@@ -103,15 +142,21 @@ def build_config(
     preset: str | None = None,
     sets: Sequence[str] = (),
     factor: int | None = None,
+    kind: str = "restore",
 ) -> SolverConfig:
     """The SolverConfig a run uses: the preset, ``dgp_mode = task``, then the overrides.
 
     A preset written for another model size is a RunError (``--set resolution=none``
-    accepts it anyway), because the schedules are tuned per size.
+    accepts it anyway), because the schedules are tuned per size. A manipulation ``kind``
+    (jitter, morph, transfer) needs a schedule whose last stage is in batch-norm mode.
     """
-    name = preset or default_preset(task, resolution)
+    name = preset or default_preset(task, resolution, kind)
+    if factor is not None and factor < 1:
+        raise RunError(f"--factor must be a positive integer, got {factor}")
     try:
         base = SolverConfig.preset(name)
+        if preset is None and kind in _MANIPULATION_PRESETS and resolution not in (64, 256):
+            base = base.replace(resolution=None)  # the 256 px schedule at this size
         overrides = {"dgp_mode": task, **parse_sets(sets, base)}
         if factor is not None:
             if task not in ("SR", "hybrid"):
@@ -125,6 +170,14 @@ def build_config(
             f"the checkpoint is a {resolution} px model but preset {name!r} is for "
             f"{config.resolution} px models: pick a preset for {resolution} px (--preset) or "
             "pass --set resolution=none to run this schedule anyway"
+        )
+    if kind in _MANIPULATION_PRESETS and config.use_in[-1]:
+        fallback = default_preset(task, resolution, kind)
+        raise RunError(
+            f"{kind} renders its frames in batch-norm mode, as the reference does, but the "
+            f"schedule ({name}) ends in instance-norm mode (use_in), whose solved image those "
+            f"frames would not reproduce: leave out --preset (default {fallback}) "
+            "or end the schedule with use_in false (--set use_in=...)"
         )
     if config.dgp_mode in ("SR", "hybrid") and resolution % config.sr_factor:
         raise RunError(

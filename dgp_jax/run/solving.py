@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dgp_jax.images import (
+    ClippedImageWarning,
     ImageError,
     load_image_with_size,
 )
@@ -72,6 +74,25 @@ def _degradation(spec: RunSpec, resolution: int):
     return degradations.for_mode(config.dgp_mode, resolution, factor=factor, mask=spec.mask)
 
 
+def _is_gray(image: np.ndarray) -> bool:
+    return bool(np.all(image[..., 0] == image[..., 1]) and np.all(image[..., 1] == image[..., 2]))
+
+
+def _final_renders(model, result, originals: np.ndarray, spec: RunSpec):
+    """For jitter, morph and transfer: the result as each image's final state renders it
+    (dgp_jax.manipulate.render, what the frames start from), scored as restore scores."""
+    from dgp_jax import manipulate
+    from dgp_jax import metrics as metrics_lib
+    from dgp_jax.solve import _metric_mode
+
+    images = manipulate.render(model, result).astype(np.asarray(result.images).dtype)
+    metrics = result.metrics
+    if metrics is not None:
+        mode = _metric_mode(spec.config.dgp_mode)
+        metrics = metrics_lib.restoration_metrics(images, originals, mode)
+    return result.replace(images=images, metrics=metrics)
+
+
 def solve_items(
     model,
     items: Sequence[Item],
@@ -101,11 +122,20 @@ def solve_items(
         while queue and len(loaded) < batch_size:
             item = queue.pop(0)
             try:
-                image, size = load_image_with_size(item.path, res)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", ClippedImageWarning)
+                    image, size = load_image_with_size(item.path, res)
+                for w in caught:
+                    progress.write(f"warning: {w.message}")
             except (ImageError, OSError) as err:
                 failed[item.name] = str(err)
                 progress.write(f"skipped {item.path}: {err}")
                 continue
+            if spec.config.dgp_mode == "colorization" and not spec.observed and _is_gray(image):
+                progress.write(
+                    f"note: {item.path} is gray: colorization scores the result against this "
+                    "input as the original; pass --observed for gray inputs (no metrics)"
+                )
             if min(size) < res:
                 progress.write(f"note: {item.path} is {size[0]}x{size[1]}, upsampled to {res}")
             loaded.append((item, image, size))
@@ -137,6 +167,8 @@ def solve_items(
                 f"{type(err).__name__}: {err}"
             )
             continue
+        if spec.kind != "restore":
+            result = _final_renders(model, result, images, spec)
         seconds = (time.perf_counter() - start) / count
         yield [
             Solved(item, image, size, _pick(result, i), seconds)
