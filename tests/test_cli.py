@@ -160,6 +160,12 @@ def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys):
     run("--task", "SR", "--factor", "0", str(photos[0]), out=tmp_path / "a" / "b")
     assert not (tmp_path / "a").exists()
 
+    # bfloat16 on a CPU: said to be slower (here before a setup error ends the run).
+    argv = ["restore", "--weights", weights, "--out", str(tmp_path / "bf"), "--task", "SR",
+            "--precision", "bfloat16", "--factor", "0", str(photos[0])]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "--precision bfloat16 is slower than float32 on a CPU" in capsys.readouterr().err
+
     # A folder holding finished results keeps them when a rerun is refused.
     done = tmp_path / "done"
     done.mkdir()

@@ -489,3 +489,26 @@ def test_result_files_are_the_scored_images(tmp_path, tiny, mesh):
             # The same PSNR, up to the 8-bit rounding of the file.
             assert abs(scored - reported) < 0.1, (task, name, scored, reported)
             assert np.abs(result - raw).max() > 2  # the raw output is not the result
+
+
+def test_notes_for_gray_and_16_bit_inputs_in_plain_log_lines(tmp_path, tiny, mesh, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    gray = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (30, 1))
+    Image.fromarray(gray).save(folder / "gray.png")
+    Image.fromarray(np.full((30, 40), 40000, np.uint16)).save(folder / "deep.png")
+    with Image.open(folder / "deep.png") as im:
+        assert im.mode.startswith("I")  # a 16-bit grayscale PNG
+    report = runner.execute(options(tiny, tmp_path / "out", [folder], progress=True), mesh=mesh)
+    assert sorted(report.done) == ["deep", "gray"]
+    err = capsys.readouterr().err
+    assert f"note: {folder / 'gray.png'} is gray: colorization scores" in err
+    assert "pass --observed for gray inputs" in err
+    assert f"warning: {folder / 'deep.png'} is a 16-bit grayscale image: it is clipped" in err
+    assert "100% of it loads as white" in err
+    # stderr is not a terminal here: whole lines, no carriage returns.
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert "colorization: images 0/2: 1 batch(es) of 5 steps to solve" in lines
+    assert "colorization: images 0/2: stage 5/5" in lines
+    assert any(line.startswith("colorization: images 2/2: 5 steps in ") for line in lines)
