@@ -180,6 +180,39 @@ def _format(path: Path) -> str:
     return {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
 
 
+def labelled_sheet(
+    tiles: list[np.ndarray], labels: list[str], min_size: int = 128, pad: int = 4
+) -> np.ndarray:
+    """Same-size (H, W, 3) tiles in [-1, 1], left to right, each enlarged (nearest, by a whole
+    factor) to at least ``min_size`` px and captioned above with its label -> uint8 sheet."""
+    from PIL import ImageDraw, ImageFont
+
+    if len(tiles) != len(labels):
+        raise ValueError(f"{len(tiles)} tiles but {len(labels)} labels")
+    h, w = np.shape(tiles[0])[:2]
+    scale = max(1, -(-min_size // min(h, w)))
+    font = ImageFont.load_default()
+    band = font.getbbox("Ag")[3] + 2 * pad
+    width = len(tiles) * (w * scale + pad) + pad
+    sheet = Image.new("RGB", (width, band + h * scale + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, (tile, label) in enumerate(zip(tiles, labels, strict=True)):
+        left = pad + k * (w * scale + pad)
+        big = Image.fromarray(to_uint8(tile)).resize((w * scale, h * scale), Image.NEAREST)
+        sheet.paste(big, (left, band))
+        draw.text((left, pad), label, fill=(0, 0, 0), font=font)
+    return np.asarray(sheet)
+
+
+def encode_uint8(x: np.ndarray, fmt: str = "PNG") -> bytes:
+    """(H, W, 3) uint8 -> encoded file bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(x, np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
 def image_sheet(rows: list[np.ndarray]) -> np.ndarray:
     """Concatenate same-size (H, W, 3) images left to right into one sheet."""
     return np.concatenate(rows, axis=1)

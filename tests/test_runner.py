@@ -145,6 +145,21 @@ def files_of(out: Path, marker: str) -> list[Path]:
     return [out / f for f in record["files"]] + [out / marker]
 
 
+def check_sheet(path: Path, tiles: int, result: Path) -> None:
+    """A labelled sheet of ``tiles`` 32 px tiles shown at 128 px; the last is ``result``."""
+    tile, pad = 128, 4
+    with Image.open(path) as im:
+        sheet = np.asarray(im.convert("RGB"), np.int16)
+    height, width = sheet.shape[:2]
+    band = height - tile - pad
+    assert width == tiles * (tile + pad) + pad and 8 < band < 40
+    for k in range(tiles):
+        left = pad + k * (tile + pad)
+        assert (sheet[:band, left : left + tile] < 128).any(), k  # a label above each tile
+    last = sheet[band : band + tile, width - pad - tile : width - pad]
+    np.testing.assert_array_equal(last[::4, ::4], pixels(result))
+
+
 # --------------------------------------------------------------------------- pure parts
 def test_names_keys_and_shares():
     entries = [(Path("a/x.jpg"), 1), (Path("b/x.jpg"), 2), (Path("a/y.png"), -1),
@@ -301,9 +316,9 @@ def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
     for name in ("p0", "p1", "p2"):
         for path in files_of(out, f"{name}_colorization.done.json"):
             assert path.is_file(), path
-        with Image.open(out / f"{name}_colorization_sheet.png") as sheet:
-            # input | degraded | end of stages 1-4 | result (5 stages of 1 step)
-            assert sheet.size == (7 * 32, 32)
+        # input | degraded | end of stages 1-4 | result (5 stages of 1 step), each tile
+        # enlarged 4x (to 128 px) under its label.
+        check_sheet(out / f"{name}_colorization_sheet.png", 7, out / f"{name}_colorization.png")
         metrics = json.loads((out / f"{name}_colorization_metrics.json").read_text())
         assert np.isfinite(metrics["psnr"]) and metrics["class"] == 3
     summary = json.loads((out / "summary.json").read_text())
@@ -385,8 +400,7 @@ def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
                            mask=str(tmp_path / "mask.png")), mesh=mesh)  # fmt: skip
     record = json.loads((seen / "p0_inpainting.done.json").read_text())
     assert record["metrics"] is None and not (seen / "p0_inpainting_metrics.json").exists()
-    with Image.open(seen / "p0_inpainting_sheet.png") as sheet:
-        assert sheet.size == (6 * 32, 32)
+    check_sheet(seen / "p0_inpainting_sheet.png", 6, seen / "p0_inpainting.png")
 
 
 def pixels(path: Path) -> np.ndarray:

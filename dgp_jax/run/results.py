@@ -11,10 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from dgp_jax.images import (
-    image_grid,
-    image_sheet,
-)
+from dgp_jax.images import encode_uint8, image_grid, image_sheet, labelled_sheet
 from dgp_jax.run.folder import OutputDir
 from dgp_jax.run.markers import RunSpec, done_marker, is_done
 from dgp_jax.run.plan import image_key
@@ -109,12 +106,17 @@ def write_solved(out: OutputDir, model, spec: RunSpec, solved: Solved, fingerpri
     # input | degraded | G's output at the end of each stage (the reconstruction process,
     # as the reference's sheet shows it) | result.
     stages = [] if res.stage_images is None else list(res.stage_images[:-1, 0])
-    sheet = [res.degraded[0], *stages, final]
-    out.write_image(files[2], image_sheet(sheet if spec.observed else [solved.original] + sheet))
     if spec.kind == "restore":
         files.append(f"{stem}_generated.png")  # G's raw output, beside the result
         out.write_image(files[-1], res.images[0])
     metrics, region = _metrics(solved, spec)
+    tiles = [res.degraded[0], *stages, final]
+    labels = ["observation", *(f"stage {s + 1}" for s in range(len(stages))), "result"]
+    if metrics is not None:
+        labels[-1] = f"result, PSNR {metrics['psnr']:.2f} dB"
+    if not spec.observed:
+        tiles, labels = [solved.original, *tiles], ["input", *labels]
+    out.write_bytes(files[2], encode_uint8(labelled_sheet(tiles, labels)))
     record: dict[str, Any] = {
         "name": name,
         "label": label,
