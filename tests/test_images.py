@@ -188,3 +188,29 @@ def test_read_inputs_list_folder_and_grid(tmp_path):
         images.read_inputs([str(tmp_path / "bad.txt")])
     tile = np.zeros((2, 2, 3))
     assert images.image_grid([[tile, tile], [tile]]).shape == (4, 4, 3)
+
+
+def test_quickstart_sheet_is_labelled_and_enlarged(tmp_path):
+    from tests.conftest import load_experiment
+
+    sheet_script = load_experiment("quickstart_sheet")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(photo)
+    for k, task in enumerate(sheet_script.TASKS):
+        run = tmp_path / "out" / task
+        run.mkdir(parents=True)
+        for suffix, value in (("", 40 * k), ("_degraded", 200)):
+            Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(
+                run / f"photo_{task}{suffix}.png")  # fmt: skip
+        (run / "summary.csv").write_text(f"name,input,status,psnr\nphoto,{photo},done,1{k}.5\n")
+    out = tmp_path / "sheet.png"
+    assert sheet_script.main([str(tmp_path / "out"), "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        sheet = np.asarray(im.convert("RGB"))
+    # 7 tiles of 32 px shown at 128 px, 4 px apart, under a label band.
+    assert sheet.shape[1] == 7 * 132 + 4 and sheet.shape[0] > 132
+    band = sheet.shape[0] - 132
+    for k in range(7):
+        assert (sheet[:band, 4 + k * 132 : 4 + k * 132 + 128] < 128).any()  # labelled
+    tile = sheet[band : band + 128, 4 + 2 * 132 : 4 + 2 * 132 + 128]  # colorization's result
+    assert (tile == 0).all()
