@@ -3,7 +3,7 @@
 Every function takes a ``SolveResult`` from ``dgp_jax.restore`` and re-renders its solved
 latents with each image's own fine-tuned generator::
 
-    result = dgp_jax.restore(model, images, classes, "examples_256/jitter", key)
+    result = dgp_jax.restore(model, images, classes, "wallpapers_64/jitter", key)
     jitters = jitter(model, result, key)              # (B, 3, 30, R, R, 3)
     frames = morph(model, result, 0, result, 1)       # (11, R, R, 3)
     transfer = category_transfer(model, result, [151, 207, 281])   # (B, 3, R, R, 3)
