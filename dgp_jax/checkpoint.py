@@ -425,8 +425,8 @@ def export_pth(
         return {k: v.astype(cast) if np.issubdtype(v.dtype, np.floating) else v
                 for k, v in flat.items()}  # fmt: skip
 
+    if discriminator_pth is not None and d_vars is None:  # before anything is written
+        raise CheckpointError(f"{directory} holds no discriminator to export")
     pth.write_state_dict(generator_pth, state(g_vars, order.get("generator")))
     if discriminator_pth is not None:
-        if d_vars is None:
-            raise CheckpointError(f"{directory} holds no discriminator to export")
         pth.write_state_dict(discriminator_pth, state(d_vars, order.get("discriminator")))
