@@ -151,7 +151,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
     p.add_argument(
         "--preset",
         help="SolverConfig preset (default: the task's published one for the "
-        "model's resolution; see dgp_jax.preset_names())",
+        "model's resolution; for jitter, morph and transfer the reference's manipulation "
+        "schedule, e.g. wallpapers_64/jitter; see dgp_jax.preset_names())",
     )
     p.add_argument(
         "--set",
