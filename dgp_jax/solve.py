@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -423,6 +424,8 @@ def restore(
                 f"got {images.shape}"
             )
         _check_range(images)
+        if config.dgp_mode == "colorization" and not observed:
+            _warn_gray(images)
         batch = images.shape[0]
         classes = np.full((batch,), -1) if classes is None else np.asarray(classes).reshape(-1)
         if classes.shape != (batch,):
@@ -566,6 +569,22 @@ def restore(
             stage_images=np.stack(stage_images) if stage_images else None,
             metrics=metrics,
             final_use_in=_final_use_in(config),
+        )
+
+
+class GrayInputWarning(UserWarning):
+    """Gray images given to colorization as originals (``observed=False``)."""
+
+
+def _warn_gray(images: np.ndarray) -> None:
+    gray = [i for i, x in enumerate(images) if np.array_equal(x[..., 0], x[..., 1])
+            and np.array_equal(x[..., 1], x[..., 2])]  # fmt: skip
+    if gray:
+        warnings.warn(
+            f"images {gray} are gray: colorization takes the images as originals, so the "
+            "result is scored against gray; pass observed=True for gray inputs (no metrics)",
+            GrayInputWarning,
+            stacklevel=3,
         )
 
 

@@ -6,6 +6,8 @@ with the result's final z, embedding and fine-tuned params of image i (not
 The calls share a few shapes so that each compiled function is traced once or twice.
 """
 
+import warnings
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -345,3 +347,17 @@ def test_restore_takes_int_seeds_and_refuses_what_is_not_in_range(solved):
         restore(model, as_uint8, [1], config, 0, mesh=mesh)
     with pytest.raises(ValueError, match=r"in \[-1, 1\], got values in \[0, 25"):
         restore(model, as_uint8.astype(np.float64), [1], config, 0, mesh=mesh)
+
+
+def test_restore_hints_at_observed_for_gray_colorization_inputs(solved):
+    from dgp_jax.solve import GrayInputWarning
+
+    model, _ = solved
+    gray = np.repeat(np.linspace(-1, 1, 32 * 32).reshape(1, 32, 32, 1), 3, axis=-1)
+    config = SOLVER.replace(dgp_mode="colorization", iterations=(0,), select_num=0)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    with pytest.warns(GrayInputWarning, match=r"images \[0\] are gray.*observed=True"):
+        restore(model, gray, [1], config, 0, mesh=mesh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GrayInputWarning)
+        restore(model, gray, [1], config, 0, mesh=mesh, observed=True)  # no warning

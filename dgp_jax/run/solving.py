@@ -113,6 +113,7 @@ def solve_items(
     solve raises is failed as a whole and the run goes on.
     """
     import dgp_jax
+    from dgp_jax.solve import GrayInputWarning
 
     res = model.config.resolution
     degradation = _degradation(spec, res)
@@ -152,11 +153,14 @@ def solve_items(
         progress.phase("choosing start latents" if spec.config.select_num > 1 else "starting")
         start = time.perf_counter()
         try:
-            result = dgp_jax.restore(
-                model, images, classes, spec.config, keys, degradation=degradation,
-                observed=spec.observed, mesh=mesh,
-                callback=progress.step, precision=spec.precision,
-            )  # fmt: skip
+            with warnings.catch_warnings():
+                # Said per file when it was loaded, with the CLI's flag.
+                warnings.simplefilter("ignore", GrayInputWarning)
+                result = dgp_jax.restore(
+                    model, images, classes, spec.config, keys, degradation=degradation,
+                    observed=spec.observed, mesh=mesh,
+                    callback=progress.step, precision=spec.precision,
+                )  # fmt: skip
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - one bad batch must not end the run
