@@ -88,16 +88,16 @@ def cmd_run(args) -> int:
 
     # Before anything else: a bad --out must fail before JAX starts or processes wait.
     runner.OutputDir.check_writable(args.out, keep=False)
-    if args.precision == "bfloat16":
+    runner.configure_compilation_cache(args.cache_dir)
+    index, count = runner.init_distributed(args.coordinator, args.num_processes,
+                                           args.process_id)  # fmt: skip
+    if args.precision == "bfloat16":  # after init_distributed: this starts JAX's backend
         import jax
 
         if jax.default_backend() == "cpu":
             print("dgp-jax: note: --precision bfloat16 is slower than float32 on a CPU "
                   "(see BENCHMARKS.md); it is a speed mode for accelerators",
                   file=sys.stderr)  # fmt: skip
-    runner.configure_compilation_cache(args.cache_dir)
-    index, count = runner.init_distributed(args.coordinator, args.num_processes,
-                                           args.process_id)  # fmt: skip
     manipulation = {}
     if args.command == "jitter":
         manipulation = {"stds": args.stds, "samples": args.samples}
