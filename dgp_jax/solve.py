@@ -606,14 +606,11 @@ def _check_range(images: np.ndarray) -> None:
 
 
 def _preset_hint(mode: str, resolution: int) -> str:
-    """ ": use its <size>/<mode> preset" where this model size has one for the mode."""
-    from dgp_jax.config import preset_names
+    """ ": use the preset <name> for <size> px models" where this size has one for the mode."""
+    from dgp_jax.config import preset_for_size
 
-    prefix = {64: "wallpapers_64", 128: "imagenet1k_128", 256: "examples_256"}.get(resolution)
-    name = {"SR": "SR_D_biased"}.get(mode, mode) if resolution == 128 else mode
-    if prefix and f"{prefix}/{name}" in preset_names():
-        return f": use the preset {prefix}/{name!s} for {resolution} px models"
-    return ""
+    name = preset_for_size(mode, resolution)
+    return f": use the preset {name} for {resolution} px models" if name else ""
 
 
 def _final_use_in(config: SolverConfig) -> bool:

@@ -526,3 +526,8 @@ def test_notes_for_gray_and_16_bit_inputs_in_plain_log_lines(tmp_path, tiny, mes
     assert "colorization: images 0/2: 1 batch(es) of 5 steps to solve" in lines
     assert "colorization: images 0/2: stage 5/5" in lines
     assert any(line.startswith("colorization: images 2/2: 5 steps in ") for line in lines)
+
+
+def test_a_preset_of_another_size_names_this_sizes_preset():
+    with pytest.raises(runner.RunError, match=r"64 px \(--preset wallpapers_64/inpainting\)"):
+        runner.build_config("inpainting", 64, "imagenet1k_128/inpainting")

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from dgp_jax.config import STAGE_FIELDS, SolverConfig
+from dgp_jax.config import STAGE_FIELDS, SolverConfig, preset_for_size
 
 PRECISIONS = ("float32", "tf32", "bfloat16")  # dgp_jax.solve.PRECISIONS, without JAX
 METRIC_NAMES = ("psnr", "ssim", "mse", "l1")
@@ -166,9 +166,12 @@ def build_config(
     except ValueError as err:
         raise RunError(str(err)) from None
     if config.resolution is not None and config.resolution != resolution:
+        own = preset_for_size(task, resolution)
+        own = f" {own}" if own else ""
         raise RunError(
             f"the checkpoint is a {resolution} px model but preset {name!r} is for "
-            f"{config.resolution} px models: pick a preset for {resolution} px (--preset) or "
+            f"{config.resolution} px models: pick a preset for {resolution} px (--preset"
+            f"{own}) or "
             "pass --set resolution=none to run this schedule anyway"
         )
     if kind in _MANIPULATION_PRESETS and config.use_in[-1]:
