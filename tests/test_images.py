@@ -61,7 +61,11 @@ def test_every_mode_loads_as_the_reference_converts_it(tmp_path, mode, fmt):
     im.save(path, format=fmt)
     with Image.open(path) as check:
         assert check.mode == mode  # the file really is in that mode
-    x = load_image(path, RES)
+    if mode == "I;16":  # values above 255: clipped, and said so
+        with pytest.warns(images.ClippedImageWarning, match="16-bit grayscale"):
+            x = load_image(path, RES)
+    else:
+        x = load_image(path, RES)
     assert x.shape == (RES, RES, 3) and x.dtype == np.float64
     np.testing.assert_array_equal(x, _expected(path))
 
@@ -75,7 +79,10 @@ def test_16_bit_grayscale_is_clipped_not_scaled(tmp_path):
     with Image.open(path) as im:
         assert im.mode == "I;16"
         assert np.asarray(im.convert("RGB"))[0, :, 0].tolist() == [0, 100, 255, 255, 255, 255]
-    x = load_image(path, 6)
+    # ... and a run time warning says so, with the share of clipped pixels (256 and up).
+    with pytest.warns(images.ClippedImageWarning, match=r"sixteen.png is a 16-bit grayscale "
+                      r"image: it is clipped to 0..255, not scaled .* so 50% of it"):  # fmt: skip
+        x = load_image(path, 6)
     assert np.all(x[:, 3:] == 1.0)  # everything >= 255 is white
 
 
