@@ -398,12 +398,22 @@ def export_pth(
     discriminator_pth: str | os.PathLike | None = None,
     *,
     dtype: str | None = None,
+    overwrite: bool = False,
 ) -> None:
     """A dgp_jax checkpoint folder -> ``.pth`` state dicts that BigGAN-PyTorch loads.
 
     ``dtype`` (e.g. "float16") stores the floating-point tensors in that type (half the
     size; loading casts back to the compute dtype); integer buffers are kept as they are.
+    Existing files are refused unless ``overwrite``; the target folders must exist.
     """
+    for target in (generator_pth, discriminator_pth):
+        if target is None:
+            continue
+        target = Path(target)
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"no folder {target.parent} to write {target.name} into")
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     config, g_vars, d_vars, meta = load(directory)
     order = meta.get("key_order", {})
 
@@ -415,8 +425,8 @@ def export_pth(
         return {k: v.astype(cast) if np.issubdtype(v.dtype, np.floating) else v
                 for k, v in flat.items()}  # fmt: skip
 
+    if discriminator_pth is not None and d_vars is None:  # before anything is written
+        raise CheckpointError(f"{directory} holds no discriminator to export")
     pth.write_state_dict(generator_pth, state(g_vars, order.get("generator")))
     if discriminator_pth is not None:
-        if d_vars is None:
-            raise CheckpointError(f"{directory} holds no discriminator to export")
         pth.write_state_dict(discriminator_pth, state(d_vars, order.get("discriminator")))

@@ -12,6 +12,7 @@ summary), 2 a setup error before any work, 130 interrupted. The logic lives in
 ``dgp_jax.runner``; this module only parses arguments.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,19 @@ import sys
 import time
 from pathlib import Path
 
+DESCRIPTION = (
+    "dgp-jax: convert checkpoints, restore and edit images with Deep Generative Prior "
+    "(a pretrained BigGAN as the prior)."
+)
+
 
 def cmd_convert(args) -> int:
     from dgp_jax import checkpoint
+    from dgp_jax.runner import RunError
 
     overrides = _parse_set_model(args.set)
+    if Path(args.out).exists() and not args.force:
+        raise RunError(f"{args.out} exists; pass --force to replace it")
     t = time.perf_counter()
     out = checkpoint.convert(
         args.generator, args.discriminator, args.out, overrides=overrides, overwrite=args.force
@@ -49,8 +58,13 @@ def _parse_set_model(items: list[str]) -> dict:
 
 def cmd_export(args) -> int:
     from dgp_jax import checkpoint
+    from dgp_jax.runner import RunError
 
-    checkpoint.export_pth(args.checkpoint, args.generator, args.discriminator, dtype=args.dtype)
+    try:
+        checkpoint.export_pth(args.checkpoint, args.generator, args.discriminator,
+                              dtype=args.dtype, overwrite=args.force)  # fmt: skip
+    except FileExistsError as err:
+        raise RunError(str(err).replace("overwrite=True", "--force")) from None
     print(f"wrote {args.generator}" + (f" and {args.discriminator}" if args.discriminator else ""))
     return 0
 
@@ -73,10 +87,17 @@ def cmd_run(args) -> int:
     from dgp_jax import runner
 
     # Before anything else: a bad --out must fail before JAX starts or processes wait.
-    runner.OutputDir.check_writable(args.out)
+    runner.OutputDir.check_writable(args.out, keep=False)
     runner.configure_compilation_cache(args.cache_dir)
     index, count = runner.init_distributed(args.coordinator, args.num_processes,
                                            args.process_id)  # fmt: skip
+    if args.precision == "bfloat16":  # after init_distributed: this starts JAX's backend
+        import jax
+
+        if jax.default_backend() == "cpu":
+            print("dgp-jax: note: --precision bfloat16 is slower than float32 on a CPU "
+                  "(see BENCHMARKS.md); it is a speed mode for accelerators",
+                  file=sys.stderr)  # fmt: skip
     manipulation = {}
     if args.command == "jitter":
         manipulation = {"stds": args.stds, "samples": args.samples}
@@ -130,7 +151,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
     p.add_argument(
         "--preset",
         help="SolverConfig preset (default: the task's published one for the "
-        "model's resolution; see dgp_jax.preset_names())",
+        "model's resolution; for jitter, morph and transfer the reference's manipulation "
+        "schedule, e.g. wallpapers_64/jitter; see dgp_jax.preset_names())",
     )
     p.add_argument(
         "--set",
@@ -162,7 +184,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
         help="inputs are already degraded (no metrics); default: originals",
     )
     p.add_argument(
-        "--batch", type=int, default=0,
+        "--batch", type=int, default=None,
         help="images solved together (default: one per device on a CPU, 8 per device on a GPU/TPU)",
     )  # fmt: skip
     p.add_argument(
@@ -170,7 +192,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
         help="float32 (default, the reference's numbers); tf32 / bfloat16: opt-in faster "
         "modes on GPUs/TPUs that change results (see BENCHMARKS.md)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the start latents (default 0); each image's key also "
+                        "depends on its name, not its position")  # fmt: skip
     p.add_argument(
         "--force",
         action="store_true",
@@ -191,7 +215,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dgp-jax", description=__doc__.split("\n")[0])
+    from dgp_jax import __version__
+
+    parser = argparse.ArgumentParser(prog="dgp-jax", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"dgp-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="released .pth state dicts -> dgp_jax checkpoint folder")
@@ -204,9 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="dgp_jax checkpoint folder -> .pth state dicts")
-    p.add_argument("checkpoint")
-    p.add_argument("--generator", required=True)
-    p.add_argument("--discriminator")
+    p.add_argument("checkpoint", help="dgp_jax checkpoint folder (from convert or training)")
+    p.add_argument("--generator", required=True, metavar="G.pth",
+                   help="where to write the generator's state dict")  # fmt: skip
+    p.add_argument("--discriminator", metavar="D.pth",
+                   help="where to write the discriminator's state dict (optional)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace existing .pth files")
     p.add_argument(
         "--dtype", choices=["float32", "float16"], help="store floating tensors in this type"
     )

@@ -164,5 +164,12 @@ def preset_names() -> list[str]:
     return sorted(_presets())
 
 
+def preset_for_size(mode: str, resolution: int) -> str | None:
+    """The preset written for ``mode`` at this model size, if there is one."""
+    prefix = {64: "wallpapers_64", 128: "imagenet1k_128", 256: "examples_256"}.get(resolution)
+    name = {"SR": "SR_D_biased"}.get(mode, mode) if resolution == 128 else mode
+    return f"{prefix}/{name}" if prefix and f"{prefix}/{name}" in _presets() else None
+
+
 def preset_source(name: str) -> str:
     return _presets()[ALIASES.get(name, name)]["source"]

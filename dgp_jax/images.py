@@ -80,12 +80,33 @@ def _upright_rgb(im: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(im).convert("RGB")
 
 
+class ClippedImageWarning(UserWarning):
+    """A 16-bit image whose values above 255 are clipped when it is read."""
+
+
+def _upright_rgb_checked(im: Image.Image) -> tuple[Image.Image, float]:
+    """The RGB image and the fraction of pixels clipped (16-bit grayscale values > 255)."""
+    clipped = 0.0
+    if im.mode.startswith("I"):
+        values = np.asarray(im)
+        clipped = float(np.mean(values > 255)) if values.size else 0.0
+    return _upright_rgb(im), clipped
+
+
 def load_image_with_size(
     path: str | os.PathLike, resolution: int
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """(image, (width, height) of the upright source): see ``load_image``."""
     path = Path(path)
-    rgb = _decode(path, _upright_rgb)
+    rgb, clipped = _decode(path, _upright_rgb_checked)
+    if clipped:
+        warnings.warn(
+            f"{path} is a 16-bit grayscale image: it is clipped to 0..255, not scaled (as PIL "
+            f"and the reference read it), so {clipped:.0%} of it loads as white; convert it to "
+            "8 bits first for a faithful input",
+            ClippedImageWarning,
+            stacklevel=2,
+        )
     w, h = rgb.size
     short = min(w, h)
     left = int(round((w - short) / 2.0))
@@ -159,6 +180,39 @@ def _format(path: Path) -> str:
     return {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
 
 
+def labelled_sheet(
+    tiles: list[np.ndarray], labels: list[str], min_size: int = 128, pad: int = 4
+) -> np.ndarray:
+    """Same-size (H, W, 3) tiles in [-1, 1], left to right, each enlarged (nearest, by a whole
+    factor) to at least ``min_size`` px and captioned above with its label -> uint8 sheet."""
+    from PIL import ImageDraw, ImageFont
+
+    if len(tiles) != len(labels):
+        raise ValueError(f"{len(tiles)} tiles but {len(labels)} labels")
+    h, w = np.shape(tiles[0])[:2]
+    scale = max(1, -(-min_size // min(h, w)))
+    font = ImageFont.load_default()
+    band = font.getbbox("Ag")[3] + 2 * pad
+    width = len(tiles) * (w * scale + pad) + pad
+    sheet = Image.new("RGB", (width, band + h * scale + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, (tile, label) in enumerate(zip(tiles, labels, strict=True)):
+        left = pad + k * (w * scale + pad)
+        big = Image.fromarray(to_uint8(tile)).resize((w * scale, h * scale), Image.NEAREST)
+        sheet.paste(big, (left, band))
+        draw.text((left, pad), label, fill=(0, 0, 0), font=font)
+    return np.asarray(sheet)
+
+
+def encode_uint8(x: np.ndarray, fmt: str = "PNG") -> bytes:
+    """(H, W, 3) uint8 -> encoded file bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(x, np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
 def image_sheet(rows: list[np.ndarray]) -> np.ndarray:
     """Concatenate same-size (H, W, 3) images left to right into one sheet."""
     return np.concatenate(rows, axis=1)
@@ -187,26 +241,52 @@ def sample_grid(images: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
 def read_inputs(inputs: list[str]) -> list[tuple[Path, int]]:
     """Files, folders (their images, sorted) and list files (``path [class]`` per line,
     relative to the list's folder; class -1 or absent = unknown; lines starting with ``#``
-    are comments) -> (path, class)."""
+    are comments) -> (path, class).
+
+    A folder's own list files (``*.txt`` in it) give the classes of the folder's images they
+    name; its other images are unknown (-1). A path that does not exist is an error.
+    """
     out: list[tuple[Path, int]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += [(f, -1) for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+            classes: dict[Path, int] = {}
+            for listed in sorted(p.glob("*.txt")):
+                for path, cls in _read_list(listed):
+                    key = path.resolve()
+                    if classes.get(key, cls) != cls:
+                        raise ValueError(
+                            f"{listed}: class {cls} for {path}, but another list file in {p} "
+                            f"gives it class {classes[key]}"
+                        )
+                    classes[key] = cls
+            out += [
+                (f, classes.get(f.resolve(), -1))
+                for f in sorted(p.iterdir())
+                if f.suffix.lower() in IMAGE_SUFFIXES
+            ]
         elif p.suffix.lower() == ".txt":
             if not p.is_file():
                 raise FileNotFoundError(f"no list file at {p}")
-            for n, line in enumerate(p.read_text().splitlines(), 1):
-                parts = line.split()
-                if not parts or parts[0].startswith("#"):
-                    continue
-                if len(parts) > 2:
-                    raise ValueError(f"{p}:{n}: expected 'path [class]', got {line!r}")
-                try:
-                    cls = int(parts[1]) if len(parts) == 2 else -1
-                except ValueError:
-                    raise ValueError(f"{p}:{n}: class {parts[1]!r} is not an integer") from None
-                out.append((p.parent / parts[0], cls))
+            out += _read_list(p)
+        elif not p.exists():
+            raise FileNotFoundError(f"no input file or folder at {p}")
         else:
             out.append((p, -1))
+    return out
+
+
+def _read_list(p: Path) -> list[tuple[Path, int]]:
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) > 2:
+            raise ValueError(f"{p}:{n}: expected 'path [class]', got {line!r}")
+        try:
+            cls = int(parts[1]) if len(parts) == 2 else -1
+        except ValueError:
+            raise ValueError(f"{p}:{n}: class {parts[1]!r} is not an integer") from None
+        out.append((p.parent / parts[0], cls))
     return out

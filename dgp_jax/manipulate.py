@@ -3,7 +3,7 @@
 Every function takes a ``SolveResult`` from ``dgp_jax.restore`` and re-renders its solved
 latents with each image's own fine-tuned generator::
 
-    result = dgp_jax.restore(model, images, classes, "reconstruct", key)
+    result = dgp_jax.restore(model, images, classes, "wallpapers_64/jitter", key)
     jitters = jitter(model, result, key)              # (B, 3, 30, R, R, 3)
     frames = morph(model, result, 0, result, 1)       # (11, R, R, 3)
     transfer = category_transfer(model, result, [151, 207, 281])   # (B, 3, R, R, 3)
@@ -17,7 +17,14 @@ The last chunk is padded so that all chunks share one compiled shape.
 As in the reference (``models/dgp.py: jitter``, ``example.py``), the generator runs in its
 batch-norm (evaluation) mode, never the instance-norm mode some solver stages use, and its
 buffers (spectral-norm vectors, BN statistics) are the model's: fine-tuning leaves them as
-they are, so they are the same for every image.
+they are, so they are the same for every image. A result whose last solver stage ran in
+instance-norm mode (``result.final_use_in``: ``reconstruct``, ``inpainting`` and the other
+``use_in`` presets) looks different when rendered in batch-norm mode, so every function
+here refuses it; solve with a manipulation preset instead (``wallpapers_64/jitter``,
+``wallpapers_64/morphing``, ``wallpapers_64/category_transfer`` for the shipped model,
+``examples_256/*`` at 256 px: the reference's scripts, ``use_in`` off throughout).
+``render(model, result)`` gives the image every manipulation starts from (jitter with std 0,
+morph at alpha 0 / 1, the transfer to the image's own class).
 
 The class embedding of image i is ``result.embeddings[i]``: the fine-tuned row of the
 class table (when the solve had ``update_embed``), else the table row itself. Every other
@@ -60,6 +67,7 @@ __all__ = [
     "jitter",
     "morph",
     "morph_batch",
+    "render",
 ]
 
 
@@ -169,8 +177,17 @@ def _check_batch_size(batch_size: int | None) -> None:
 
 
 def _check_result(model: BigGAN, result: SolveResult, name: str = "result") -> int:
-    """Check ``result`` was solved with ``model``'s architecture; return its image count."""
+    """Check ``result`` was solved with ``model``'s architecture and ended in batch-norm
+    mode; return its image count."""
     cfg = model.config
+    if getattr(result, "final_use_in", False):
+        raise ValueError(
+            f"{name}'s last solver stage ran in instance-norm mode (use_in), whose affines are "
+            "captured during the solve; manipulations render in batch-norm mode, as the "
+            "reference's, and would not reproduce the solved image. Solve with a "
+            "manipulation preset (wallpapers_64/jitter, wallpapers_64/morphing, "
+            "wallpapers_64/category_transfer, examples_256/*) or use_in=False in the last stage"
+        )
     z = np.shape(result.z)
     batch = z[0] if len(z) else 0
     if len(z) != 2 or z[1] != cfg.effective_dim_z:
@@ -227,6 +244,21 @@ def _dtype(result: SolveResult):
 
 
 # --------------------------------------------------------------------------- public
+def render(model: BigGAN, result: SolveResult, batch_size: int | None = None) -> np.ndarray:
+    """Each image's final state rendered: G_i(z_i, embedding_i) -> (B, R, R, 3).
+
+    What every manipulation starts from (jitter at std 0, morph at alpha 0 and 1). It can
+    differ slightly from ``result.images``, G's output at the last step, before that step's
+    update.
+    """
+    _check_result(model, result)
+    _check_batch_size(batch_size)
+    dtype = _dtype(result)
+    z = np.asarray(result.z, dtype)[:, None, :]
+    emb = np.asarray(result.embeddings, dtype)[:, None, :]
+    return _render_grid(model, result.params, z, emb, batch_size)[:, 0]
+
+
 def jitter(
     model: BigGAN,
     result: SolveResult,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,9 @@ class SolveResult:
         scale), 'psnr', 'ssim' as the reference reports them, each (B,).
     stage_images: (S, B, R, R, 3) G's output at the last step of each stage that ran (the
         reconstruction process the reference's image sheet shows); None without steps.
+    final_use_in: whether the last stage that ran was in instance-norm mode (``use_in``):
+        its images then depend on affines captured during the solve, which the batch-norm
+        renders of ``dgp_jax.manipulate`` do not reproduce (they refuse such a result).
     """
 
     images: Array
@@ -76,6 +80,7 @@ class SolveResult:
     select_loss: np.ndarray
     metrics: dict[str, np.ndarray] | None = None
     stage_images: np.ndarray | None = None
+    final_use_in: bool = flax.struct.field(pytree_node=False, default=False)
 
     def generator(self, model: BigGAN, index: int) -> BigGAN:
         """Image ``index``'s fine-tuned generator as a BigGAN (its class row updated)."""
@@ -417,7 +422,8 @@ def restore(
       classes: (B,) ImageNet classes; -1 (or None for all) = unknown, chosen with the
         latent among the start candidates.
       config: a SolverConfig or a preset name.
-      key: a PRNG key (image i uses ``fold_in(key, i)``) or one key per image.
+      key: a PRNG key or an integer seed (image i uses ``fold_in(key, i)``), or one key
+        per image.
       z_init: (B, dim_z) start latents; skips the candidate search.
       z_candidates / class_candidates: (B, select_num, dim_z) / (B, select_num) explicit
         start candidates, instead of sampling them from ``key``.
@@ -449,7 +455,8 @@ def restore(
         if config.resolution is not None and config.resolution != cfg.resolution:
             raise ValueError(
                 f"the preset is for {config.resolution} px models but the model is "
-                f"{cfg.resolution} px; pass resolution=None to override"
+                f"{cfg.resolution} px{_preset_hint(config.dgp_mode, cfg.resolution)}; "
+                "pass resolution=None to override"
             )
         dtype = model.dtype
         images = np.asarray(images)
@@ -458,6 +465,9 @@ def restore(
                 f"images must be (batch, {cfg.resolution}, {cfg.resolution}, 3) NHWC in [-1, 1], "
                 f"got {images.shape}"
             )
+        _check_range(images)
+        if config.dgp_mode == "colorization" and not observed:
+            _warn_gray(images)
         batch = images.shape[0]
         classes = np.full((batch,), -1) if classes is None else np.asarray(classes).reshape(-1)
         if classes.shape != (batch,):
@@ -466,7 +476,9 @@ def restore(
             bad = classes[(classes >= cfg.n_classes) | (classes < -1)]
             raise ValueError(f"classes {bad.tolist()} out of range [-1, {cfg.n_classes})")
         if key is None:
-            key = jax.random.PRNGKey(0)
+            key = 0
+        if isinstance(key, int | np.integer) and not isinstance(key, bool):
+            key = jax.random.PRNGKey(key)  # a plain seed, as dgp_jax.manipulate takes
         keys = _as_keys(key, batch)
 
         degradation = degradation or default_degradation(
@@ -598,7 +610,55 @@ def restore(
             select_loss=np.asarray(select_loss),
             stage_images=np.stack(stage_images) if stage_images else None,
             metrics=metrics,
+            final_use_in=_final_use_in(config),
         )
+
+
+class GrayInputWarning(UserWarning):
+    """Gray images given to colorization as originals (``observed=False``)."""
+
+
+def _warn_gray(images: np.ndarray) -> None:
+    gray = [i for i, x in enumerate(images) if np.array_equal(x[..., 0], x[..., 1])
+            and np.array_equal(x[..., 1], x[..., 2])]  # fmt: skip
+    if gray:
+        warnings.warn(
+            f"images {gray} are gray: colorization takes the images as originals, so the "
+            "result is scored against gray; pass observed=True for gray inputs (no metrics)",
+            GrayInputWarning,
+            stacklevel=3,
+        )
+
+
+def _check_range(images: np.ndarray) -> None:
+    """Refuse what is not an image in [-1, 1] (uint8 0..255 above all), rather than solve
+    towards a target 127 times too bright."""
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(
+            f"images must be floating point in [-1, 1], got dtype {images.dtype}; for 0..255 "
+            "images pass images / 127.5 - 1 (dgp_jax.images.load_image reads files that way)"
+        )
+    if images.size:
+        lo, hi = float(np.min(images)), float(np.max(images))
+        if not (lo >= -1.001 and hi <= 1.001):
+            raise ValueError(
+                f"images must be in [-1, 1], got values in [{lo:g}, {hi:g}]; for 0..255 images "
+                "pass images / 127.5 - 1, for [0, 1] ones images * 2 - 1"
+            )
+
+
+def _preset_hint(mode: str, resolution: int) -> str:
+    """ ": use the preset <name> for <size> px models" where this size has one for the mode."""
+    from dgp_jax.config import preset_for_size
+
+    name = preset_for_size(mode, resolution)
+    return f": use the preset {name} for {resolution} px models" if name else ""
+
+
+def _final_use_in(config: SolverConfig) -> bool:
+    """use_in of the last stage with steps (False without any)."""
+    ran = [u for u, n in zip(config.use_in, config.iterations, strict=True) if n > 0]
+    return bool(ran and ran[-1])
 
 
 def _metric_mode(mode: str) -> str:

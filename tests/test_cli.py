@@ -51,9 +51,19 @@ def test_convert_export_and_restore(tmp_path, tiny, capsys):
     assert '"G_ch": 8' in capsys.readouterr().out
     # A second convert into the same folder is refused (nothing is overwritten).
     assert cli.main(["convert", str(g), str(d), "--out", str(ckpt)]) == 2
-    assert "exists" in capsys.readouterr().err
+    assert f"{ckpt} exists; pass --force to replace it" in capsys.readouterr().err
 
+    # export: into a missing folder names the folder; existing files need --force.
+    missing = tmp_path / "missing" / "G.pth"
+    assert cli.main(["export", str(ckpt), "--generator", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"no folder {missing.parent} to write G.pth into" in err and ".tmp" not in err
     assert cli.main(["export", str(ckpt), "--generator", str(tmp_path / "G.pth")]) == 0
+    before = (tmp_path / "G.pth").stat().st_mtime_ns
+    assert cli.main(["export", str(ckpt), "--generator", str(tmp_path / "G.pth")]) == 2
+    assert "G.pth exists; pass --force to replace it" in capsys.readouterr().err
+    assert (tmp_path / "G.pth").stat().st_mtime_ns == before
+    assert cli.main(["export", str(ckpt), "--generator", str(tmp_path / "G.pth"), "--force"]) == 0
     original, exported = read_state_dict(g), read_state_dict(tmp_path / "G.pth")
     assert list(original) == list(exported)
     assert all(np.array_equal(original[k], exported[k]) for k in original)
@@ -87,10 +97,14 @@ def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys):
 
     def run(*args: str, out: Path | None = None) -> str:
         out = out or tmp_path / "out"
+        existed = out.exists()
         argv = ["restore", "--weights", weights, "--out", str(out), "--quiet", *FAST, *args]
         assert cli.main(argv) == 2
         assert not (out / "config.json").exists()  # nothing was started
-        return capsys.readouterr().err
+        assert out.exists() == existed  # and no folder left behind
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.startswith("dgp-jax restore: error: ")
+        return err
 
     # Output folder under a regular file: no folder can be made there.
     blocker = tmp_path / "file"
@@ -130,6 +144,50 @@ def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys):
     assert "--factor applies" in run("--task", "colorization", "--factor", "2", str(photos[0]))
     assert "unknown field 'itrations'" in run("--task", "SR", "--set", "itrations=2",
                                               str(photos[0]))  # fmt: skip
+
+    # Bad numbers name their flag or field; a missing input names the path.
+    for factor in ("0", "-2"):
+        err = run("--task", "SR", "--factor", factor, str(photos[0]))
+        assert f"--factor must be a positive integer, got {factor}" in err
+    assert "--batch must be >= 1, got 0" in run("--task", "SR", "--batch", "0", str(photos[0]))
+    err = run("--task", "SR", "--set", "iterations=abc", str(photos[0]))
+    assert "--set iterations=abc: iterations must be an integer" in err
+    assert "--set expects field=value" in run("--task", "SR", "--set", "iterations",
+                                              str(photos[0]))  # fmt: skip
+    err = run("--task", "SR", str(photos[0]), str(tmp_path / "nope.png"))
+    assert f"no input file or folder at {tmp_path / 'nope.png'}" in err
+    # Nested folders that did not exist are not left behind either.
+    run("--task", "SR", "--factor", "0", str(photos[0]), out=tmp_path / "a" / "b")
+    assert not (tmp_path / "a").exists()
+
+    # bfloat16 on a CPU: said to be slower (here before a setup error ends the run).
+    argv = ["restore", "--weights", weights, "--out", str(tmp_path / "bf"), "--task", "SR",
+            "--precision", "bfloat16", "--factor", "0", str(photos[0])]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "--precision bfloat16 is slower than float32 on a CPU" in capsys.readouterr().err
+
+    # A folder holding finished results keeps them when a rerun is refused.
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "p0_SR.png").write_bytes(b"result")
+    run("--task", "SR", "--factor", "0", str(photos[0]), out=done)
+    assert (done / "p0_SR.png").read_bytes() == b"result"
+
+
+def test_help_version_and_description(capsys):
+    from dgp_jax import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"dgp-jax {__version__}"
+    parser = cli.build_parser()
+    top = parser.format_help()
+    assert "``" not in top and "dgp-jax: convert checkpoints, restore" in top
+    sub = parser._subparsers._group_actions[0].choices
+    export = sub["export"].format_help()
+    assert "dgp_jax checkpoint folder" in export and "where to write the generator" in export
+    assert "--force" in export
+    assert "random seed of the start latents" in sub["restore"].format_help()
 
 
 def test_compilation_cache_setting(tmp_path, monkeypatch):
@@ -177,8 +235,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _check_complete(out: Path, names: list[str]) -> dict[Path, int]:
-    """Every image has exactly one complete result; returns the files' mtimes."""
+def _check_complete(out: Path, names: list[str], killed: bool = False) -> dict[Path, int]:
+    """Every image has exactly one complete result; returns the files' mtimes. No temp file
+    is left, except after a kill (the next run removes them: checked after it)."""
     stamps = {}
     for name in names:
         markers = list(out.glob(f"{name}_colorization*.done.json"))
@@ -193,7 +252,7 @@ def _check_complete(out: Path, names: list[str]) -> dict[Path, int]:
                 json.loads(path.read_text())
             stamps[path] = path.stat().st_mtime_ns
         stamps[markers[0]] = markers[0].stat().st_mtime_ns
-    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    assert killed or not [p for p in out.rglob("*") if ".tmp" in p.name]
     return stamps
 
 
@@ -218,7 +277,8 @@ def test_kill_resume_and_two_processes(tmp_path, tiny, compilation_cache):
     proc.wait()
     finished = sorted(m.name.split("_")[0] for m in out.glob("*.done.json"))
     assert 1 <= len(finished) < len(names), finished  # killed half way
-    stamps = _check_complete(out, finished)
+    # The kill may have hit the next image's writes (its temp files stay until the rerun).
+    stamps = _check_complete(out, finished, killed=True)
     # As if the kill had hit mid-write: a stale temp file the restart must clean up.
     (out / f".{names[-1]}_colorization.png.tmp-0").write_bytes(b"\x89PNG half")
 

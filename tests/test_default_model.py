@@ -194,3 +194,12 @@ def test_ablation_table_refuses_unknown_methods_and_tasks(capsys):
     with pytest.raises(SystemExit):
         table.main(["--out", "unused", "--tasks", "SR,deblur"])
     assert "--tasks: unknown deblur" in capsys.readouterr().err
+
+
+def test_a_preset_of_another_size_points_to_this_sizes_preset(model):
+    photo = load_image(HELDOUT / "flora_LadyBird_0.png", 64)
+    for short, own in (("inpainting", "wallpapers_64/inpainting"),
+                       ("colorization", "wallpapers_64/colorization")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"128 px models but the model is 64 px: use the "
+                                             f"preset {own} for 64 px models"):  # fmt: skip
+            dgp_jax.restore(model, photo[None], [0], short, 0)

@@ -61,7 +61,11 @@ def test_every_mode_loads_as_the_reference_converts_it(tmp_path, mode, fmt):
     im.save(path, format=fmt)
     with Image.open(path) as check:
         assert check.mode == mode  # the file really is in that mode
-    x = load_image(path, RES)
+    if mode == "I;16":  # values above 255: clipped, and said so
+        with pytest.warns(images.ClippedImageWarning, match="16-bit grayscale"):
+            x = load_image(path, RES)
+    else:
+        x = load_image(path, RES)
     assert x.shape == (RES, RES, 3) and x.dtype == np.float64
     np.testing.assert_array_equal(x, _expected(path))
 
@@ -75,7 +79,10 @@ def test_16_bit_grayscale_is_clipped_not_scaled(tmp_path):
     with Image.open(path) as im:
         assert im.mode == "I;16"
         assert np.asarray(im.convert("RGB"))[0, :, 0].tolist() == [0, 100, 255, 255, 255, 255]
-    x = load_image(path, 6)
+    # ... and a run time warning says so, with the share of clipped pixels (256 and up).
+    with pytest.warns(images.ClippedImageWarning, match=r"sixteen.png is a 16-bit grayscale "
+                      r"image: it is clipped to 0..255, not scaled .* so 50% of it"):  # fmt: skip
+        x = load_image(path, 6)
     assert np.all(x[:, 3:] == 1.0)  # everything >= 255 is white
 
 
@@ -171,10 +178,46 @@ def test_read_inputs_list_folder_and_grid(tmp_path):
     (tmp_path / "notes.md").write_text("skip me")
     (tmp_path / "list.txt").write_text("# file class\na.png 3\n\nsub/b.jpg\n  # x y z\nc.png -1\n")
     entries = images.read_inputs([str(tmp_path / "list.txt"), str(tmp_path)])
+    # The folder's own list file gives its images' classes (a.png: 3).
     assert [(p.name, c) for p, c in entries] == [("a.png", 3), ("b.jpg", -1), ("c.png", -1),
-                                                  ("a.png", -1)]  # fmt: skip
+                                                  ("a.png", 3)]  # fmt: skip
+    (tmp_path / "d.png").write_bytes(b"")  # not listed: unknown
+    assert [(p.name, c) for p, c in images.read_inputs([str(tmp_path)])] == [
+        ("a.png", 3), ("d.png", -1)]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"no input file or folder at .*nope.png"):
+        images.read_inputs([str(tmp_path / "nope.png")])
+    (tmp_path / "other.txt").write_text("a.png 4\n")
+    with pytest.raises(ValueError, match=r"other.txt: class 4 for .*a.png, but another list"):
+        images.read_inputs([str(tmp_path)])
+    (tmp_path / "other.txt").unlink()
     (tmp_path / "bad.txt").write_text("a.png cat\n")
     with pytest.raises(ValueError, match=r"bad.txt:1"):
         images.read_inputs([str(tmp_path / "bad.txt")])
     tile = np.zeros((2, 2, 3))
     assert images.image_grid([[tile, tile], [tile]]).shape == (4, 4, 3)
+
+
+def test_quickstart_sheet_is_labelled_and_enlarged(tmp_path):
+    from tests.conftest import load_experiment
+
+    sheet_script = load_experiment("quickstart_sheet")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(photo)
+    for k, task in enumerate(sheet_script.TASKS):
+        run = tmp_path / "out" / task
+        run.mkdir(parents=True)
+        for suffix, value in (("", 40 * k), ("_degraded", 200)):
+            Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(
+                run / f"photo_{task}{suffix}.png")  # fmt: skip
+        (run / "summary.csv").write_text(f"name,input,status,psnr\nphoto,{photo},done,1{k}.5\n")
+    out = tmp_path / "sheet.png"
+    assert sheet_script.main([str(tmp_path / "out"), "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        sheet = np.asarray(im.convert("RGB"))
+    # 7 tiles of 32 px shown at 128 px, 4 px apart, under a label band.
+    assert sheet.shape[1] == 7 * 132 + 4 and sheet.shape[0] > 132
+    band = sheet.shape[0] - 132
+    for k in range(7):
+        assert (sheet[:band, 4 + k * 132 : 4 + k * 132 + 128] < 128).any()  # labelled
+    tile = sheet[band : band + 128, 4 + 2 * 132 : 4 + 2 * 132 + 128]  # colorization's result
+    assert (tile == 0).all()

@@ -6,6 +6,8 @@ with the result's final z, embedding and fine-tuned params of image i (not
 The calls share a few shapes so that each compiled function is traced once or twice.
 """
 
+import warnings
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -236,3 +238,126 @@ def test_errors(solved):
         jitter(model, result, jax.random.PRNGKey(0), samples=0)
     with pytest.raises(ValueError, match="batch_size"):
         jitter(model, result, jax.random.PRNGKey(0), batch_size=0)
+
+
+# --------------------------------------------------------------------------- faithfulness
+def test_render_is_where_every_manipulation_starts(solved):
+    model, result = solved
+    assert result.final_use_in is False
+    start = manipulate.render(model, result)
+    assert start.shape == (3, 32, 32, 3)
+    for i in range(3):
+        close(start[i], render(model, result, i))
+
+
+def _short(name: str) -> SolverConfig:
+    """Preset ``name`` with one step per stage, on the tiny model."""
+    base = SolverConfig.preset(name)
+    return base.replace(dgp_mode="reconstruct", resolution=None, select_num=2, select_batch=2,
+                        iterations=(1,) * base.num_stages)  # fmt: skip
+
+
+def test_every_preset_renders_faithfully_or_is_refused(tmp_path_factory):
+    """For every preset: the manipulations reproduce the solved images (jitter at std 0,
+    morph at alpha 0 and 1, the transfer to the own class), or, where the schedule ends in
+    instance-norm mode, they refuse, and so does a batch run (before solving anything).
+
+    Presets with the same stages, use_in and update_embed run the same code with other
+    numbers: one solve per such group (one step per stage), every preset checked."""
+    from dgp_jax import preset_names, runner
+    from tests.test_runner import fast_compiles, session_cache_dir
+
+    # Four solver programs: compiled cheaply, and once per session (see tests/test_runner.py).
+    with fast_compiles(session_cache_dir(tmp_path_factory)):
+        _every_preset(preset_names, runner)
+
+
+def _every_preset(preset_names, runner) -> None:
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    model = random_biggan(TINY, jax.random.PRNGKey(0), dtype=jnp.float64)
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3), jnp.float64,
+                                           -1.0, 1.0))  # fmt: skip
+    kinds = ("jitter", "morph", "transfer")
+    groups: dict[tuple, list[str]] = {}
+    for name in preset_names():
+        config = _short(name)
+        for kind in kinds:
+            if config.use_in[-1]:
+                with pytest.raises(runner.RunError, match="ends in instance-norm mode"):
+                    runner.build_config("reconstruct", 32, name, ["resolution=none"], kind=kind)
+            else:
+                runner.build_config("reconstruct", 32, name, ["resolution=none"], kind=kind)
+        groups.setdefault((config.num_stages, config.use_in, config.update_embed), []).append(name)
+    assert len(groups) == 6
+    bn = [names for (_, use_in, _), names in groups.items() if not use_in[-1]]
+    assert len(bn) == 4
+    for names in bn:
+        result = restore(model, images, np.array([1, 2]), _short(names[0]), 0, mesh=mesh)
+        assert result.final_use_in is False, names
+        start = manipulate.render(model, result)
+        # The render differs from G's output at the last step by that step's update only.
+        assert np.abs(start - result.images).max() < 0.5
+        out = jitter(model, result, 0, stds=(0.0,), samples=1)
+        frames = morph(model, result, 0, result, 1, alphas=(0.0, 1.0))
+        own = category_transfer(model, result, [1, 2])
+        for i in range(2):
+            close(out[i, 0, 0], start[i])
+            close(frames[i], start[i])
+            close(own[i, i], start[i])
+    # A result that ended in instance-norm mode (restore sets the flag from the last stage
+    # that ran, see the next test) is refused by every manipulation.
+    in_mode = result.replace(final_use_in=True)
+    calls = (lambda: manipulate.render(model, in_mode),
+             lambda: jitter(model, in_mode, 0, stds=(0.0,), samples=1),
+             lambda: morph(model, result, 0, in_mode, 1),
+             lambda: category_transfer(model, in_mode, [1]))  # fmt: skip
+    for call in calls:
+        with pytest.raises(ValueError, match="ran in instance-norm mode"):
+            call()
+
+
+def test_final_use_in_is_the_mode_of_the_last_stage_that_ran():
+    from dgp_jax.solve import _final_use_in
+
+    def config(use_in, iterations):
+        n = len(use_in)
+        return SOLVER.replace(iterations=iterations, use_in=use_in, ft_num=(9,) * n,
+                              lr_ratio=(1.0,) * n, G_lrs=(1e-3,) * n, z_lrs=(1e-2,) * n,
+                              w_D_loss=(1.0,) * n, w_mse=(1.0,) * n, ftr_num=(3,) * n)  # fmt: skip
+
+    assert _final_use_in(config((True, False), (1, 1))) is False  # a BN stage clears IN
+    assert _final_use_in(config((False, True), (1, 1))) is True
+    assert _final_use_in(config((False, True), (1, 0))) is False  # the IN stage never ran
+    assert _final_use_in(config((True, False), (1, 0))) is True
+    assert _final_use_in(config((True,), (0,))) is False  # no steps: G's plain render
+
+
+def test_restore_takes_int_seeds_and_refuses_what_is_not_in_range(solved):
+    model, _ = solved
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (1, 32, 32, 3), jnp.float64,
+                                           -1.0, 1.0))  # fmt: skip
+    config = SOLVER.replace(iterations=(0,))
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    by_int = restore(model, images, [1], config, 3, mesh=mesh)
+    by_key = restore(model, images, [1], config, jax.random.PRNGKey(3), mesh=mesh)
+    np.testing.assert_array_equal(by_int.z, by_key.z)
+    assert not np.array_equal(by_int.z, restore(model, images, [1], config, 4, mesh=mesh).z)
+    as_uint8 = ((images + 1) * 127.5).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"floating point in \[-1, 1\], got dtype uint8.*127.5"):
+        restore(model, as_uint8, [1], config, 0, mesh=mesh)
+    with pytest.raises(ValueError, match=r"in \[-1, 1\], got values in \[0, 25"):
+        restore(model, as_uint8.astype(np.float64), [1], config, 0, mesh=mesh)
+
+
+def test_restore_hints_at_observed_for_gray_colorization_inputs(solved):
+    from dgp_jax.solve import GrayInputWarning
+
+    model, _ = solved
+    gray = np.repeat(np.linspace(-1, 1, 32 * 32).reshape(1, 32, 32, 1), 3, axis=-1)
+    config = SOLVER.replace(dgp_mode="colorization", iterations=(0,), select_num=0)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    with pytest.warns(GrayInputWarning, match=r"images \[0\] are gray.*observed=True"):
+        restore(model, gray, [1], config, 0, mesh=mesh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GrayInputWarning)
+        restore(model, gray, [1], config, 0, mesh=mesh, observed=True)  # no warning

@@ -145,6 +145,21 @@ def files_of(out: Path, marker: str) -> list[Path]:
     return [out / f for f in record["files"]] + [out / marker]
 
 
+def check_sheet(path: Path, tiles: int, result: Path) -> None:
+    """A labelled sheet of ``tiles`` 32 px tiles shown at 128 px; the last is ``result``."""
+    tile, pad = 128, 4
+    with Image.open(path) as im:
+        sheet = np.asarray(im.convert("RGB"), np.int16)
+    height, width = sheet.shape[:2]
+    band = height - tile - pad
+    assert width == tiles * (tile + pad) + pad and 8 < band < 40
+    for k in range(tiles):
+        left = pad + k * (tile + pad)
+        assert (sheet[:band, left : left + tile] < 128).any(), k  # a label above each tile
+    last = sheet[band : band + tile, width - pad - tile : width - pad]
+    np.testing.assert_array_equal(last[::4, ::4], pixels(result))
+
+
 # --------------------------------------------------------------------------- pure parts
 def test_names_keys_and_shares():
     entries = [(Path("a/x.jpg"), 1), (Path("b/x.jpg"), 2), (Path("a/y.png"), -1),
@@ -191,6 +206,42 @@ def test_settings_overrides_and_presets():
         runner.build_config("SR", 32, sets=["resolution=none"], factor=3)
     with pytest.raises(runner.RunError, match="ft_num has 5 entries but iterations has 2"):
         runner.build_config("colorization", 32, sets=["resolution=none", "iterations=1,1"])
+    # A --set value of the wrong type names the field; a bad --factor is refused up front.
+    with pytest.raises(runner.RunError, match=r"--set iterations=abc: iterations must be an "):
+        runner.parse_sets(["iterations=abc"], base)
+    with pytest.raises(runner.RunError, match=r"--set use_in=maybe: use_in must be true or f"):
+        runner.parse_sets(["use_in=maybe"], base)
+    with pytest.raises(runner.RunError, match=r"--set w_nll=x: w_nll must be a number"):
+        runner.parse_sets(["w_nll=x"], base)
+    assert runner.parse_sets(["factor=none", "use_in=0"], base)["use_in"] == (False,) * 5
+    for factor in (0, -2):
+        with pytest.raises(runner.RunError, match=f"--factor must be a positive .*got {factor}"):
+            runner.build_config("SR", 32, sets=["resolution=none"], factor=factor)
+
+
+def test_manipulations_default_to_the_references_batch_norm_schedules():
+    # The reference's run_jitter.sh / run_morphing.sh / run_category_transfer.sh, scaled
+    # for the shipped model as the other wallpapers_64 presets are (iterations / 5, 100
+    # start candidates); use_in off throughout, so the frames render the solved image.
+    for kind, script in (("jitter", "jitter"), ("morph", "morphing"),
+                         ("transfer", "category_transfer")):  # fmt: skip
+        assert runner.default_preset("reconstruct", 64, kind) == f"wallpapers_64/{script}"
+        assert runner.default_preset("reconstruct", 256, kind) == f"examples_256/{script}"
+        ours = runner.build_config("reconstruct", 64, kind=kind)
+        ref = SolverConfig.preset(f"examples_256/{script}")
+        assert ours.iterations == tuple(i // 5 for i in ref.iterations) and ours.select_num == 100
+        assert ours.replace(iterations=ref.iterations, select_num=500, resolution=256,
+                            dgp_mode=ref.dgp_mode) == ref  # fmt: skip
+        assert not any(ours.use_in)
+        # 128 px has no manipulation script: the 256 px schedule.
+        assert runner.build_config("reconstruct", 128, kind=kind).iterations == ref.iterations
+        # A schedule that ends in instance-norm mode cannot be rendered faithfully: refused.
+        with pytest.raises(runner.RunError, match=f"{kind} renders its frames in batch-norm"):
+            runner.build_config("reconstruct", 64, "wallpapers_64/reconstruct", kind=kind)
+        with pytest.raises(runner.RunError, match="ends in instance-norm mode"):
+            runner.build_config("reconstruct", 64, sets=["use_in=true"], kind=kind)
+    # A restore keeps the task's own schedule.
+    assert runner.build_config("reconstruct", 64).use_in == (True,) * 5
 
 
 def test_bad_precision_or_batch_is_a_setup_error(tmp_path):
@@ -202,6 +253,8 @@ def test_bad_precision_or_batch_is_a_setup_error(tmp_path):
         runner.execute(options(precision="float8"))
     with pytest.raises(runner.RunError, match="--batch must be >= 1"):
         runner.execute(options(batch=-2))
+    with pytest.raises(runner.RunError, match="--batch must be >= 1, got 0"):
+        runner.execute(options(batch=0))
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
@@ -263,9 +316,9 @@ def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
     for name in ("p0", "p1", "p2"):
         for path in files_of(out, f"{name}_colorization.done.json"):
             assert path.is_file(), path
-        with Image.open(out / f"{name}_colorization_sheet.png") as sheet:
-            # input | degraded | end of stages 1-4 | result (5 stages of 1 step)
-            assert sheet.size == (7 * 32, 32)
+        # input | degraded | end of stages 1-4 | result (5 stages of 1 step), each tile
+        # enlarged 4x (to 128 px) under its label.
+        check_sheet(out / f"{name}_colorization_sheet.png", 7, out / f"{name}_colorization.png")
         metrics = json.loads((out / f"{name}_colorization_metrics.json").read_text())
         assert np.isfinite(metrics["psnr"]) and metrics["class"] == 3
     summary = json.loads((out / "summary.json").read_text())
@@ -278,6 +331,8 @@ def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
     config = json.loads((out / "config.json").read_text())
     assert SolverConfig.from_dict(config) == runner.build_config("colorization", 32, sets=FAST)
     assert config["run"]["seed"] == 0 and config["run"]["model"]["resolution"] == 32
+    assert config["run"]["batch"] == 2  # recorded, though not part of the fingerprint
+    assert not list(out.glob(".dgp_jax.lock*"))  # a finished folder holds no lock file
 
     # Rerun: nothing is redone (the broken file is retried and fails again); an image
     # without its marker is redone, in the same batch shape, so bitwise the same.
@@ -314,8 +369,12 @@ def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
             split / f"{name}_colorization.png"
         ).read_bytes()
 
-    forced = runner.execute(options(tiny, out, photos, seed=1, force=True), mesh=mesh)
-    assert sorted(forced.done) == ["p0", "p1", "p2"]
+    # --force with other settings: the old results go, none is left beside the new ones.
+    forced = runner.execute(options(tiny, out, photos[:2], seed=1, force=True), mesh=mesh)
+    assert sorted(forced.done) == ["p0", "p1"]
+    assert not list(out.glob("p2_*")) and not list(out.glob("broken*"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["images"]) == ["p0", "p1"] and summary["total"] == 2
 
 
 def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
@@ -341,25 +400,38 @@ def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
                            mask=str(tmp_path / "mask.png")), mesh=mesh)  # fmt: skip
     record = json.loads((seen / "p0_inpainting.done.json").read_text())
     assert record["metrics"] is None and not (seen / "p0_inpainting_metrics.json").exists()
-    with Image.open(seen / "p0_inpainting_sheet.png") as sheet:
-        assert sheet.size == (6 * 32, 32)
+    check_sheet(seen / "p0_inpainting_sheet.png", 6, seen / "p0_inpainting.png")
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im, np.int16)
 
 
 def test_jitter_transfer_and_morph(tmp_path, tiny, mesh):
     photos = make_photos(tmp_path / "photos", 2)
     # Every run solves 2 images in one batch: one solver program for the three kinds.
+    # Their default schedules are the reference's manipulation scripts (batch-norm mode).
     common = dict(task="reconstruct", class_index=None, batch=2)
 
     out = tmp_path / "jitter"
     report = runner.execute(options(tiny, out, photos[:2], kind="jitter", **common,
-                                    manipulation={"stds": [0.3, 0.7], "samples": 2}),
+                                    manipulation={"stds": [0, 0.7], "samples": 2}),
                             mesh=mesh)  # fmt: skip
     assert sorted(report.done) == ["p0", "p1"]
     frames = sorted(p.name for p in (out / "p0_jitter_frames").iterdir())
-    assert frames == ["std0.3_00.png", "std0.3_01.png", "std0.7_00.png", "std0.7_01.png"]
+    assert frames == ["std0.7_00.png", "std0.7_01.png", "std0_00.png", "std0_01.png"]
     with Image.open(out / "p0_jitter_grid.png") as grid:
         assert grid.size == (3 * 32, 2 * 32)  # restored + 2 samples, one row per std
-    assert (out / "p0_jitter.png").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["use_in"] == [False] * 3 and config["iterations"] == [1, 1, 1]
+    for name in ("p0", "p1"):
+        # std 0 renders the solved image (the same render, another batch shape: the
+        # pixels may differ by float rounding at most).
+        solved = pixels(out / f"{name}_jitter.png")
+        for s in ("00", "01"):
+            assert np.abs(pixels(out / f"{name}_jitter_frames/std0_{s}.png") - solved).max() <= 1
+        assert np.abs(pixels(out / f"{name}_jitter_frames/std0.7_00.png") - solved).max() > 8
 
     out = tmp_path / "transfer"
     runner.execute(options(tiny, out, photos, kind="transfer", **common,
@@ -369,6 +441,12 @@ def test_jitter_transfer_and_morph(tmp_path, tiny, mesh):
     with pytest.raises(runner.RunError, match=r"--classes \[12\] out of range"):
         runner.execute(options(tiny, tmp_path / "t2", photos[:1], kind="transfer", **common,
                                manipulation={"classes": [12]}), mesh=mesh)  # fmt: skip
+    # A schedule ending in instance-norm mode would not render the solved image: refused.
+    with pytest.raises(runner.RunError, match="transfer renders its frames in batch-norm"):
+        runner.execute(options(tiny, tmp_path / "t3", photos, kind="transfer", **common,
+                               preset="imagenet1k_128/reconstruct",
+                               manipulation={"classes": [1]}), mesh=mesh)  # fmt: skip
+    assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
 
     out = tmp_path / "morph"
     report = runner.execute(options(tiny, out, photos, kind="morph", **common,
@@ -378,7 +456,78 @@ def test_jitter_transfer_and_morph(tmp_path, tiny, mesh):
         "frame00.png", "frame01.png", "frame02.png"]  # fmt: skip
     with Image.open(out / "p0_to_p1_morph_grid.png") as grid:
         assert grid.size == (3 * 32, 32)
+    # Frame 0 is image a's result and the last frame image b's.
+    frame = lambda k: pixels(out / f"p0_to_p1_morph_frames/frame{k:02d}.png")  # noqa: E731
+    assert np.abs(frame(0) - pixels(out / "p0_morph.png")).max() <= 1
+    assert np.abs(frame(2) - pixels(out / "p1_morph.png")).max() <= 1
+    assert np.abs(frame(0) - frame(2)).max() > 8
     assert json.loads((out / "summary.json").read_text())["done"] == 1
     again = runner.execute(options(tiny, out, photos, kind="morph", **common,
                                    manipulation={"frames": 3}), mesh=mesh)  # fmt: skip
     assert again.skipped == ["p0_to_p1"] and not again.done
+    # Each image's result is part of the pair's results: deleted, it is made again.
+    record = json.loads((out / "p0_to_p1_morph.done.json").read_text())
+    assert {"p0_morph.png", "p1_morph.png"} <= set(record["files"])
+    before = (out / "p1_morph.png").read_bytes()
+    (out / "p1_morph.png").unlink()
+    again = runner.execute(options(tiny, out, photos, kind="morph", **common,
+                                   manipulation={"frames": 3}), mesh=mesh)  # fmt: skip
+    assert again.done == ["p0_to_p1"] and (out / "p1_morph.png").read_bytes() == before
+
+
+def test_result_files_are_the_scored_images(tmp_path, tiny, mesh):
+    """<name>_<task>.png is what the metrics score; G's raw output is _generated.png."""
+    from dgp_jax.images import load_image
+    from dgp_jax.metrics import psnr
+
+    photos = make_photos(tmp_path / "photos", 2)
+    original = np.stack([load_image(p, 32) for p in photos])
+    begin, end = 11, 21  # the centre hole at 32 px (hole_box)
+    for task in ("colorization", "inpainting"):
+        out = tmp_path / task
+        runner.execute(options(tiny, out, photos, task=task), mesh=mesh)
+        for i, name in enumerate(("p0", "p1")):
+            result = pixels(out / f"{name}_{task}.png")
+            raw = pixels(out / f"{name}_{task}_generated.png")
+            reported = json.loads((out / f"{name}_{task}_metrics.json").read_text())["psnr"]
+            as_read = result / 255.0 * 2 - 1
+            if task == "colorization":
+                scored = psnr(as_read[None], original[i][None])[0]
+            else:  # the hole only; the known pixels are the input's
+                known = np.ones((32, 32), bool)
+                known[begin:end, begin:end] = False
+                as_saved = (255 * (original[i] + 1) / 2).astype(np.uint8)
+                np.testing.assert_array_equal(result[known], as_saved[known])
+                hole = (slice(None), slice(begin, end), slice(begin, end))
+                scored = psnr(as_read[None][hole], original[i][None][hole])[0]
+            # The same PSNR, up to the 8-bit rounding of the file.
+            assert abs(scored - reported) < 0.1, (task, name, scored, reported)
+            assert np.abs(result - raw).max() > 2  # the raw output is not the result
+
+
+def test_notes_for_gray_and_16_bit_inputs_in_plain_log_lines(tmp_path, tiny, mesh, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    gray = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (30, 1))
+    Image.fromarray(gray).save(folder / "gray.png")
+    Image.fromarray(np.full((30, 40), 40000, np.uint16)).save(folder / "deep.png")
+    with Image.open(folder / "deep.png") as im:
+        assert im.mode.startswith("I")  # a 16-bit grayscale PNG
+    report = runner.execute(options(tiny, tmp_path / "out", [folder], progress=True), mesh=mesh)
+    assert sorted(report.done) == ["deep", "gray"]
+    err = capsys.readouterr().err
+    assert f"note: {folder / 'gray.png'} is gray: colorization scores" in err
+    assert "pass --observed for gray inputs" in err
+    assert f"warning: {folder / 'deep.png'} is a 16-bit grayscale image: it is clipped" in err
+    assert "100% of it loads as white" in err
+    # stderr is not a terminal here: whole lines, no carriage returns.
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert "colorization: images 0/2: 1 batch(es) of 5 steps to solve" in lines
+    assert "colorization: images 0/2: stage 5/5" in lines
+    assert any(line.startswith("colorization: images 2/2: 5 steps in ") for line in lines)
+
+
+def test_a_preset_of_another_size_names_this_sizes_preset():
+    with pytest.raises(runner.RunError, match=r"64 px \(--preset wallpapers_64/inpainting\)"):
+        runner.build_config("inpainting", 64, "imagenet1k_128/inpainting")
