@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+# dgp_jax.nets.per_image.CHOICES, spelled out so that --help does not import JAX (tested).
+LOWERINGS = ["auto", "vmap", "im2col", "shifted", "unrolled"]
+
 DESCRIPTION = (
     "dgp-jax: convert checkpoints, restore and edit images with Deep Generative Prior "
     "(a pretrained BigGAN as the prior)."
@@ -109,7 +112,8 @@ def cmd_run(args) -> int:
         kind=args.command, inputs=args.inputs, weights=args.weights or "", out=args.out,
         task=args.task, preset=args.preset, sets=args.set, class_index=args.class_index,
         mask=args.mask, mask_keep=args.mask_keep, factor=args.factor, observed=args.observed,
-        batch=args.batch, precision=args.precision, seed=args.seed, force=args.force,
+        batch=args.batch, precision=args.precision, lowering=args.lowering, seed=args.seed,
+        force=args.force,
         progress=not args.quiet,
         process_index=index, process_count=count, manipulation=manipulation,
     )  # fmt: skip
@@ -191,6 +195,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
         "--precision", choices=["float32", "tf32", "bfloat16"], default="float32",
         help="float32 (default, the reference's numbers); tf32 / bfloat16: opt-in faster "
         "modes on GPUs/TPUs that change results (see BENCHMARKS.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--lowering", choices=LOWERINGS, default="auto",
+        help="how the per-image generators' convolutions are batched: auto (default: per "
+        "layer, by backend and shape), vmap, im2col, shifted or unrolled; all give the same "
+        "results up to float rounding, only speed differs (BENCHMARKS.md)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the start latents (default 0); each image's key also "

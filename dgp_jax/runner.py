@@ -268,6 +268,7 @@ class RunOptions:
     observed: bool = False
     batch: int | None = None  # None = default_batch()
     precision: str = "float32"
+    lowering: str = "auto"
     seed: int = 0
     force: bool = False
     progress: bool = True
@@ -363,6 +364,7 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     spec = RunSpec(
         kind=options.kind, label=label, config=config, seed=options.seed,
         batch=options.batch or default_batch(), precision=options.precision,
+        lowering=options.lowering,
         observed=options.observed, mask=mask,
         mask_source=None if mask is None else f"{options.mask} (keep {options.mask_keep})",
         weights=str(options.weights or DEFAULT_MODEL), manipulation=dict(options.manipulation),

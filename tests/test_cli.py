@@ -190,6 +190,30 @@ def test_help_version_and_description(capsys):
     assert "random seed of the start latents" in sub["restore"].format_help()
 
 
+def test_lowering_flag_offers_every_lowering_and_reaches_the_run(monkeypatch, tmp_path):
+    from dgp_jax import runner
+    from dgp_jax.nets.per_image import CHOICES
+
+    assert cli.LOWERINGS == list(CHOICES)
+    seen = {}
+
+    def fake_execute(options):
+        seen["options"] = options
+        return runner.Report(summary=tmp_path / "summary.json")
+
+    # Only the parsing is under test: no JAX settings change, no run.
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    monkeypatch.setattr(runner, "configure_compilation_cache", lambda _: None)
+    monkeypatch.setattr(runner, "init_distributed", lambda *_: (0, 1))
+    args = ["restore", "x.png", "--task", "SR", "--out", str(tmp_path / "o")]
+    assert cli.main(args + ["--lowering", "im2col"]) == 0
+    assert seen["options"].lowering == "im2col"
+    assert cli.main(args) == 0 and seen["options"].lowering == "auto"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args + ["--lowering", "grouped"])
+    assert exit_.value.code == 2
+
+
 def test_compilation_cache_setting(tmp_path, monkeypatch):
     import jax
 

@@ -332,6 +332,7 @@ def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
     assert SolverConfig.from_dict(config) == runner.build_config("colorization", 32, sets=FAST)
     assert config["run"]["seed"] == 0 and config["run"]["model"]["resolution"] == 32
     assert config["run"]["batch"] == 2  # recorded, though not part of the fingerprint
+    assert config["run"]["lowering"] == "auto"  # likewise
     assert not list(out.glob(".dgp_jax.lock*"))  # a finished folder holds no lock file
 
     # Rerun: nothing is redone (the broken file is retried and fails again); an image

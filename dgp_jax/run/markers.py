@@ -19,7 +19,8 @@ from dgp_jax.run.settings import RunError
 # --------------------------------------------------------------------------- run spec
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """What a run does; everything here but ``batch`` changes the results.
+    """What a run does; everything here but ``batch`` and ``lowering`` changes the results
+    (those two change only float rounding: see README, "Deterministic").
 
     label: the file-name label (the task for restore; "jitter", "morph", "transfer").
     kind: one of KINDS. manipulation: the kind's settings (stds, samples, classes, frames).
@@ -34,6 +35,7 @@ class RunSpec:
     batch: int = 8
     observed: bool = False
     precision: str = "float32"
+    lowering: str = "auto"
     mask: np.ndarray | None = dataclasses.field(default=None, compare=False)
     mask_source: str | None = None
     weights: str = ""
@@ -111,8 +113,9 @@ def write_run_config(out: OutputDir, spec: RunSpec, model, *, force: bool = Fals
             )
     if force:
         remove_other_results(out, fingerprint)
-    # batch is recorded, not fingerprinted: another --batch resumes the same results.
-    run = {**settings, "batch": spec.batch, "fingerprint": fingerprint}
+    # batch and lowering are recorded, not fingerprinted: another --batch or --lowering
+    # resumes the same results.
+    run = {**settings, "batch": spec.batch, "lowering": spec.lowering, "fingerprint": fingerprint}
     body = {**spec.config.to_dict(), "run": run}
     out.write_json("config.json", body)
     return fingerprint

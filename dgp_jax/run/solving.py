@@ -159,7 +159,7 @@ def solve_items(
                 result = dgp_jax.restore(
                     model, images, classes, spec.config, keys, degradation=degradation,
                     observed=spec.observed, mesh=mesh,
-                    callback=progress.step, precision=spec.precision,
+                    callback=progress.step, precision=spec.precision, lowering=spec.lowering,
                 )  # fmt: skip
         except (KeyboardInterrupt, SystemExit):
             raise
