@@ -4,19 +4,15 @@ The fixtures' json ``final`` holds the metrics the reference computed on G's out
 last step (``x_final``) against the original image (``target``).
 """
 
-import jax
+import json
 
-jax.config.update("jax_enable_x64", True)
+import numpy as np
+import pytest
+from skimage import color
 
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from skimage import color  # noqa: E402
-
-from dgp_jax import metrics  # noqa: E402
-from dgp_jax.degradations import hole_box  # noqa: E402
-from tests.conftest import FIXTURES  # noqa: E402
+from dgp_jax import metrics
+from dgp_jax.degradations import hole_box
+from tests.conftest import fixture_path
 
 # hybrid is absent: the reference reports no origin metrics for it.
 CASES = [
@@ -38,9 +34,7 @@ REFERENCE_KEYS = {
 
 def load_case(tag: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """x_final and target as NHWC, and the json."""
-    path = FIXTURES / f"traj_{tag}.npz"
-    if not path.exists():
-        pytest.skip(f"fixture {path} not available")
+    path = fixture_path(f"traj_{tag}.npz")  # missing fixtures fail the test, not skip it
     with np.load(path) as data:
         x_final = np.transpose(data["x_final"], (0, 2, 3, 1))
         target = np.transpose(data["target"], (0, 2, 3, 1))
