@@ -80,24 +80,37 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return tiny_model_files(tmp_path_factory)
 
 
+# The JAX settings fast_compiles changes (configure_compilation_cache sets the first two).
+FAST_COMPILE_SETTINGS = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_disable_most_optimizations",
+)
+
+
+def _setting(name: str):
+    # Flags with a context manager are attributes; the others are read with config.read.
+    try:
+        return getattr(jax.config, name)
+    except AttributeError:
+        return jax.config.read(name)
+
+
 @contextlib.contextmanager
 def fast_compiles(cache: Path | None):
     """The persistent cache at ``cache`` (None: unchanged) and cheap XLA optimisation, for
-    the duration; the previous settings after."""
+    the duration; all three settings as they were after."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
-    before = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.read("jax_disable_most_optimizations"),
-    )
+    before = {name: _setting(name) for name in FAST_COMPILE_SETTINGS}
     jax.config.update("jax_disable_most_optimizations", True)
     if cache is not None:
         runner.configure_compilation_cache(str(cache))
     try:
         yield
     finally:
-        jax.config.update("jax_compilation_cache_dir", before[0])
-        jax.config.update("jax_disable_most_optimizations", before[1])
+        for name, value in before.items():
+            jax.config.update(name, value)
         cc.reset_cache()
 
 
@@ -382,3 +395,19 @@ def test_jitter_transfer_and_morph(tmp_path, tiny, mesh):
     again = runner.execute(options(tiny, out, photos, kind="morph", **common,
                                    manipulation={"frames": 3}), mesh=mesh)  # fmt: skip
     assert again.skipped == ["p0_to_p1"] and not again.done
+
+
+def test_fast_compiles_puts_every_setting_back(tmp_path):
+    outer = {name: _setting(name) for name in FAST_COMPILE_SETTINGS}
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 3.0)
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        before = {name: _setting(name) for name in FAST_COMPILE_SETTINGS}
+        with fast_compiles(tmp_path / "cache"):
+            assert _setting("jax_compilation_cache_dir") == str(tmp_path / "cache")
+            assert _setting("jax_persistent_cache_min_compile_time_secs") == 0
+            assert _setting("jax_disable_most_optimizations") is True
+        assert {name: _setting(name) for name in FAST_COMPILE_SETTINGS} == before
+    finally:
+        for name, value in outer.items():
+            jax.config.update(name, value)
