@@ -231,17 +231,34 @@ def infer_config(
 def atomic_directory(final: Path):
     """Yield a temporary folder beside ``final``; when the block succeeds it replaces
     ``final``, when it fails it is removed, so an interrupted write never leaves a
-    half-written folder (model checkpoints and training checkpoints alike)."""
+    half-written folder (model checkpoints and training checkpoints alike).
+
+    The swap takes three steps: the old ``final`` is renamed aside, the new folder is
+    renamed in, then the old one is deleted. A failure before the new folder is in
+    puts the old one back; at every moment a complete folder exists on disk (after a hard
+    kill between the two renames, the old one is ``.<name>.*.old`` beside ``final``).
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    aside = tmp.with_name(tmp.name + ".old")
+    moved = False
+    try:
+        if final.exists():
+            os.replace(final, aside)
+            moved = True
+        os.replace(tmp, final)
+    except BaseException:
+        if moved:
+            os.replace(aside, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if moved:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def save(

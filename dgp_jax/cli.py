@@ -12,7 +12,6 @@ summary), 2 a setup error before any work, 130 interrupted. The logic lives in
 ``dgp_jax.runner``; this module only parses arguments.
 """
 
-
 from __future__ import annotations
 
 import argparse

@@ -546,3 +546,88 @@ def test_save_refuses_an_existing_folder(folder_copy: Path, small_model: BigGAN)
     small_model.save(folder_copy, overwrite=True)
     assert_models_identical(load_biggan(folder_copy), small_model)
     assert [p.name for p in folder_copy.parent.iterdir()] == [folder_copy.name]
+
+
+# --------------------------------------------------------------------------- atomic writes
+def test_failed_save_keeps_the_old_folder(
+    folder_copy: Path, small_model: BigGAN, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orbax.checkpoint as ocp
+
+    before = folder_snapshot(folder_copy)
+    written = []
+
+    def failing_save(self, directory, *args, **kwargs):
+        written.append(Path(directory).parent)  # the temp folder beside folder_copy
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        small_model.save(folder_copy, overwrite=True)
+    # The save failed inside the temp folder; the old checkpoint is untouched and loads.
+    assert written and written[0].parent == folder_copy.parent and written[0] != folder_copy
+    assert not written[0].exists()
+    assert folder_snapshot(folder_copy) == before
+    assert [p.name for p in folder_copy.parent.iterdir()] == [folder_copy.name]
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_atomic_swap_interrupted_keeps_a_complete_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    """A failure at either rename (old aside, new in) leaves the old folder in place, and at
+    every moment of the swap some complete folder is on disk."""
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "a").write_text("old")
+    (final / "b").write_text("old")
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append((Path(src), Path(dst)))
+        # Whatever a hard kill here would leave: the old folder whole, somewhere.
+        complete = [_tree(p) for p in tmp_path.iterdir() if p.is_dir()]
+        assert {"a": "old", "b": "old"} in complete, complete
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.atomic_directory(final) as tmp:
+            (tmp / "a").write_text("new")
+    monkeypatch.undo()
+    assert _tree(final) == {"a": "old", "b": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    assert calls[0][0] == final  # the old folder is moved aside first, not deleted
+
+
+def test_atomic_swap_replaces_whole_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "a").write_text("old")
+    (final / "b").write_text("old")
+    with checkpoint.atomic_directory(final) as tmp:
+        (tmp / "a").write_text("new")
+    assert _tree(final) == {"a": "new"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    # Interrupted while deleting the old folder: the new one is already complete in place.
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if str(path).endswith(".old"):
+            raise KeyboardInterrupt("killed")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.atomic_directory(final) as tmp:
+            (tmp / "c").write_text("newer")
+    assert _tree(final) == {"c": "newer"}

@@ -97,11 +97,12 @@ def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys):
 
     def run(*args: str, out: Path | None = None) -> str:
         out = out or tmp_path / "out"
-        existed = out.exists()
+        existed = os.path.exists(out)
         argv = ["restore", "--weights", weights, "--out", str(out), "--quiet", *FAST, *args]
         assert cli.main(argv) == 2
-        assert not (out / "config.json").exists()  # nothing was started
-        assert out.exists() == existed  # and no folder left behind
+        assert not os.path.exists(out / "config.json")  # nothing was started
+        # os.path.exists: False for a name the OS refuses, where Path.exists raises.
+        assert os.path.exists(out) == existed  # and no folder left behind
         err = capsys.readouterr().err
         assert "Traceback" not in err and err.startswith("dgp-jax restore: error: ")
         return err
@@ -111,6 +112,10 @@ def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys):
     blocker.write_text("")
     err = run("--task", "colorization", str(photos[0]), out=blocker / "out")
     assert "not writable" in err and str(blocker / "out") in err
+    # A folder name the filesystem refuses (over 255 bytes): fails for root too, as CI runs.
+    too_long = tmp_path / ("x" * 300)
+    err = run("--task", "colorization", str(photos[0]), out=too_long)
+    assert "not writable (File name too long)" in err
     if os.geteuid() != 0:  # root writes through chmod, so only a real user sees this
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
@@ -316,7 +321,8 @@ def test_kill_resume_and_two_processes(tmp_path, tiny, compilation_cache):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["done"] == 6 and summary["failed"] == 0 and summary["pending"] == 0
 
-    # Two processes on 127.0.0.1, one CPU device each: each takes every other input.
+    # Two processes on 127.0.0.1, each with _env's 8 host CPU devices (so that they load the
+    # programs in the shared cache): each takes every other input.
     out2 = tmp_path / "out2"
     port = _free_port()
     two = [c if c != str(out) else str(out2) for c in command]
@@ -353,3 +359,42 @@ def test_kill_resume_and_two_processes(tmp_path, tiny, compilation_cache):
         assert (out / f"{name}_colorization.png").read_bytes() == (
             out2 / f"{name}_colorization.png"
         ).read_bytes()
+
+
+X64_OFF = """
+import sys
+import jax
+import dgp_jax
+from dgp_jax import cli
+assert not jax.config.jax_enable_x64
+real = dgp_jax.restore
+def restore(*args, **kwargs):
+    result = real(*args, **kwargs)
+    print("computed in", *sorted({str(a.dtype) for a in (result.images, result.z,
+          result.history["loss"], *jax.tree.leaves(result.params))}))
+    return result
+dgp_jax.restore = restore
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_cli_run_with_x64_off(tmp_path, tiny, compilation_cache):
+    """As users run it (x64 off: float32 weights and arithmetic), next to the x64 run."""
+    photos = make_photos(tmp_path / "photos", 1)
+    args = ["restore", "--weights", str(tiny["pth"]), "--task", "colorization", str(photos[0]),
+            "--class", "3", "--quiet", *FAST]  # fmt: skip
+    env = _env(compilation_cache, 8)
+    del env["JAX_ENABLE_X64"]
+    done = subprocess.run([sys.executable, "-c", X64_OFF, *args, "--out", str(tmp_path / "f32")],
+                          env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "computed in float32\n" in done.stdout
+    assert cli.main([*args, "--out", str(tmp_path / "f64")]) == 0
+    f32, f64 = (np.asarray(Image.open(tmp_path / d / "p0_colorization.png"), np.int16)
+                for d in ("f32", "f64"))  # fmt: skip
+    assert f32.shape == f64.shape == (32, 32, 3)
+    assert np.abs(f32 - f64).max() <= 2  # 8-bit levels: float32 rounding only
+    m32, m64 = (json.loads((tmp_path / d / "p0_colorization_metrics.json").read_text())
+                for d in ("f32", "f64"))  # fmt: skip
+    assert m32["psnr"] == pytest.approx(m64["psnr"], abs=0.05)

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,8 +25,14 @@ from tests.test_runner import fast_compiles, session_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = REPO / "examples" / "heldout"
-# Few steps of the shipped schedule: enough to see the loss fall, cheap enough for CI.
-SHORT = {"iterations": (3, 3, 3, 3, 3), "select_num": 6}
+# Few steps of the shipped schedule: enough to see the loss fall, cheap enough for CI. Every
+# solve of this module (in-process, the CLI's, the ablation script's) is one 64 px image
+# of this task with these settings, so they share compiled programs (the step's shapes
+# follow the step count, the selector's the candidate count).
+TASK = "SR"
+ITERATIONS, SELECT_NUM = 3, 6
+SHORT = {"iterations": (ITERATIONS,) * 5, "select_num": SELECT_NUM}
+PHOTO, CLASS = HELDOUT / "objects_Wine_by_Jakkub_Mede_0.png", 2
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,54 +89,109 @@ def test_damaged_shipped_file_is_named(tmp_path, monkeypatch):
         default_model.verify_default_model()
 
 
-def test_shipped_model_restores_a_heldout_photo(model):
-    photo = load_image(HELDOUT / "flora_LadyBird_0.png", 64)[None]
-    config = dgp_jax.SolverConfig.preset("wallpapers_64/inpainting", **SHORT)
-    result = dgp_jax.restore(model, photo, [0], config, jax.random.PRNGKey(0))
-    assert result.images.shape == (1, 64, 64, 3)
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return load_image(PHOTO, 64)[None]
+
+
+def restore_short(model, photo, precision="float32"):
+    config = dgp_jax.SolverConfig.preset(f"wallpapers_64/{TASK}", **SHORT)
+    return dgp_jax.restore(model, photo, [CLASS], config, jax.random.PRNGKey(0),
+                           precision=precision)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def float32_run(model, photo):
+    return restore_short(model, photo)
+
+
+def test_shipped_model_restores_a_heldout_photo(float32_run):
+    result = float32_run
+    assert result.images.shape == (1, 64, 64, 3) and result.images.dtype == np.float32
     assert np.isfinite(np.asarray(result.images)).all()
     mse = result.history["mse"][:, 0]
-    assert mse.shape == (15,)
-    # Fitting the observation: the masked MSE falls over the run.
+    assert mse.shape == (5 * ITERATIONS,)
+    # Fitting the observation: the MSE to the low-resolution photo falls over the run.
     assert mse[-1] < 0.8 * mse[0], mse
     assert set(result.metrics) == {"psnr", "ssim", "mse", "l1"}
     assert np.isfinite(result.metrics["psnr"]).all()
 
 
-def test_precision_modes(model):
-    photo = load_image(HELDOUT / "landscape_EveningGlow_0.png", 64)[None]
-    config = dgp_jax.SolverConfig.preset("wallpapers_64/SR", iterations=(2, 2, 2, 2, 2),
-                                         select_num=4)  # fmt: skip
+def convolutions(jaxpr) -> list[tuple[str, tuple, tuple, bool]]:
+    """(dtype, input shape, output shape, HIGHEST precision) of every convolution in
+    ``jaxpr`` and the programs nested in it (NHWC)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            lhs, rhs, out = eqn.invars[0].aval, eqn.invars[1].aval, eqn.outvars[0].aval
+            assert lhs.dtype == rhs.dtype == out.dtype
+            highest = jax.lax.Precision.HIGHEST in (eqn.params["precision"] or ())
+            found.append((str(lhs.dtype), lhs.shape, out.shape, highest))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += convolutions(sub)
+    return found
 
-    def run(precision):
-        return dgp_jax.restore(model, photo, [1], config, jax.random.PRNGKey(3),
-                               precision=precision)  # fmt: skip
 
-    full, tf32, half = run("float32"), run("tf32"), run("bfloat16")
-    if jax.default_backend() == "cpu":  # no TensorFloat-32 there: the same numbers
-        np.testing.assert_array_equal(tf32.images, full.images)
+def traced_step(monkeypatch, run):
+    """``run()``, and the jaxpr of the solver step it ran (traced from its first call)."""
+    from dgp_jax import solve
+
+    cached, traced = solve._cached_step, []
+
+    def tracing(*a):
+        step, tx = cached(*a)
+
+        def first(*args):
+            if not traced:
+                traced.append(jax.make_jaxpr(step)(*args).jaxpr)
+            return step(*args)
+
+        return first, tx
+
+    monkeypatch.setattr(solve, "_cached_step", tracing)
+    result = run()
+    monkeypatch.undo()
+    return result, traced[0]
+
+
+def test_precision_modes(model, photo, float32_run, monkeypatch):
+    full = float32_run
+    half, jaxpr = traced_step(monkeypatch, lambda: restore_short(model, photo, "bfloat16"))
+    # The step really computes in bfloat16: every convolution of G and D, forward and
+    # backward, among them G's last (to the 64 px RGB image) and D's first (reading it).
+    # Only φ stays float32: SR's lanczos2 downsampling (and its transpose), which runs in
+    # the target's dtype at HIGHEST precision.
+    convs = convolutions(jaxpr)
+    phi = [c for c in convs if c[3]]
+    assert len(phi) == 2 and {c[0] for c in phi} == {"float32"}, phi
+    nets = [c for c in convs if not c[3]]
+    assert len(nets) > 20 and {c[0] for c in nets} == {"bfloat16"}, sorted(set(nets))
+    assert any(c[2][1:] == (64, 64, 3) for c in nets)  # G's output layer
+    assert any(c[1][1:] == (64, 64, 3) for c in nets)  # D's input layer
     # bfloat16 compute changes the result a little, not the picture.
     assert not np.array_equal(half.images, full.images)
     assert half.images.dtype == full.images.dtype == np.float32
+    assert half.z.dtype == np.float32
     assert abs(float(half.metrics["psnr"][0]) - float(full.metrics["psnr"][0])) < 1.0
     assert np.abs(np.asarray(half.z) - np.asarray(full.z)).max() < 0.05
     with pytest.raises(ValueError, match="precision must be one of"):
-        dgp_jax.restore(model, photo, [1], config, precision="float8")
+        dgp_jax.restore(model, photo, [1], dgp_jax.SolverConfig.preset("wallpapers_64/SR"),
+                        precision="float8")  # fmt: skip
 
 
 def test_cli_uses_the_shipped_model_without_weights(tmp_path, compilation_cache, monkeypatch):
     monkeypatch.setenv("DGP_JAX_CACHE", str(compilation_cache))
     out = tmp_path / "out"
-    sets = [f"iterations={SHORT['iterations'][0]}", f"select_num={SHORT['select_num']}"]
-    args = ["restore", "--task", "SR", str(HELDOUT / "objects_Wine_by_Jakkub_Mede_0.png"),
-            "--class", "2", "--out", str(out), "--quiet"]  # fmt: skip
+    sets = [f"iterations={ITERATIONS}", f"select_num={SELECT_NUM}"]
+    args = ["restore", "--task", TASK, str(PHOTO), "--class", str(CLASS), "--out", str(out),
+            "--quiet"]  # fmt: skip
     for s in sets:
         args += ["--set", s]
     assert cli.main(args) == 0
     settings = json.loads((out / "config.json").read_text())
     assert settings["run"]["weights"] == str(default_model.DEFAULT_MODEL)
     assert settings["run"]["model"]["n_classes"] == 3
-    assert settings["dgp_mode"] == "SR" and settings["select_num"] == SHORT["select_num"]
+    assert settings["dgp_mode"] == "SR" and settings["select_num"] == SELECT_NUM
     assert runner.default_preset("SR", 64) == "wallpapers_64/SR"
     with open(out / "summary.csv") as f:
         (row,) = list(csv.DictReader(f))
@@ -141,15 +203,16 @@ def test_cli_uses_the_shipped_model_without_weights(tmp_path, compilation_cache,
 def test_ablation_table_script_runs(tmp_path):
     table = load_experiment("default_model_table")
     out = tmp_path / "table"
-    argv = ["--out", str(out), "--limit", "2", "--tasks", "SR", "--iterations", "1",
-            "--select_num", "2", "--batch", "2"]  # fmt: skip
+    # One image at a time, with this module's settings: the compiled programs are shared.
+    argv = ["--out", str(out), "--limit", "2", "--tasks", TASK, "--iterations", str(ITERATIONS),
+            "--select_num", str(SELECT_NUM), "--batch", "1"]  # fmt: skip
     assert table.main(argv) == 0
     record = json.loads((out / "table.json").read_text())
     assert record["classes"] == [0, 0]
     rows = record["table"]["SR"]
     assert list(rows) == ["DGP", "latent only", "MSE only"]
     for row in rows.values():
-        assert len(row["psnr_per_image"]) == 2 and row["steps"] == 5
+        assert len(row["psnr_per_image"]) == 2 and row["steps"] == 5 * ITERATIONS
         assert np.isfinite(row["psnr"]) and 0 < row["ssim"] <= 1
     # Same start, other losses: the three results differ.
     assert len({row["psnr"] for row in rows.values()}) == 3

@@ -6,18 +6,15 @@ reproduce ``target_degraded``, and generator_fn(x_final) must give the reference
 ``mse_loss`` / ``l1_loss`` against it.
 """
 
+import json
+
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-jax.config.update("jax_enable_x64", True)
-
-import json  # noqa: E402
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from dgp_jax import degradations as dg  # noqa: E402
-from tests.conftest import FIXTURES  # noqa: E402
+from dgp_jax import degradations as dg
+from tests.conftest import fixture_path
 
 CASES = [
     "128_ch8_f64_colorization",
@@ -31,9 +28,7 @@ CASES = [
 
 def load_case(tag: str) -> tuple[dict[str, np.ndarray], dict]:
     """The fixture's arrays, transposed to NHWC, and its json."""
-    path = FIXTURES / f"traj_{tag}.npz"
-    if not path.exists():
-        pytest.skip(f"fixture {path} not available")
+    path = fixture_path(f"traj_{tag}.npz")  # missing fixtures fail the test, not skip it
     with np.load(path) as data:
         arrays = {
             k: np.transpose(data[k], (0, 2, 3, 1)) for k in ("target", "target_degraded", "x_final")

@@ -165,12 +165,27 @@ def test_mask_keep_white_black_and_wrong_size(tmp_path):
         load_mask(path, RES, keep="gray")
 
 
-def test_save_is_atomic_and_reference_rounding(tmp_path):
+def test_save_is_atomic_and_reference_rounding(tmp_path, monkeypatch):
     x = np.array([[[-1.0, 0.0, 1.0]]]).repeat(2, 0).repeat(2, 1)
     path = tmp_path / "out.png"
     images.save_image(x, path)
     assert np.asarray(Image.open(path))[0, 0].tolist() == [0, 127, 255]  # truncating
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temp file left
+    # Interrupted mid-write (a full disk, a kill): the previous file stays whole and no
+    # temp file is left.
+    before = path.read_bytes()
+    real_write = type(path).write_bytes
+
+    def half_write(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(path), "write_bytes", half_write)
+    with pytest.raises(OSError, match="No space left"):
+        images.save_image(-x, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
 def test_read_inputs_list_folder_and_grid(tmp_path):

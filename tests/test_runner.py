@@ -16,6 +16,7 @@ import csv
 import fcntl
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -80,24 +81,37 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return tiny_model_files(tmp_path_factory)
 
 
+# The JAX settings fast_compiles changes (configure_compilation_cache sets the first two).
+FAST_COMPILE_SETTINGS = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_disable_most_optimizations",
+)
+
+
+def _setting(name: str):
+    # Flags with a context manager are attributes; the others are read with config.read.
+    try:
+        return getattr(jax.config, name)
+    except AttributeError:
+        return jax.config.read(name)
+
+
 @contextlib.contextmanager
 def fast_compiles(cache: Path | None):
     """The persistent cache at ``cache`` (None: unchanged) and cheap XLA optimisation, for
-    the duration; the previous settings after."""
+    the duration; all three settings as they were after."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
-    before = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.read("jax_disable_most_optimizations"),
-    )
+    before = {name: _setting(name) for name in FAST_COMPILE_SETTINGS}
     jax.config.update("jax_disable_most_optimizations", True)
     if cache is not None:
         runner.configure_compilation_cache(str(cache))
     try:
         yield
     finally:
-        jax.config.update("jax_compilation_cache_dir", before[0])
-        jax.config.update("jax_disable_most_optimizations", before[1])
+        for name, value in before.items():
+            jax.config.update(name, value)
         cc.reset_cache()
 
 
@@ -325,6 +339,10 @@ def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
     assert summary["done"] == 3 and summary["failed"] == 1 and summary["pending"] == 0
     assert "broken.jpg" in summary["failures"]["broken"]["error"]
     assert set(summary["mean"]) == {"psnr", "ssim", "mse", "l1"}
+    per_image = [json.loads((out / f"{n}_colorization_metrics.json").read_text())
+                 for n in ("p0", "p1", "p2")]  # fmt: skip
+    for key, mean in summary["mean"].items():  # over the done images, the broken one left out
+        assert mean == pytest.approx(np.mean([m[key] for m in per_image]), rel=1e-12), key
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [(r["name"], r["status"]) for r in rows] == [
         ("broken", "failed"), ("p0", "done"), ("p1", "done"), ("p2", "done")]  # fmt: skip
@@ -532,3 +550,123 @@ def test_notes_for_gray_and_16_bit_inputs_in_plain_log_lines(tmp_path, tiny, mes
 def test_a_preset_of_another_size_names_this_sizes_preset():
     with pytest.raises(runner.RunError, match=r"64 px \(--preset wallpapers_64/inpainting\)"):
         runner.build_config("inpainting", 64, "imagenet1k_128/inpainting")
+
+
+def test_fast_compiles_puts_every_setting_back(tmp_path):
+    outer = {name: _setting(name) for name in FAST_COMPILE_SETTINGS}
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 3.0)
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        before = {name: _setting(name) for name in FAST_COMPILE_SETTINGS}
+        with fast_compiles(tmp_path / "cache"):
+            assert _setting("jax_compilation_cache_dir") == str(tmp_path / "cache")
+            assert _setting("jax_persistent_cache_min_compile_time_secs") == 0
+            assert _setting("jax_disable_most_optimizations") is True
+        assert {name: _setting(name) for name in FAST_COMPILE_SETTINGS} == before
+    finally:
+        for name, value in outer.items():
+            jax.config.update(name, value)
+
+
+# --------------------------------------------------------------------------- failure paths
+def _restore_calls(monkeypatch, on_call):
+    """dgp_jax.restore as the runner calls it, with ``on_call(n)`` run before call n."""
+    import dgp_jax
+
+    real, calls = dgp_jax.restore, []
+
+    def restore(*args, **kwargs):
+        calls.append(len(args[1]))
+        on_call(len(calls))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dgp_jax, "restore", restore)
+    return calls
+
+
+def test_a_failed_solve_fails_its_batch_only(tmp_path, tiny, mesh, monkeypatch):
+    photos = make_photos(tmp_path / "photos", 4)
+
+    def on_call(n):
+        if n == 1:
+            raise RuntimeError("out of memory")
+
+    calls = _restore_calls(monkeypatch, on_call)
+    out = tmp_path / "out"
+    report = runner.execute(options(tiny, out, photos), mesh=mesh)
+    assert calls == [2, 2] and not report.interrupted
+    assert sorted(report.failed) == ["p0", "p1"] and sorted(report.done) == ["p2", "p3"]
+    for name in ("p0", "p1"):
+        assert report.failed[name] == "solve failed: RuntimeError: out of memory"
+        assert not (out / f"{name}_colorization.done.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["done"], summary["failed"], summary["pending"]) == (2, 2, 0)
+    assert summary["failures"]["p0"]["error"] == "solve failed: RuntimeError: out of memory"
+    # A rerun retries the failed batch only.
+    again = runner.execute(options(tiny, out, photos), mesh=mesh)
+    assert sorted(again.done) == ["p0", "p1"] and sorted(again.skipped) == ["p2", "p3"]
+    assert calls == [2, 2, 2]
+
+
+def test_sigterm_ends_the_run_with_a_summary(tmp_path, tiny, mesh, monkeypatch):
+    import signal
+
+    photos = make_photos(tmp_path / "photos", 6)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def on_call(n):
+        if n == 2:  # a scheduler stops the job during the second batch
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    calls = _restore_calls(monkeypatch, on_call)
+    out = tmp_path / "out"
+    report = runner.execute(options(tiny, out, photos), mesh=mesh)
+    assert report.interrupted and calls == [2, 2]
+    assert sorted(report.done) == ["p0", "p1"] and not report.failed
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["done"], summary["failed"], summary["pending"]) == (2, 0, 4)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    resumed = runner.execute(options(tiny, out, photos), mesh=mesh)
+    assert sorted(resumed.skipped) == ["p0", "p1"] and len(resumed.done) == 4
+
+
+def test_other_weights_are_other_settings(tmp_path, tiny, mesh):
+    import dgp_jax
+
+    photos = make_photos(tmp_path / "photos", 2)
+    out = tmp_path / "out"
+    model = dgp_jax.load_biggan(tiny["pth"])
+    runner.execute(options(tiny, out, photos), model=model, mesh=mesh)
+    # The same weights (loaded again) resume; changed weights (as after fine-tuning one
+    # layer) are refused, though the file path is the same.
+    again = runner.execute(options(tiny, out, photos), model=dgp_jax.load_biggan(tiny["pth"]),
+                           mesh=mesh)  # fmt: skip
+    assert sorted(again.skipped) == ["p0", "p1"]
+    params = model.generator["params"]
+    tuned = model.replace(
+        generator={
+            **model.generator,
+            "params": {
+                **params,
+                "linear": {**params["linear"], "bias": params["linear"]["bias"] + 1e-3},
+            },
+        }
+    )
+    assert runner.weights_id(tuned) != runner.weights_id(model)
+    with pytest.raises(runner.RunError, match=r"other settings \(differing: weights_id\)"):
+        runner.execute(options(tiny, out, photos), model=tuned, mesh=mesh)
+
+
+def test_resume_from_another_working_directory(tmp_path, tiny, mesh, monkeypatch):
+    home = tmp_path / "project"
+    make_photos(home / "photos", 2)
+    shutil.copytree(tiny["pth"].parent, home / "weights")
+    monkeypatch.chdir(home)
+    first = runner.execute(options(tiny, "out", ["photos"], weights="weights/G_ema_32.pth"),
+                           mesh=mesh)  # fmt: skip
+    assert sorted(first.done) == ["p0", "p1"]
+    # The same run named from the parent folder, paths relative to there: nothing redone.
+    monkeypatch.chdir(tmp_path)
+    again = runner.execute(options(tiny, "project/out", ["project/photos"],
+                                   weights="project/weights/G_ema_32.pth"), mesh=mesh)  # fmt: skip
+    assert sorted(again.skipped) == ["p0", "p1"] and not again.done

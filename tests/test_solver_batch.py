@@ -35,6 +35,9 @@ def config(**kw):
 
 
 def test_all_stages_compile_the_step_once(tiny_model, one_device_mesh):
+    # Forget programs an earlier test of this process compiled (the same config would
+    # otherwise be a cache hit, with no trace to count).
+    solve._cached_step.cache_clear()
     before = solve.TRACE_COUNTS["step"]
     result = dgp_jax.restore(tiny_model, images(2), [1, -1], config(), jax.random.PRNGKey(1),
                              mesh=one_device_mesh)  # fmt: skip
@@ -104,6 +107,25 @@ def test_unknown_class_is_chosen_with_the_latent(tiny_model, one_device_mesh):
     again = dgp_jax.restore(tiny_model, images(2), [-1, 7], config(iterations=(0, 0, 0)),
                             jax.random.PRNGKey(3), mesh=one_device_mesh)  # fmt: skip
     np.testing.assert_array_equal(again.z, result.z)
+    # Explicit candidates (none of class 0): the lowest-scoring pair is the start, in
+    # either order of the candidates.
+    z_cands = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (2, 4, 20), jnp.float64))
+    y_cands = np.array([[3, 5, 8, 2], [7, 7, 7, 7]])
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0]):
+        chosen = dgp_jax.restore(
+            tiny_model, images(2), [-1, 7], config(iterations=(0, 0, 0)),
+            z_candidates=z_cands[:, order], class_candidates=y_cands[:, order],
+            mesh=one_device_mesh,
+        )  # fmt: skip
+        best = np.argmin(chosen.select_loss, axis=1)
+        assert len(set(chosen.select_loss[0].tolist())) == 4  # a unique minimum
+        for i in range(2):
+            assert chosen.classes[i] == y_cands[i, order][best[i]]
+            np.testing.assert_array_equal(chosen.z[i], z_cands[i, order][best[i]])
+        if order[0] == 0:
+            first = chosen
+    assert chosen.classes[0] == first.classes[0]
+    np.testing.assert_array_equal(chosen.z, first.z)
 
 
 def test_bad_arguments_are_named(tiny_model):
@@ -130,3 +152,126 @@ def test_presets_translate_the_reference_scripts():
     assert table["group_lr"].shape == (1400, 6)
     np.testing.assert_allclose(table["group_lr"][0], [5e-5, 3.5e-5, 0, 0, 0, 0])
     assert table["ftr_mask"][0].tolist() == [False] + [True] * 7
+
+
+def test_default_mesh_takes_the_devices_that_divide_the_batch():
+    assert len(jax.devices()) == 8
+    sizes = {b: solve.default_mesh(b).devices.size for b in (1, 2, 3, 5, 6, 7, 8, 9, 12, 16)}
+    assert sizes == {1: 1, 2: 2, 3: 3, 5: 5, 6: 6, 7: 7, 8: 8, 9: 3, 12: 6, 16: 8}
+    assert solve.default_mesh().devices.size == 8
+    assert solve.default_mesh(3).axis_names == ("data",)
+    assert list(solve.default_mesh(3).devices) == jax.local_devices()[:3]
+
+
+def test_batch_not_divisible_by_the_mesh_is_padded(tiny_model):
+    # 3 images on 8 devices: restore pads with copies of the last image and drops them. Each
+    # image is solved on its own, so the three match the first three of a full batch of 8
+    # (the same program as the 8-device test above: one compilation for both).
+    eight = Mesh(np.array(jax.devices()), ("data",))
+    kwargs = dict(config=config(), key=jax.random.PRNGKey(2), mesh=eight)
+    full = dgp_jax.restore(tiny_model, images(8, 3), [1, 2, -1, 3, 4, -1, 5, 6], **kwargs)
+    padded = dgp_jax.restore(tiny_model, images(8, 3)[:3], [1, 2, -1], **kwargs)
+    assert padded.images.shape == (3, 32, 32, 3) and padded.z.shape == (3, 20)
+    assert padded.history["loss"].shape == (7, 3) and padded.select_loss.shape == (3, 4)
+    assert padded.stage_images.shape == (3, 3, 32, 32, 3)
+    assert jax.tree.leaves(padded.params)[0].shape[0] == 3
+    np.testing.assert_allclose(padded.images, full.images[:3], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(padded.z, full.z[:3], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(padded.classes, full.classes[:3])
+    np.testing.assert_allclose(padded.history["loss"], full.history["loss"][:, :3], rtol=1e-12)
+    np.testing.assert_allclose(padded.select_loss, full.select_loss[:3], rtol=1e-12)
+
+
+def test_stop_ftr_freezes_an_image_like_stop_mse(tiny_model, one_device_mesh):
+    cfg = config(use_in=(False, False, False))
+    batch, classes = images(3, 4), [1, 2, 3]
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(5), i))(jnp.arange(3))
+    free = dgp_jax.restore(tiny_model, batch, classes, cfg, keys, mesh=one_device_mesh)
+    ftr0 = free.history["ftr"][0]
+    order = np.argsort(ftr0)
+    first, others = int(order[0]), [int(i) for i in order[1:]]
+    stop = float((ftr0[order[0]] + ftr0[order[1]]) / 2)
+    stopped = dgp_jax.restore(tiny_model, batch, classes, cfg.replace(stop_ftr=stop), keys,
+                              mesh=one_device_mesh)  # fmt: skip
+    # Only the lowest first-step ftr is under the threshold: that image sits out the rest of
+    # the first stage (2 steps), the others step on exactly as without a threshold. (Later,
+    # as ftr falls, the others may stop too.)
+    active = stopped.history["active"]
+    assert active[0].all() and not active[1, first]
+    assert active[2, first]  # the next stage starts it again
+    for i in others:
+        assert active[1, i]
+        np.testing.assert_array_equal(stopped.history["ftr"][:2, i], free.history["ftr"][:2, i])
+    # Its z (seen through nll = mean(z^2)/2) did not move during step 1; without it did.
+    nll, free_nll = stopped.history["nll"][:, first], free.history["nll"][:, first]
+    assert nll[2] == nll[1] and free_nll[2] != free_nll[1]
+
+
+def test_warm_up_scales_the_rates_by_global_step():
+    # The reference's LRScheduler: lr * step / warm_up while step < warm_up, step counted
+    # from 1 over all stages.
+    cfg = config(warm_up=4)
+    plain = solve.stage_table(config(), num_groups=6, num_features=8)
+    warm = solve.stage_table(cfg, num_groups=6, num_features=8)
+    scale = np.minimum(np.arange(1, 8) / 4, 1.0)
+    np.testing.assert_allclose(warm["z_lr"], plain["z_lr"] * scale, rtol=1e-15)
+    np.testing.assert_allclose(warm["group_lr"], plain["group_lr"] * scale[:, None], rtol=1e-15)
+    assert warm["z_lr"][2] == 1e-3 * 3 / 4  # the second stage's rate, at step 3
+
+
+def test_warm_up_reaches_the_solver(tiny_model, one_device_mesh):
+    # A warm-up far longer than the run: every rate is ~0, so nothing moves; the rates are
+    # step inputs, so this reuses the compiled program.
+    kwargs = dict(classes=[1, 2], key=jax.random.PRNGKey(1), mesh=one_device_mesh)
+    start = dgp_jax.restore(tiny_model, images(2), config=config(iterations=(0, 0, 0)), **kwargs)
+    cold = dgp_jax.restore(tiny_model, images(2), config=config(warm_up=10**12), **kwargs)
+    run = dgp_jax.restore(tiny_model, images(2), config=config(), **kwargs)
+    np.testing.assert_allclose(cold.z, start.z, rtol=0, atol=1e-10)
+    assert np.abs(run.z - start.z).max() > 1e-4
+
+
+def test_select_num_zero_and_one(tiny_model, one_device_mesh):
+    key = jax.random.PRNGKey(8)
+    kwargs = dict(classes=[-1, 5], key=key, mesh=one_device_mesh)
+    # None: the reference starts at z = 0 (unknown class: 0).
+    zero = dgp_jax.restore(tiny_model, images(2), config=config(iterations=(0, 0, 0),
+                           select_num=0), **kwargs)  # fmt: skip
+    np.testing.assert_array_equal(zero.z, np.zeros((2, 20)))
+    assert zero.classes.tolist() == [0, 5] and zero.select_loss.shape == (2, 0)
+    # One: that candidate, N(0, 1) (not sample_std), with a random class where unknown.
+    one = dgp_jax.restore(tiny_model, images(2), config=config(iterations=(0, 0, 0),
+                          select_num=1), **kwargs)  # fmt: skip
+    assert one.select_loss.shape == (2, 0)
+    for i in range(2):
+        k = jax.random.fold_in(key, i)
+        want = jax.random.normal(jax.random.fold_in(k, 0), (1, 20), jnp.float64)[0]
+        np.testing.assert_array_equal(one.z[i], np.asarray(want))
+    drawn = int(jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, 0), 1), (1,), 0,
+                                   10)[0])  # fmt: skip
+    assert one.classes.tolist() == [drawn, 5]
+
+
+def test_update_G_false_moves_only_the_latent(tiny_model, one_device_mesh):
+    cfg = config(update_G=False)
+    result = dgp_jax.restore(tiny_model, images(2), [1, 2], cfg, jax.random.PRNGKey(1),
+                             mesh=one_device_mesh)  # fmt: skip
+    start = dgp_jax.restore(tiny_model, images(2), [1, 2], cfg.replace(iterations=(0, 0, 0)),
+                            jax.random.PRNGKey(1), mesh=one_device_mesh)  # fmt: skip
+    # G's weights are the model's, for both images, bit for bit.
+    g_params = {k: v for k, v in tiny_model.generator["params"].items() if k != "shared"}
+    for i in range(2):
+        mine = jax.tree.map(lambda a, i=i: np.asarray(a[i]), result.params)
+        flat_mine = jax.tree_util.tree_leaves_with_path(mine)
+        flat_model = dict(jax.tree_util.tree_leaves_with_path(g_params))
+        assert len(flat_mine) == len(flat_model)
+        for path, leaf in flat_mine:
+            np.testing.assert_array_equal(leaf, np.asarray(flat_model[path]), str(path))
+    # Only z moves: the class embedding belongs to G's optimiser in the reference, so it
+    # stays too, even with update_embed=True.
+    np.testing.assert_array_equal(result.embeddings, start.embeddings)
+    assert np.abs(result.z - start.z).max() > 1e-4
+    assert np.abs(result.images - start.images).max() > 1e-4
+    # It is the same as solving with G's rates set to 0.
+    frozen = dgp_jax.restore(tiny_model, images(2), [1, 2], config(G_lrs=(0.0, 0.0, 0.0)),
+                             jax.random.PRNGKey(1), mesh=one_device_mesh)  # fmt: skip
+    np.testing.assert_allclose(result.z, frozen.z, rtol=0, atol=1e-12)
