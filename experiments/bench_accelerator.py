@@ -595,6 +595,7 @@ def memory_lines(rows: list[dict], args) -> list[str]:
         if r.get("kind") == "dgp" and r.get("status") == "ok" and r.get("peak_bytes"):
             groups.setdefault((r["lowering"], r["precision"]), []).append(r)
     for (lowering, precision), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["batch"])
         fixed, per = fit_memory(rs)
         limit = max(r.get("bytes_limit") or 0 for r in rs)
         big = max(rs, key=lambda r: r["batch"])
@@ -612,7 +613,8 @@ def memory_lines(rows: list[dict], args) -> list[str]:
         f"Images in flight in {limit / 1e9:.1f} GB (what JAX may allocate: "
         f"XLA_PYTHON_CLIENT_MEM_FRACTION of the device), from a line through the peak memory of "
         "the largest batches that ran (fixed + per image). Per image: parameters (the "
-        "per-image generator, float32), Adam's two moments, and the rest (gradients, "
+        "per-image generator, float32), the optimiser's state (Adam; the presets' beta1 = 0 keeps "
+        "no first moment), and the rest (gradients, "
         "activations, workspace).",
         "",
         "| lowering | precision | batches | fixed GB | GB/image | params GB | Adam GB "
@@ -647,9 +649,18 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
         "| peak GB/image | images/hour | x ref | TFLOP/s | % matmul |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
-        if r["kind"] == "matmul" or r.get("status") != "ok":
-            continue
+    measured = [r for r in rows if r["kind"] != "matmul" and r.get("status") == "ok"]
+    order = {lo: i for i, lo in enumerate(LOWERINGS)}
+    precision_order = {p: i for i, p in enumerate(PRECISIONS)}
+    measured.sort(
+        key=lambda r: (
+            r["kind"] != "reference",
+            order.get(r.get("lowering"), -1),
+            precision_order.get(r.get("precision"), -1),
+            r["batch"],
+        )
+    )
+    for r in measured:
         peak = r.get("peak_bytes_per_image") or (
             r["peak_bytes"] if r["kind"] == "reference" else None
         )
@@ -671,8 +682,8 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
         out += [
             "",
             "Reference with its per-step metrics, as published: "
-            f"{reference['s_per_step_with_metrics']:.4g} s/step (torch {reference['torch']}, "
-            f"cuDNN TF32 {reference['cudnn_allow_tf32']}).",
+            f"{reference['s_per_step_with_metrics']:.4g} s/step (torch {reference.get('torch')}, "
+            f"cuDNN TF32 {reference.get('cudnn_allow_tf32')}).",
         ]
     out += ["", "Memory:", ""] + memory_lines(rows, args)
     skipped = [r for r in rows if r.get("status") != "ok"]
@@ -684,7 +695,8 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
     return text
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with --tiny's and the full run's defaults filled in."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", default="out/bench_accelerator")
@@ -714,8 +726,7 @@ def main(argv=None) -> int:
     p.add_argument("--fit-fraction", type=float, default=0.9)
     args = p.parse_args(argv)
     if args.worker:
-        return worker_main(args.worker)
-
+        return args
     tiny = args.tiny
     args.resolution = args.resolution or (32 if tiny else 128)
     args.ch = args.ch or (4 if tiny else 96)
@@ -729,6 +740,13 @@ def main(argv=None) -> int:
         bad = [v for v in getattr(args, name) if v not in allowed]
         if bad:
             p.error(f"--{name}: unknown {bad}; choose from {list(allowed)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
