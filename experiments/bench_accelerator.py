@@ -29,10 +29,13 @@ tail of each worker's stderr) and, at the end, ``table.md`` (the markdown for
 BENCHMARKS.md, with date and device, images/hour for the preset's whole schedule, the ratio
 to the reference, and how many images fit in flight).
 
-On the GPU machine (python3 there has jax[cuda], flax, optax, torch and torchvision; the
-project is imported from the working tree), once, here, in the repository root::
+For the GPU machine (its python3 has jax[cuda], flax, optax, torch and torchvision, and no
+tensorflow-datasets; the project is imported from the working tree): once, on this machine,
+in the repository root, put the reference's files into the ignored folder .ref/ (the git
+directory comes from fetching github:XingangPan/deep-generative-prior)::
 
-    mkdir -p .ref && ../shared/reference_tools/checkout_reference.sh <fetched git dir> .ref/dgp
+    ../shared/reference_tools/checkout_reference.sh \
+        /work/.mirror/XingangPan+deep-generative-prior/repo .ref/dgp
 
 (``/.ref/`` is in .gitignore: nothing of the reference is committed), then one run with
 ``carry: [".ref"]`` and ``timeout_s: 540``::
@@ -41,7 +44,10 @@ project is imported from the working tree), once, here, in the repository root::
         --reference .ref/dgp --out $OUT
 
 It stops starting measurements after ``--budget-s`` (450 s) and returns within about 8
-minutes; ``$OUT`` holds three files. On a CPU, the same code path with a tiny model::
+minutes; ``$OUT`` holds three files. A worker killed by its timeout or an OOM keeps the
+numbers it had printed (steps first, then FLOPs, then selection), marked partial.
+
+On a CPU, the same code path with a tiny model::
 
     PYTHONPATH=. JAX_PLATFORMS=cpu python experiments/bench_accelerator.py --tiny --out /tmp/acc
 
@@ -251,29 +257,9 @@ def worker_dgp(spec: dict) -> dict:
     stats = device.memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
 
-    # Selection alone: two runs without steps (the first compiles); candidates scored in
-    # chunks of at most select_batch, fewer at large batches (memory).
-    cands = spec["select"]
-    chunk = max(1, min(cands, spec["select_images"] // batch))
-    sel_cfg = full.replace(iterations=(0,) * n, select_num=cands, select_batch=chunk)
-    run(sel_cfg)
-    run(sel_cfg)
-    per_select = select_times[-1] / cands / batch
-
-    flops = None
-    flops_error = None
-    try:
-        matmul_precision = solve.PRECISIONS[precision][0]
-        with jax.default_matmul_precision(matmul_precision):
-            cost = captured["fn"].lower(*captured["shapes"]).cost_analysis()
-        if isinstance(cost, list | tuple):
-            cost = cost[0]
-        flops = float(cost["flops"]) if cost and "flops" in cost else None
-    except Exception as e:  # noqa: BLE001 - reported, not fatal
-        flops_error = f"{type(e).__name__}: {e}"[:300]
     state = captured["shapes"][0]
     padded = jax.tree.leaves(state["trainable"])[0].shape[0]
-    return {
+    row = {
         **_device_info(),
         "resolution": spec["resolution"],
         "ch": spec["ch"],
@@ -281,17 +267,41 @@ def worker_dgp(spec: dict) -> dict:
         "steps_timed": len(steps),
         "s_per_step": per_step,
         "s_per_step_per_image": per_step / batch,
-        "s_per_select_per_image": per_select,
-        "select_chunk": chunk,
         "compile_s": compile_s,
         "peak_bytes": peak,
         "peak_bytes_per_image": None if peak is None else peak / batch,
         "param_bytes_per_image": _tree_bytes(state["trainable"]) / padded,
         "adam_bytes_per_image": _tree_bytes(state["opt_state"]) / padded,
-        "flops_per_step": flops,
-        "flops_error": flops_error,
         "tfds_imported": "tensorflow_datasets" in sys.modules,
     }
+    print(RESULT + json.dumps({**row, "partial": "steps only"}), flush=True)
+
+    row["flops_per_step"] = None
+    try:
+        matmul_precision = solve.PRECISIONS[precision][0]
+        with jax.default_matmul_precision(matmul_precision):
+            cost = captured["fn"].lower(*captured["shapes"]).cost_analysis()
+        if isinstance(cost, list | tuple):
+            cost = cost[0]
+        row["flops_per_step"] = float(cost["flops"]) if cost and "flops" in cost else None
+    except Exception as e:  # noqa: BLE001 - reported, not fatal
+        row["flops_error"] = f"{type(e).__name__}: {e}"[:300]
+    print(RESULT + json.dumps({**row, "partial": "no selection time"}), flush=True)
+
+    # Selection alone: two runs without steps (the first compiles); candidates scored in
+    # chunks of at most select_batch, fewer at large batches (memory).
+    cands = spec["select"]
+    chunk = max(1, min(cands, spec["select_images"] // batch))
+    sel_cfg = full.replace(iterations=(0,) * n, select_num=cands, select_batch=chunk)
+    row["select_chunk"] = chunk
+    row["s_per_select_per_image"] = None
+    try:
+        run(sel_cfg)
+        run(sel_cfg)
+        row["s_per_select_per_image"] = select_times[-1] / cands / batch
+    except Exception as e:  # noqa: BLE001 - an OOM here keeps the step's numbers
+        row["select_error"] = f"{type(e).__name__}: {e}"[:300]
+    return row
 
 
 def worker_reference(spec: dict) -> dict:
@@ -347,7 +357,10 @@ def worker_reference(spec: dict) -> dict:
     cfg = dict(G_ch=ch, D_ch=ch, resolution=res, G_shared=True, hier=True, dim_z=120,
                shared_dim=128, n_classes=1000, G_attn="64", D_attn="64", BN_eps=1e-5,
                SN_eps=1e-6, G_activation=nn.ReLU(inplace=False),
-               D_activation=nn.ReLU(inplace=False), skip_init=False)  # fmt: skip
+               D_activation=nn.ReLU(inplace=False), skip_init=True)  # fmt: skip
+    # skip_init: PyTorch's default initialisation rather than BigGAN's orthogonal one, which
+    # takes tens of seconds on the host at ch 96 (done four times here); the weights are
+    # random either way, and the DGP object loads the saved ones.
     wd = tempfile.mkdtemp()
     with contextlib.redirect_stdout(io.StringIO()):
         G = biggan.Generator(**cfg)
@@ -473,17 +486,23 @@ def run_worker(spec: dict, timeout: float, log) -> tuple[str, dict, float, str]:
         out, err = proc.communicate()
         wall = time.perf_counter() - start
         _log_tail(log, spec, err)
-        return "timeout", {}, wall, f"killed after {timeout:.0f} s"
+        return "timeout", _last_result(out), wall, f"killed after {timeout:.0f} s"
     wall = time.perf_counter() - start
     _log_tail(log, spec, err)
-    lines = [s for s in out.splitlines() if s.startswith(RESULT)]
-    if proc.returncode == 0 and lines:
-        return "ok", json.loads(lines[-1][len(RESULT) :]), wall, ""
+    result = _last_result(out)
+    if proc.returncode == 0 and result:
+        return "ok", result, wall, ""
     text = (err or "") + (out or "")
     last = [s for s in text.strip().splitlines() if s.strip()][-1:] or [""]
     if any(m in text for m in OOM_MARKERS):
-        return "oom", {}, wall, f"out of memory (exit {proc.returncode}): {last[0][:200]}"
-    return "failed", {}, wall, f"exit {proc.returncode}: {last[0][:200]}"
+        return "oom", result, wall, f"out of memory (exit {proc.returncode}): {last[0][:200]}"
+    return "failed", result, wall, f"exit {proc.returncode}: {last[0][:200]}"
+
+
+def _last_result(out: str | None) -> dict:
+    """The worker's last RESULT line (a killed worker may have printed a partial one)."""
+    lines = [s for s in (out or "").splitlines() if s.startswith(RESULT)]
+    return json.loads(lines[-1][len(RESULT) :]) if lines else {}
 
 
 class _suppress:
@@ -564,20 +583,23 @@ def schedule_numbers(preset: str) -> dict:
 
 
 def add_derived(row: dict, schedule: dict, matmul: dict | None, reference: dict | None):
-    if row.get("status") != "ok" or row["kind"] == "matmul":
-        return row
-    per_image = (
-        schedule["select_num"] * row["s_per_select_per_image"]
-        + schedule["total_steps"] * row["s_per_step_per_image"]
-    )
-    row["images_per_hour"] = 3600 / per_image
+    if row["kind"] == "matmul" or "s_per_step_per_image" not in row:
+        return row  # (a killed worker may have left partial numbers: those are shown)
+    row["images_per_hour"] = None
+    if row.get("s_per_select_per_image") is not None:
+        per_image = (
+            schedule["select_num"] * row["s_per_select_per_image"]
+            + schedule["total_steps"] * row["s_per_step_per_image"]
+        )
+        row["images_per_hour"] = 3600 / per_image
     if row["kind"] == "dgp":
         if row.get("flops_per_step"):
             row["tflops"] = row["flops_per_step"] / row["s_per_step"] / 1e12
             rate = (matmul or {}).get("tflops", {}).get(row["precision"])
             row["matmul_fraction"] = row["tflops"] / rate if rate else None
-        if reference and reference.get("images_per_hour"):
+        if reference and reference.get("images_per_hour") and row["images_per_hour"]:
             row["x_reference"] = row["images_per_hour"] / reference["images_per_hour"]
+        if reference:
             row["x_reference_step"] = reference["s_per_step"] / row["s_per_step_per_image"]
     return row
 
@@ -649,7 +671,7 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
         "| peak GB/image | images/hour | x ref | TFLOP/s | % matmul |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    measured = [r for r in rows if r["kind"] != "matmul" and r.get("status") == "ok"]
+    measured = [r for r in rows if r["kind"] != "matmul" and "s_per_step_per_image" in r]
     order = {lo: i for i, lo in enumerate(LOWERINGS)}
     precision_order = {p: i for i, p in enumerate(PRECISIONS)}
     measured.sort(
@@ -671,10 +693,12 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
             prec = r["precision"]
         out.append(
             f"| {'dgp_jax' if r['kind'] == 'dgp' else 'reference'} | {r.get('lowering', '-')} "
-            f"| {prec} | {r['batch']} | {r['s_per_step_per_image']:.4g} "
-            f"| {r['s_per_select_per_image']:.3g} | {_fmt(r.get('compile_s'), '{:.1f}')} "
+            f"| {prec} | {r['batch']}{'' if r['status'] == 'ok' else ' (' + r['status'] + ')'} "
+            f"| {r['s_per_step_per_image']:.4g} "
+            f"| {_fmt(r.get('s_per_select_per_image'))} | {_fmt(r.get('compile_s'), '{:.1f}')} "
             f"| {_fmt(None if peak is None else peak / 1e9, '{:.3f}')} "
-            f"| {r['images_per_hour']:.4g} | {_fmt(r.get('x_reference'), '{:.2f}')} "
+            f"| {_fmt(r.get('images_per_hour'), '{:.4g}')} "
+            f"| {_fmt(r.get('x_reference'), '{:.2f}')} "
             f"| {_fmt(r.get('tflops'), '{:.2f}')} "
             f"| {_fmt(None if frac is None else 100 * frac, '{:.1f}')} |"
         )
@@ -740,6 +764,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         bad = [v for v in getattr(args, name) if v not in allowed]
         if bad:
             p.error(f"--{name}: unknown {bad}; choose from {list(allowed)}")
+    if args.steps < 2 or args.select < 1 or args.ref_steps < 1 or args.ref_select < 1:
+        p.error("--steps must be >= 2 (a median of step-to-step times); selects and ref steps >= 1")
     return args
 
 
@@ -789,7 +815,7 @@ def main(argv=None) -> int:
                 detail = ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in row["tflops"].items())
             else:
                 detail = (f"{row['s_per_step_per_image']:.4g} s/step/image, "
-                          f"{row['images_per_hour']:.4g} images/hour")  # fmt: skip
+                          f"{_fmt(row.get('images_per_hour'), '{:.4g}')} images/hour")  # fmt: skip
             log(f"[{time.perf_counter() - t0:6.1f} s] {what}: {detail} ({row['wall_s']:.1f} s)")
         else:
             log(f"[{time.perf_counter() - t0:6.1f} s] {what}: {row['status'].upper()} "
@@ -807,7 +833,8 @@ def main(argv=None) -> int:
         elif spec["kind"] == "dgp":
             work.update(steps=args.steps, select=args.select, select_images=args.select_images)
         else:
-            work.update(reference=args.reference, reference_tools=args.reference_tools,
+            work.update(reference=str(Path(args.reference).resolve()),
+                        reference_tools=args.reference_tools,
                         warm_steps=2, steps=args.ref_steps, select=args.ref_select,
                         mode=schedule["mode"], stage=schedule["stage"])  # fmt: skip
         log(f"[{time.perf_counter() - t0:6.1f} s] {describe(spec)} ...")
@@ -820,6 +847,10 @@ def main(argv=None) -> int:
     for spec in specs:
         if spec["kind"] == "reference" and not args.reference:
             record({**spec, "status": "skipped", "reason": "no --reference given"})
+            continue
+        if spec["kind"] == "reference" and not (Path(args.reference) / "models").is_dir():
+            why = f"{args.reference} is no reference checkout (no models/)"
+            record({**spec, "status": "skipped", "reason": why})
             continue
         if spec["kind"] == "dgp" and spec["batch"] == LARGEST:
             batch, why = largest_batch(rows, spec["lowering"], spec["precision"],
