@@ -1,0 +1,893 @@
+"""The accelerator benchmark: every lowering x batch x precision, beside the PyTorch reference.
+
+One prepared command for one GPU (issue 10, sections 4 and 5). On the full 128 px BigGAN
+(G_ch = D_ch = 96, random N(0, 0.02) weights) it measures, each measurement in a fresh
+subprocess (clean peak memory; an OOM or a hang kills only that row):
+
+1. the device's matmul rate (8192^3 in float32 at HIGHEST precision, in tf32, in bfloat16);
+2. the PyTorch reference DGP at batch 1 on the same device (``--reference DIR``, a checkout
+   of XingangPan/deep-generative-prior; its ``models.biggan`` and ``models.dgp.DGP`` run
+   with real CUDA, the colorization preset's last stage, all generator groups trained);
+3. dgp_jax for each lowering x batch (1, 8, 32, 64 and the largest that fits) x precision:
+   seconds per solver step per image (the colorization preset's last stage, median of
+   warm steps), selection seconds per candidate per image, compile seconds (first step
+   minus a warm one), peak device memory per image, the step's FLOPs (XLA's cost analysis
+   of the jitted step) and so achieved TFLOP/s and the fraction of the measured matmul
+   rate of that precision.
+
+"Largest that fits": from the peak memory of the batches that ran (a line through
+fixed + per-image bytes), the batch that fills ``--fit-fraction`` (0.9) of the memory
+JAX may use; on OOM the gap to the largest batch that ran is halved (twice at most).
+
+Priority within ``--budget-s`` (checked before each measurement against the time the most
+similar finished one took; a row that does not fit is skipped and listed): the matmul
+rates, the reference, ``auto`` at every batch x precision (batch 1 float32 first, then the
+largest batches in float32 and bfloat16), the other lowerings at batches 8 and 32 in
+float32 and bfloat16, then the rest. Results are written as they come: ``results.jsonl``
+(one JSON object per row, skipped rows included), ``log.txt`` (the plan, progress, the
+tail of each worker's stderr) and, at the end, ``table.md`` (the markdown for
+BENCHMARKS.md, with date and device, images/hour for the preset's whole schedule, the ratio
+to the reference, and how many images fit in flight).
+
+For the GPU machine (its python3 has jax[cuda], flax, optax, torch and torchvision, and no
+tensorflow-datasets; the project is imported from the working tree): once, on this machine,
+in the repository root, put the reference's files into the ignored folder .ref/ (the git
+directory comes from fetching github:XingangPan/deep-generative-prior)::
+
+    ../shared/reference_tools/checkout_reference.sh \
+        /work/.mirror/XingangPan+deep-generative-prior/repo .ref/dgp
+
+(``/.ref/`` is in .gitignore: nothing of the reference is committed), then one run with
+``carry: [".ref"]`` and ``timeout_s: 540``::
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_accelerator.py \
+        --reference .ref/dgp --out $OUT
+
+It stops starting measurements after ``--budget-s`` (450 s) and returns within about 8
+minutes; ``$OUT`` holds three files. A worker killed by its timeout or an OOM keeps the
+numbers it had printed (steps first, then FLOPs, then selection), marked partial.
+
+On a CPU, the same code path with a tiny model::
+
+    PYTHONPATH=. JAX_PLATFORMS=cpu python experiments/bench_accelerator.py --tiny --out /tmp/acc
+
+(``--tiny``: 32 px, ch 4, batches 1,2, lowerings auto,im2col, float32 and bfloat16,
+a 512^3 matmul, no reference unless ``--reference`` is given.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REF_TOOLS = REPO.parent / "shared" / "reference_tools"
+LOWERINGS = ("auto", "vmap", "im2col", "shifted", "unrolled")
+PRECISIONS = ("float32", "tf32", "bfloat16")
+MATMUL_PRECISION = {"float32": "highest", "tf32": "tensorfloat32", "bfloat16": "default"}
+LARGEST = "largest"
+RESULT = "RESULT "
+OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OutOfMemory", "OOM")
+
+
+# =========================================================================== plan
+def parse_batches(text: str) -> list:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        out.append(LARGEST if part == LARGEST else int(part))
+    return out
+
+
+def plan(args) -> list[dict]:
+    """Every measurement, in priority order (the budget cuts from the end)."""
+    rows = [{"kind": "matmul"}, {"kind": "reference", "batch": 1}]
+    numeric = [b for b in args.batches if b != LARGEST]
+    dgp = [
+        (lowering, b, p)
+        for lowering in args.lowerings
+        for b in args.batches
+        for p in args.precisions
+    ]
+    order = []
+
+    def take(items):
+        for item in items:
+            if item in dgp and item not in order:
+                order.append(item)
+
+    if "auto" in args.lowerings:
+        main_p = [p for p in ("float32", "bfloat16") if p in args.precisions]
+        if numeric:
+            take([("auto", numeric[0], "float32")])
+            # the largest batches: where the throughput is
+            big = [max(numeric)] + ([LARGEST] if LARGEST in args.batches else [])
+            take([("auto", b, p) for b in big for p in main_p])
+        take([item for item in dgp if item[0] == "auto"])
+    focus = [b for b in args.focus_batches if b in args.batches]
+    main_p = [p for p in ("float32", "bfloat16") if p in args.precisions]
+    take([(lowering, b, p) for lowering in args.lowerings for b in focus for p in main_p])
+    take(dgp)
+    rows += [{"kind": "dgp", "lowering": lo, "batch": b, "precision": p} for lo, b, p in order]
+    return rows
+
+
+def describe(spec: dict) -> str:
+    if spec["kind"] == "matmul":
+        return "matmul rates"
+    if spec["kind"] == "reference":
+        return "reference (PyTorch) batch 1"
+    return f"dgp_jax {spec['lowering']} batch {spec['batch']} {spec['precision']}"
+
+
+# =========================================================================== workers
+def _one_device_mesh():
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(jax.devices()[:1]), ("data",))
+
+
+def _device_info() -> dict:
+    import jax
+
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    return {
+        "device": f"{device.platform}:{device.device_kind}",
+        "bytes_limit": stats.get("bytes_limit"),
+    }
+
+
+def worker_matmul(spec: dict) -> dict:
+    """TFLOP/s of an n^3 matmul per precision: median of timed runs after warm-up."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    n, reps = spec["size"], spec["reps"]
+    out = {"size": n, "tflops": {}}
+    for precision in spec["precisions"]:
+        dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+        ka, kb = jax.random.split(jax.random.PRNGKey(0))
+        a = jax.random.normal(ka, (n, n), dtype)
+        b = jax.random.normal(kb, (n, n), dtype)
+        with jax.default_matmul_precision(MATMUL_PRECISION[precision]):
+            f = jax.jit(lambda x, y: x @ y)
+            for _ in range(2):
+                f(a, b).block_until_ready()
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                f(a, b).block_until_ready()
+                times.append(time.perf_counter() - t)
+        out["tflops"][precision] = 2 * n**3 / float(np.median(times)) / 1e12
+    return {**out, **_device_info()}
+
+
+def _tree_bytes(tree) -> int:
+    import jax
+
+    return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def worker_dgp(spec: dict) -> dict:
+    """One (lowering, batch, precision): step, selection, compile, memory and FLOPs."""
+    import jax
+    import numpy as np
+
+    import dgp_jax
+    import dgp_jax.solve as solve
+    from dgp_jax.nets.biggan import BigGANConfig
+
+    batch, precision, lowering = spec["batch"], spec["precision"], spec["lowering"]
+    cfg = BigGANConfig(resolution=spec["resolution"], G_ch=spec["ch"], D_ch=spec["ch"])
+    model = dgp_jax.random_biggan(cfg, jax.random.PRNGKey(0), init="N02")
+    full = dgp_jax.SolverConfig.preset(spec["preset"], resolution=None)
+    n = full.num_stages
+    mesh = _one_device_mesh()
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (batch, cfg.resolution, cfg.resolution, 3)).astype(np.float32)
+    classes = np.arange(batch) % cfg.n_classes
+
+    # The step's jitted function and argument shapes, for XLA's cost analysis (the state
+    # argument is donated: its shapes are taken before the call).
+    captured: dict = {}
+    make_step = solve._make_step
+
+    def capturing_make_step(prog, tx, mesh_):
+        fn = make_step(prog, tx, mesh_)
+
+        def step(*args):
+            if "shapes" not in captured:
+                captured["fn"] = fn
+                captured["shapes"] = jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args
+                )
+            return fn(*args)
+
+        return step
+
+    select_times: list = []
+    select = solve._select
+
+    def timed_select(*a, **k):
+        t = time.perf_counter()
+        out = select(*a, **k)  # returns host arrays: the scores have been computed
+        select_times.append(time.perf_counter() - t)
+        return out
+
+    solve._make_step = capturing_make_step
+    solve._select = timed_select
+
+    def run(config):
+        stamps = []
+
+        def callback(step, total, info):
+            jax.block_until_ready(info["record"])
+            stamps.append(time.perf_counter())
+
+        start = time.perf_counter()
+        result = dgp_jax.restore(model, images, classes, config, jax.random.PRNGKey(1),
+                                 mesh=mesh, callback=callback, precision=precision,
+                                 lowering=lowering)  # fmt: skip
+        jax.block_until_ready(result.params)
+        del result
+        return start, stamps
+
+    # The last stage: every group of G fine-tuned (what bench_solver.py times).
+    # Two identical runs (the step table's length is part of the compiled shape).
+    steps_cfg = full.replace(iterations=(0,) * (n - 1) + (spec["steps"],), select_num=0)
+    cold_start, cold = run(steps_cfg)
+    warm_start, warm = run(steps_cfg)
+    steps = np.diff(warm)
+    per_step = float(np.median(steps))
+    compile_s = (cold[0] - cold_start) - (warm[0] - warm_start)
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+
+    state = captured["shapes"][0]
+    padded = jax.tree.leaves(state["trainable"])[0].shape[0]
+    row = {
+        **_device_info(),
+        "resolution": spec["resolution"],
+        "ch": spec["ch"],
+        "preset": spec["preset"],
+        "steps_timed": len(steps),
+        "s_per_step": per_step,
+        "s_per_step_per_image": per_step / batch,
+        "compile_s": compile_s,
+        "peak_bytes": peak,
+        "peak_bytes_per_image": None if peak is None else peak / batch,
+        "param_bytes_per_image": _tree_bytes(state["trainable"]) / padded,
+        "adam_bytes_per_image": _tree_bytes(state["opt_state"]) / padded,
+        "tfds_imported": "tensorflow_datasets" in sys.modules,
+    }
+    print(RESULT + json.dumps({**row, "partial": "steps only"}), flush=True)
+
+    row["flops_per_step"] = None
+    try:
+        matmul_precision = solve.PRECISIONS[precision][0]
+        with jax.default_matmul_precision(matmul_precision):
+            cost = captured["fn"].lower(*captured["shapes"]).cost_analysis()
+        if isinstance(cost, list | tuple):
+            cost = cost[0]
+        row["flops_per_step"] = float(cost["flops"]) if cost and "flops" in cost else None
+    except Exception as e:  # noqa: BLE001 - reported, not fatal
+        row["flops_error"] = f"{type(e).__name__}: {e}"[:300]
+    print(RESULT + json.dumps({**row, "partial": "no selection time"}), flush=True)
+
+    # Selection alone: two runs without steps (the first compiles); candidates scored in
+    # chunks of at most select_batch, fewer at large batches (memory).
+    cands = spec["select"]
+    chunk = max(1, min(cands, spec["select_images"] // batch))
+    sel_cfg = full.replace(iterations=(0,) * n, select_num=cands, select_batch=chunk)
+    row["select_chunk"] = chunk
+    row["s_per_select_per_image"] = None
+    try:
+        run(sel_cfg)
+        run(sel_cfg)
+        row["s_per_select_per_image"] = select_times[-1] / cands / batch
+    except Exception as e:  # noqa: BLE001 - an OOM here keeps the step's numbers
+        row["select_error"] = f"{type(e).__name__}: {e}"[:300]
+    return row
+
+
+def worker_reference(spec: dict) -> dict:
+    """The reference DGP (PyTorch) at batch 1: seconds per step and per selection forward.
+
+    Real CUDA where torch has it (the reference's ``.cuda()`` calls as published, times
+    with ``torch.cuda.synchronize()``); on a CPU-only machine (a smoke test) the
+    ``refgen_stubs`` of ../shared/reference_tools turn ``.cuda()`` into a no-op and stand in
+    for torchvision.
+    """
+    import contextlib
+    import io
+
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    ref = str(Path(spec["reference"]).resolve())
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ["DGP_REF"] = ref
+        sys.path.insert(0, spec["reference_tools"])
+        import refgen_stubs
+
+        refgen_stubs.install()
+        torch.UntypedStorage.cuda = lambda self, *a, **k: self
+    sys.path.insert(0, ref)
+    from PIL import Image
+
+    if not hasattr(Image, "ANTIALIAS"):
+        Image.ANTIALIAS = Image.LANCZOS
+    import skimage.measure
+    import skimage.metrics
+
+    # Names the reference imports that newer scikit-image dropped.
+    if not hasattr(skimage.measure, "compare_psnr"):
+        skimage.measure.compare_psnr = lambda a, b: skimage.metrics.peak_signal_noise_ratio(
+            a, b, data_range=1.0
+        )
+    if not hasattr(skimage.measure, "compare_ssim"):
+        skimage.measure.compare_ssim = lambda a, b, multichannel=True: (
+            skimage.metrics.structural_similarity(a, b, channel_axis=2, data_range=1.0)
+        )
+    from models import biggan
+    from models.dgp import DGP
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    res, ch = spec["resolution"], spec["ch"]
+    torch.manual_seed(0)
+    cfg = dict(G_ch=ch, D_ch=ch, resolution=res, G_shared=True, hier=True, dim_z=120,
+               shared_dim=128, n_classes=1000, G_attn="64", D_attn="64", BN_eps=1e-5,
+               SN_eps=1e-6, G_activation=nn.ReLU(inplace=False),
+               D_activation=nn.ReLU(inplace=False), skip_init=True)  # fmt: skip
+    # skip_init: PyTorch's default initialisation rather than BigGAN's orthogonal one, which
+    # takes tens of seconds on the host at ch 96 (done four times here); the weights are
+    # random either way, and the DGP object loads the saved ones.
+    wd = tempfile.mkdtemp()
+    with contextlib.redirect_stdout(io.StringIO()):
+        G = biggan.Generator(**cfg)
+        D = biggan.Discriminator(**cfg)
+    torch.save(G.state_dict(), f"{wd}/G_ema_x.pth")
+    torch.save(D.state_dict(), f"{wd}/D_x.pth")
+    del G, D
+    warm, steps = spec["warm_steps"], spec["steps"]
+    stage = spec["stage"]  # the preset's last stage: all groups trained (ft_num 7)
+    config = dict(cfg, dist=False, dgp_mode=spec["mode"], update_G=True, update_embed=False,
+                  iterations=[warm + steps], ftr_num=[stage["ftr_num"]], ft_num=[7],
+                  lr_ratio=[1.0], G_lrs=[stage["G_lr"]], z_lrs=[stage["z_lr"]], use_in=[False],
+                  select_num=spec["select"], sample_std=stage["sample_std"],
+                  w_D_loss=[stage["w_D"]], w_mse=[stage["w_mse"]], w_nll=stage["w_nll"],
+                  random_G=False, weights_root=wd, load_weights="x", use_ema=True,
+                  ftr_type="Discriminator", G_lr=stage["G_lr"], G_B1=0.0, G_B2=0.999,
+                  warm_up=0, stop_mse=0.0, stop_ftr=0.0, print_interval=100000, save_G=False,
+                  exp_path=wd, no_optim=False, optimizer="Adam", adam_eps=1e-8,
+                  G_mixed_precision=False, D_mixed_precision=False, num_G_SVs=1, num_D_SVs=1,
+                  num_G_SV_itrs=1, num_D_SV_itrs=1, G_init="ortho", D_init="ortho",
+                  norm_style="bn", G_param="SN", D_param="SN", cross_replica=False, mybn=False,
+                  bottom_width=4, G_kernel_size=3, D_kernel_size=3, D_wide=True)  # fmt: skip
+    for d in ("images", "images_sheet"):
+        os.makedirs(f"{wd}/{d}", exist_ok=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dgp = DGP(config)
+    target = torch.rand(1, 3, res, res) * 2 - 1
+    dgp.set_target(target.cuda() if cuda else target, torch.tensor([1]), "x.png")
+
+    # Selection: a short warm-up (cuDNN's first calls), then the timed candidates.
+    with contextlib.redirect_stdout(io.StringIO()):
+        dgp.select_num = 2
+        dgp.select_z()
+        dgp.select_num = spec["select"]
+        sync()
+        t = time.perf_counter()
+        dgp.select_z()
+        sync()
+    per_select = (time.perf_counter() - t) / spec["select"]
+
+    def timed_steps() -> float:
+        stamps = []
+        orig = dgp.z_optim.step
+
+        def stamped(*a, **k):
+            out = orig(*a, **k)
+            sync()
+            stamps.append(time.perf_counter())
+            return out
+
+        dgp.z_optim.step = stamped
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                dgp.run()
+        finally:
+            dgp.z_optim.step = orig
+        return float(np.median(np.diff(stamps)[max(0, warm - 1) :]))
+
+    # As published: the loop computes PSNR/SSIM (scikit-image, on the host) every step.
+    per_step = timed_steps()
+    # Without those per-step metrics (pure logging): the faster, conservative baseline.
+    dgp.get_metrics = lambda x: ({}, x)
+    per_step_bare = timed_steps()
+    return {
+        "device": f"cuda:{torch.cuda.get_device_name(0)}" if cuda else "cpu (reference stubs)",
+        "torch": torch.__version__,
+        "resolution": res,
+        "ch": ch,
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "s_per_step_with_metrics": per_step,
+        "s_per_step": per_step_bare,
+        "s_per_step_per_image": per_step_bare,
+        "s_per_select_per_image": per_select,
+        "steps_timed": steps,
+        "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+WORKERS = {"matmul": worker_matmul, "dgp": worker_dgp, "reference": worker_reference}
+
+
+def worker_main(text: str) -> int:
+    spec = json.loads(text)
+    row = WORKERS[spec["kind"]](spec)
+    print(RESULT + json.dumps(row), flush=True)
+    return 0
+
+
+# =========================================================================== orchestration
+def worker_command(spec: dict) -> list[str]:
+    """The command that runs one measurement (a test replaces it to simulate failures)."""
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+
+
+def worker_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.97")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # One device, as the benchmark measures (tests set 8 host devices for themselves).
+    flags = env.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(
+        f for f in flags if not f.startswith("--xla_force_host_platform_device_count")
+    )
+    return env
+
+
+def run_worker(spec: dict, timeout: float, log) -> tuple[str, dict, float, str]:
+    """(status, result, wall seconds, reason): status ok / oom / failed / timeout."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(worker_command(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=worker_env(), cwd=str(REPO),
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        with _suppress():
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        wall = time.perf_counter() - start
+        _log_tail(log, spec, err)
+        return "timeout", _last_result(out), wall, f"killed after {timeout:.0f} s"
+    wall = time.perf_counter() - start
+    _log_tail(log, spec, err)
+    result = _last_result(out)
+    if proc.returncode == 0 and result:
+        return "ok", result, wall, ""
+    text = (err or "") + (out or "")
+    last = [s for s in text.strip().splitlines() if s.strip()][-1:] or [""]
+    if any(m in text for m in OOM_MARKERS):
+        return "oom", result, wall, f"out of memory (exit {proc.returncode}): {last[0][:200]}"
+    return "failed", result, wall, f"exit {proc.returncode}: {last[0][:200]}"
+
+
+def _last_result(out: str | None) -> dict:
+    """The worker's last RESULT line (a killed worker may have printed a partial one)."""
+    lines = [s for s in (out or "").splitlines() if s.startswith(RESULT)]
+    return json.loads(lines[-1][len(RESULT) :]) if lines else {}
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return True
+
+
+def _log_tail(log, spec, err):
+    if err and err.strip():
+        log(f"--- stderr of {describe(spec)} (last 3000 chars)\n{err[-3000:]}")
+
+
+def fit_memory(rows: list[dict]) -> tuple[float, float] | None:
+    """(fixed bytes, bytes per image) through the peak memory of finished batches."""
+    points = sorted({(r["batch"], r["peak_bytes"]) for r in rows if r.get("peak_bytes")})
+    if not points:
+        return None
+    if len(points) == 1:
+        b, peak = points[0]
+        return 0.0, peak / b  # all of it counted per image: conservative
+    (b1, p1), (b2, p2) = points[-2], points[-1]
+    per = (p2 - p1) / (b2 - b1)
+    if per <= 0:
+        return 0.0, p2 / b2
+    return max(0.0, p2 - per * b2), per
+
+
+def largest_batch(rows: list[dict], lowering: str, precision: str, fraction: float):
+    """(batch to try or None, reason) for the largest batch that fits."""
+    ran = [r for r in rows if r.get("kind") == "dgp" and r.get("status") == "ok"
+           and r["lowering"] == lowering and r["precision"] == precision]  # fmt: skip
+    if not ran:
+        return None, "no batch of this lowering and precision ran"
+    limit = max((r.get("bytes_limit") or 0) for r in ran)
+    fit = fit_memory(ran)
+    if not limit or fit is None:
+        return None, "the device reports no memory statistics"
+    fixed, per = fit
+    batch = int((fraction * limit - fixed) // per)
+    done = max(r["batch"] for r in ran)
+    if batch <= done:
+        return None, f"batch {done} already ran; {fraction:.0%} of memory fits {batch}"
+    return batch, f"{fraction:.0%} of {limit / 1e9:.1f} GB at {per / 1e9:.3f} GB/image"
+
+
+def estimate(spec: dict, rows: list[dict], first: float) -> float:
+    """Seconds the measurement should take: the finished row most like it."""
+    same = [r for r in rows if r.get("kind") == spec["kind"] and r.get("wall_s")]
+    if spec["kind"] != "dgp" or not same:
+        return same[-1]["wall_s"] if same else first
+    like = [r for r in same if r["lowering"] == spec["lowering"]] or same
+    b = spec["batch"] if isinstance(spec["batch"], int) else 10**9
+    return min(like, key=lambda r: (abs(math.log(max(r["batch"], 1) / max(b, 1))),
+                                    -r["wall_s"]))["wall_s"]  # fmt: skip
+
+
+def schedule_numbers(preset: str) -> dict:
+    from dgp_jax.config import SolverConfig
+
+    full = SolverConfig.preset(preset, resolution=None)
+    return {
+        "select_num": full.select_num,
+        "total_steps": full.total_steps,
+        "mode": full.dgp_mode,
+        "stage": {
+            "ftr_num": full.ftr_num[-1],
+            "G_lr": full.G_lrs[-1],
+            "z_lr": full.z_lrs[-1],
+            "w_D": full.w_D_loss[-1],
+            "w_mse": full.w_mse[-1],
+            "w_nll": full.w_nll,
+            "sample_std": full.sample_std,
+        },
+    }
+
+
+def add_derived(row: dict, schedule: dict, matmul: dict | None, reference: dict | None):
+    if row["kind"] == "matmul" or "s_per_step_per_image" not in row:
+        return row  # (a killed worker may have left partial numbers: those are shown)
+    row["images_per_hour"] = None
+    if row.get("s_per_select_per_image") is not None:
+        per_image = (
+            schedule["select_num"] * row["s_per_select_per_image"]
+            + schedule["total_steps"] * row["s_per_step_per_image"]
+        )
+        row["images_per_hour"] = 3600 / per_image
+    if row["kind"] == "dgp":
+        if row.get("flops_per_step"):
+            row["tflops"] = row["flops_per_step"] / row["s_per_step"] / 1e12
+            rate = (matmul or {}).get("tflops", {}).get(row["precision"])
+            row["matmul_fraction"] = row["tflops"] / rate if rate else None
+        if reference and reference.get("images_per_hour") and row["images_per_hour"]:
+            row["x_reference"] = row["images_per_hour"] / reference["images_per_hour"]
+        if reference:
+            row["x_reference_step"] = reference["s_per_step"] / row["s_per_step_per_image"]
+    return row
+
+
+def _fmt(v, spec="{:.3g}"):
+    if v is None:
+        return "-"
+    return spec.format(v) if isinstance(v, float) else str(v)
+
+
+def memory_lines(rows: list[dict], args) -> list[str]:
+    lines = []
+    groups = {}
+    for r in rows:
+        if r.get("kind") == "dgp" and r.get("status") == "ok" and r.get("peak_bytes"):
+            groups.setdefault((r["lowering"], r["precision"]), []).append(r)
+    for (lowering, precision), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["batch"])
+        fixed, per = fit_memory(rs)
+        limit = max(r.get("bytes_limit") or 0 for r in rs)
+        big = max(rs, key=lambda r: r["batch"])
+        params, adam = big["param_bytes_per_image"], big["adam_bytes_per_image"]
+        fits = int((limit - fixed) // per) if limit else None
+        lines.append(
+            f"| {lowering} | {precision} | {', '.join(str(r['batch']) for r in rs)} "
+            f"| {fixed / 1e9:.2f} | {per / 1e9:.3f} | {params / 1e9:.3f} | {adam / 1e9:.3f} "
+            f"| {max(0.0, per - params - adam) / 1e9:.3f} | {_fmt(fits)} |"
+        )
+    if not lines:
+        return ["No memory statistics (the device reports none, or no row ran)."]
+    limit = max(r.get("bytes_limit") or 0 for r in rows if r.get("kind") == "dgp")
+    return [
+        f"Images in flight in {limit / 1e9:.1f} GB (what JAX may allocate: "
+        f"XLA_PYTHON_CLIENT_MEM_FRACTION of the device), from a line through the peak memory of "
+        "the largest batches that ran (fixed + per image). Per image: parameters (the "
+        "per-image generator, float32), the optimiser's state (Adam; the presets' beta1 = 0 keeps "
+        "no first moment), and the rest (gradients, "
+        "activations, workspace).",
+        "",
+        "| lowering | precision | batches | fixed GB | GB/image | params GB | Adam GB "
+        "| rest GB | images that fit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ] + lines
+
+
+def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str) -> str:
+    matmul = next((r for r in rows if r["kind"] == "matmul" and r.get("status") == "ok"), None)
+    reference = next((r for r in rows if r["kind"] == "reference"
+                      and r.get("status") == "ok"), None)  # fmt: skip
+    device = next((r["device"] for r in rows if r.get("device")), "unknown device")
+    out = [
+        f"### Accelerator benchmark, {started[:10]}, {device}",
+        "",
+        f"`experiments/bench_accelerator.py` ({started}): {args.resolution} px BigGAN, "
+        f"G_ch = D_ch = {args.ch}, random weights; the `{args.preset}` preset's last stage "
+        "(every generator group fine-tuned). images/hour: the whole schedule per image, "
+        f"{schedule['select_num']} candidates x s/candidate + {schedule['total_steps']} steps "
+        "x s/step/image. x ref: images/hour over the reference's (the reference timed "
+        "without its per-step PSNR/SSIM logging: the faster baseline). compile: first step "
+        "minus a warm one. % matmul: the step's FLOPs (XLA cost analysis) per second over the "
+        "measured matmul rate of the same precision.",
+        "",
+    ]
+    if matmul:
+        rates = ", ".join(f"{p} {v:.1f}" for p, v in matmul["tflops"].items())
+        out += [f"Measured matmul rate ({matmul['size']}^3), TFLOP/s: {rates}.", ""]
+    out += [
+        "| impl | lowering | precision | batch | s/step/image | s/candidate | compile s "
+        "| peak GB/image | images/hour | x ref | TFLOP/s | % matmul |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    measured = [r for r in rows if r["kind"] != "matmul" and "s_per_step_per_image" in r]
+    order = {lo: i for i, lo in enumerate(LOWERINGS)}
+    precision_order = {p: i for i, p in enumerate(PRECISIONS)}
+    measured.sort(
+        key=lambda r: (
+            r["kind"] != "reference",
+            order.get(r.get("lowering"), -1),
+            precision_order.get(r.get("precision"), -1),
+            r["batch"],
+        )
+    )
+    for r in measured:
+        peak = r.get("peak_bytes_per_image") or (
+            r["peak_bytes"] if r["kind"] == "reference" else None
+        )
+        frac = r.get("matmul_fraction")
+        if r["kind"] == "reference":
+            prec = "float32" + (" (cuDNN TF32)" if r.get("cudnn_allow_tf32") else "")
+        else:
+            prec = r["precision"]
+        out.append(
+            f"| {'dgp_jax' if r['kind'] == 'dgp' else 'reference'} | {r.get('lowering', '-')} "
+            f"| {prec} | {r['batch']}{'' if r['status'] == 'ok' else ' (' + r['status'] + ')'} "
+            f"| {r['s_per_step_per_image']:.4g} "
+            f"| {_fmt(r.get('s_per_select_per_image'))} | {_fmt(r.get('compile_s'), '{:.1f}')} "
+            f"| {_fmt(None if peak is None else peak / 1e9, '{:.3f}')} "
+            f"| {_fmt(r.get('images_per_hour'), '{:.4g}')} "
+            f"| {_fmt(r.get('x_reference'), '{:.2f}')} "
+            f"| {_fmt(r.get('tflops'), '{:.2f}')} "
+            f"| {_fmt(None if frac is None else 100 * frac, '{:.1f}')} |"
+        )
+    if reference:
+        out += [
+            "",
+            "Reference with its per-step metrics, as published: "
+            f"{reference['s_per_step_with_metrics']:.4g} s/step (torch {reference.get('torch')}, "
+            f"cuDNN TF32 {reference.get('cudnn_allow_tf32')}).",
+        ]
+    out += ["", "Memory:", ""] + memory_lines(rows, args)
+    skipped = [r for r in rows if r.get("status") != "ok"]
+    if skipped:
+        out += ["", "Not measured:", ""]
+        out += [f"- {describe(r)}: {r['status']} ({r.get('reason', '')})" for r in skipped]
+    text = "\n".join(out) + "\n"
+    path.write_text(text)
+    return text
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with --tiny's and the full run's defaults filled in."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="out/bench_accelerator")
+    p.add_argument("--reference", help="reference DGP checkout (e.g. .ref/dgp): time it too")
+    p.add_argument("--reference-tools", default=str(REF_TOOLS),
+                   help="folder of refgen_stubs.py (used only where CUDA is absent)")  # fmt: skip
+    p.add_argument("--tiny", action="store_true", help="a tiny model and grid, for a CPU")
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--ch", type=int)
+    p.add_argument("--preset", default="colorization")
+    p.add_argument("--batches", help="e.g. 1,8,32,64,largest")
+    p.add_argument("--focus-batches", default="8,32",
+                   help="batches at which the other lowerings go first")  # fmt: skip
+    p.add_argument("--lowerings", help=f"comma-separated, of {','.join(LOWERINGS)}")
+    p.add_argument("--precisions", help=f"comma-separated, of {','.join(PRECISIONS)}")
+    p.add_argument("--steps", type=int, default=4, help="warm steps per row (median of diffs)")
+    p.add_argument("--select", type=int, default=4, help="start candidates timed per image")
+    p.add_argument("--select-images", type=int, default=256,
+                   help="at most this many candidate images scored per forward pass")  # fmt: skip
+    p.add_argument("--ref-steps", type=int, default=10)
+    p.add_argument("--ref-select", type=int, default=8)
+    p.add_argument("--matmul-size", type=int)
+    p.add_argument("--budget-s", type=float, default=450.0)
+    p.add_argument("--config-timeout-s", type=float, default=180.0)
+    p.add_argument("--first-estimate-s", type=float, default=20.0,
+                   help="assumed duration of a measurement of a kind not yet run")  # fmt: skip
+    p.add_argument("--fit-fraction", type=float, default=0.9)
+    args = p.parse_args(argv)
+    if args.worker:
+        return args
+    tiny = args.tiny
+    args.resolution = args.resolution or (32 if tiny else 128)
+    args.ch = args.ch or (4 if tiny else 96)
+    args.batches = parse_batches(args.batches or ("1,2" if tiny else "1,8,32,64,largest"))
+    args.focus_batches = parse_batches(args.focus_batches)
+    args.lowerings = (args.lowerings or ("auto,im2col" if tiny else ",".join(LOWERINGS))).split(",")
+    args.precisions = args.precisions or ("float32,bfloat16" if tiny else ",".join(PRECISIONS))
+    args.precisions = args.precisions.split(",")
+    args.matmul_size = args.matmul_size or (512 if tiny else 8192)
+    for name, allowed in (("lowerings", LOWERINGS), ("precisions", PRECISIONS)):
+        bad = [v for v in getattr(args, name) if v not in allowed]
+        if bad:
+            p.error(f"--{name}: unknown {bad}; choose from {list(allowed)}")
+    if args.steps < 2 or args.select < 1 or args.ref_steps < 1 or args.ref_select < 1:
+        p.error("--steps must be >= 2 (a median of step-to-step times); selects and ref steps >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    results.write_text("")
+    log_file = open(out / "log.txt", "w")  # noqa: SIM115 - kept open for the whole run
+
+    def log(text: str):
+        print(text, flush=True)
+        log_file.write(text + "\n")
+        log_file.flush()
+
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    t0 = time.perf_counter()
+    schedule = schedule_numbers(args.preset)
+    from dgp_jax.nets.biggan import BigGANConfig
+
+    num_feats = BigGANConfig(resolution=args.resolution, G_ch=args.ch, D_ch=args.ch)
+    schedule["stage"]["ftr_num"] = min(schedule["stage"]["ftr_num"], num_feats.num_d_features)
+    specs = plan(args)
+    log(
+        f"bench_accelerator {started}: {args.resolution} px ch {args.ch}, preset {args.preset}, "
+        f"budget {args.budget_s:.0f} s; plan ({len(specs)} measurements, priority order):"
+    )
+    for i, spec in enumerate(specs):
+        log(f"  {i + 1:3d}. {describe(spec)}")
+
+    rows: list[dict] = []
+    matmul = reference = None
+
+    def record(row: dict):
+        add_derived(row, schedule, matmul, reference)
+        rows.append(row)
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        what = describe(row)
+        if row["status"] == "ok":
+            detail = ""
+            if row["kind"] == "matmul":
+                detail = ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in row["tflops"].items())
+            else:
+                detail = (f"{row['s_per_step_per_image']:.4g} s/step/image, "
+                          f"{_fmt(row.get('images_per_hour'), '{:.4g}')} images/hour")  # fmt: skip
+            log(f"[{time.perf_counter() - t0:6.1f} s] {what}: {detail} ({row['wall_s']:.1f} s)")
+        else:
+            log(f"[{time.perf_counter() - t0:6.1f} s] {what}: {row['status'].upper()} "
+                f"- {row.get('reason', '')}")  # fmt: skip
+
+    def measure(spec: dict) -> dict:
+        left = args.budget_s - (time.perf_counter() - t0)
+        guess = estimate(spec, rows, args.first_estimate_s)
+        if guess > left:
+            return {**spec, "status": "skipped",
+                    "reason": f"budget: {left:.0f} s left, about {guess:.0f} s needed"}  # fmt: skip
+        work = dict(spec, resolution=args.resolution, ch=args.ch, preset=args.preset)
+        if spec["kind"] == "matmul":
+            work.update(size=args.matmul_size, reps=5, precisions=args.precisions)
+        elif spec["kind"] == "dgp":
+            work.update(steps=args.steps, select=args.select, select_images=args.select_images)
+        else:
+            work.update(reference=str(Path(args.reference).resolve()),
+                        reference_tools=args.reference_tools,
+                        warm_steps=2, steps=args.ref_steps, select=args.ref_select,
+                        mode=schedule["mode"], stage=schedule["stage"])  # fmt: skip
+        log(f"[{time.perf_counter() - t0:6.1f} s] {describe(spec)} ...")
+        status, result, wall, reason = run_worker(work, min(args.config_timeout_s, left), log)
+        row = {**spec, **result, "status": status, "wall_s": wall}
+        if reason:
+            row["reason"] = reason
+        return row
+
+    for spec in specs:
+        if spec["kind"] == "reference" and not args.reference:
+            record({**spec, "status": "skipped", "reason": "no --reference given"})
+            continue
+        if spec["kind"] == "reference" and not (Path(args.reference) / "models").is_dir():
+            why = f"{args.reference} is no reference checkout (no models/)"
+            record({**spec, "status": "skipped", "reason": why})
+            continue
+        if spec["kind"] == "dgp" and spec["batch"] == LARGEST:
+            batch, why = largest_batch(rows, spec["lowering"], spec["precision"],
+                                       args.fit_fraction)  # fmt: skip
+            if batch is None:
+                record({**spec, "status": "skipped", "reason": f"largest: {why}"})
+                continue
+            good = max(r["batch"] for r in rows if r.get("kind") == "dgp"
+                       and r.get("status") == "ok" and r["lowering"] == spec["lowering"]
+                       and r["precision"] == spec["precision"])  # fmt: skip
+            log(f"largest batch for {spec['lowering']} {spec['precision']}: {batch} ({why})")
+            for _attempt in range(3):
+                row = measure({**spec, "batch": batch})
+                row["largest"] = True
+                record(row)
+                if row["status"] != "oom":
+                    break
+                batch = (good + batch) // 2  # halve the gap to the largest batch that ran
+                if batch <= good:
+                    break
+            continue
+        row = measure(spec)
+        record(row)
+        if spec["kind"] == "matmul" and row["status"] == "ok":
+            matmul = row
+        if spec["kind"] == "reference" and row["status"] == "ok":
+            reference = row
+            for r in rows:  # (none yet in priority order, but keep the rows consistent)
+                add_derived(r, schedule, matmul, reference)
+    table = write_table(out / "table.md", rows, args, schedule, started)
+    log("\n" + table)
+    skipped = [r for r in rows if r["status"] != "ok"]
+    log(f"done in {time.perf_counter() - t0:.0f} s: {len(rows) - len(skipped)} measured, "
+        f"{len(skipped)} not measured; files in {out}")  # fmt: skip
+    log_file.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

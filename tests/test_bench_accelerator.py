@@ -1,0 +1,186 @@
+"""experiments/bench_accelerator.py: its tiny run end to end on the CPU (real workers), and
+its orchestration (plan, budget, largest batch, OOM, timeouts) with stand-in workers.
+
+No GPU and no reference checkout needed; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+from tests.conftest import load_experiment
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_experiment("bench_accelerator")
+
+
+@pytest.fixture(autouse=True)
+def cpu_workers(monkeypatch):
+    # Workers are subprocesses: on the CPU, with XLA's cheap optimisation (compiles fast).
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+
+
+def read_rows(out):
+    lines = (out / "results.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def key(row):
+    return (row["kind"], row.get("lowering"), row.get("batch"), row.get("precision"))
+
+
+def test_tiny_run_end_to_end(bench, tmp_path, monkeypatch):
+    """Real workers: the matmul rates and one solver configuration on a 32 px ch 4 model; a
+    second configuration's worker dies like an OOM; 'largest' is skipped (no memory
+    statistics on a CPU); the reference is skipped (none given)."""
+    real = bench.worker_command
+
+    def command(spec):
+        if spec["kind"] == "dgp" and spec["precision"] == "bfloat16":
+            code = "import sys; sys.stderr.write('RESOURCE_EXHAUSTED: Out of memory'); sys.exit(1)"
+            return [sys.executable, "-c", code]
+        return real(spec)
+
+    monkeypatch.setattr(bench, "worker_command", command)
+    out = tmp_path / "out"
+    argv = ["--tiny", "--out", str(out), "--lowerings", "auto", "--batches", "2,largest",
+            "--precisions", "float32,bfloat16", "--steps", "2", "--select", "2"]  # fmt: skip
+    assert bench.main(argv) == 0
+    rows = read_rows(out)
+    planned = [key(s) for s in bench.plan(bench.parse_args(argv))]
+    assert [key(r) for r in rows] == planned  # every planned row, in plan order
+
+    by = {key(r): r for r in rows}
+    matmul = by[("matmul", None, None, None)]
+    assert matmul["status"] == "ok"
+    assert set(matmul["tflops"]) == {"float32", "bfloat16"}
+    assert all(v > 0 and math.isfinite(v) for v in matmul["tflops"].values())
+    assert by[("reference", None, 1, None)]["status"] == "skipped"
+
+    row = by[("dgp", "auto", 2, "float32")]
+    assert row["status"] == "ok", row
+    for name in ("s_per_step", "s_per_step_per_image", "s_per_select_per_image",
+                 "images_per_hour", "flops_per_step", "tflops", "matmul_fraction",
+                 "param_bytes_per_image", "adam_bytes_per_image"):  # fmt: skip
+        assert row[name] > 0 and math.isfinite(row[name]), name
+    assert math.isfinite(row["compile_s"])
+    assert row["steps_timed"] == 1
+    # Adam's state: a second moment (the presets' beta1 = 0 keep no first one), at most two
+    assert 0.5 * row["param_bytes_per_image"] < row["adam_bytes_per_image"]
+    assert row["adam_bytes_per_image"] <= 2 * row["param_bytes_per_image"]
+    assert row["tfds_imported"] is False  # importing dgp_jax does not import tfds
+    assert row["device"].startswith("cpu")
+
+    oom = by[("dgp", "auto", 2, "bfloat16")]
+    assert oom["status"] == "oom" and "RESOURCE_EXHAUSTED" in oom["reason"]
+    assert by[("dgp", "auto", "largest", "float32")]["status"] == "skipped"
+    assert "memory statistics" in by[("dgp", "auto", "largest", "float32")]["reason"]
+
+    table = (out / "table.md").read_text()
+    assert "### Accelerator benchmark" in table and "cpu" in table
+    assert "| dgp_jax | auto | float32 | 2 |" in table
+    assert "Not measured:" in table and "oom" in table
+    assert "Measured matmul rate" in table
+    log = (out / "log.txt").read_text()
+    assert "plan (6 measurements" in log and "RESOURCE_EXHAUSTED" in log
+
+
+# --------------------------------------------------------------------------- stand-ins
+FAKE = r"""
+import json, sys, time
+spec = json.loads(sys.argv[1])
+behaviour = json.loads(sys.argv[2])
+time.sleep(behaviour.get("sleep", 0.0))
+b = spec.get("batch", 1)
+if spec["kind"] == "dgp" and b >= behaviour.get("oom_from", 10**9):
+    sys.stderr.write("jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory")
+    sys.exit(1)
+if spec["kind"] == "matmul":
+    row = {"size": 8, "tflops": {p: 100.0 for p in spec["precisions"]}, "device": "gpu:fake"}
+else:
+    row = {"device": "gpu:fake", "bytes_limit": 100e9, "s_per_step": 0.01 * b,
+           "s_per_step_per_image": 0.01, "s_per_select_per_image": 0.001, "compile_s": 5.0,
+           "peak_bytes": 4e9 + 1e9 * b, "peak_bytes_per_image": (4e9 + 1e9 * b) / b,
+           "param_bytes_per_image": 0.2e9, "adam_bytes_per_image": 0.4e9,
+           "flops_per_step": 1e12 * b, "s_per_step_with_metrics": 0.02, "torch": "fake",
+           "cudnn_allow_tf32": True}
+if spec["kind"] == "dgp" and b == behaviour.get("hang_at"):
+    print("RESULT " + json.dumps({**row, "partial": "steps only"}), flush=True)
+    time.sleep(60)
+print("RESULT " + json.dumps(row))
+"""
+
+
+def fake_workers(bench, monkeypatch, **behaviour):
+    monkeypatch.setattr(
+        bench,
+        "worker_command",
+        lambda spec: [sys.executable, "-c", FAKE, json.dumps(spec), json.dumps(behaviour)],
+    )
+
+
+def test_largest_batch_and_oom_halving(bench, tmp_path, monkeypatch):
+    # peak = 4 GB + 1 GB/image, 100 GB usable: 90% fits 86 images; from 60 on, OOM.
+    fake_workers(bench, monkeypatch, oom_from=60)
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--lowerings", "auto", "--batches", "1,8,32,largest",
+            "--precisions", "float32", "--reference", str(tmp_path)]  # fmt: skip
+    (tmp_path / "models").mkdir()  # looks like a checkout; the stand-in worker times it
+    assert bench.main(argv) == 0
+    rows = read_rows(out)
+    largest = [r for r in rows if r.get("largest")]
+    assert [(r["batch"], r["status"]) for r in largest] == [(86, "oom"), (59, "ok")]
+    ref = next(r for r in rows if r["kind"] == "reference")
+    ok = next(r for r in rows if r.get("batch") == 59)
+    assert ok["x_reference"] == pytest.approx(ok["images_per_hour"] / ref["images_per_hour"])
+    assert ok["matmul_fraction"] == pytest.approx(ok["tflops"] / 100.0)
+    table = (out / "table.md").read_text()
+    assert "| reference | - |" in table
+    # the memory section: 1 GB/image above 4 GB fixed; 96 fit in 100 GB
+    assert "| auto | float32 | 1, 8, 32, 59 | 4.00 | 1.000 | 0.200 | 0.400 | 0.400 | 96 |" in table
+
+
+def test_budget_skips_and_timeouts_are_rows(bench, tmp_path, monkeypatch):
+    fake_workers(bench, monkeypatch, sleep=0.3, hang_at=8)
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--lowerings", "auto,im2col", "--batches", "1,8",
+            "--precisions", "float32", "--budget-s", "6", "--config-timeout-s", "3",
+            "--first-estimate-s", "0.1"]  # fmt: skip
+    assert bench.main(argv) == 0
+    rows = read_rows(out)
+    status = {key(r): r["status"] for r in rows}
+    assert status[("dgp", "auto", 1, "float32")] == "ok"
+    assert status[("dgp", "auto", 8, "float32")] == "timeout"
+    # what the killed worker printed before it hung is kept, and shown
+    hung = next(r for r in rows if key(r) == ("dgp", "auto", 8, "float32"))
+    assert hung["partial"] == "steps only" and hung["s_per_step_per_image"] > 0
+    assert status[("dgp", "im2col", 8, "float32")] == "skipped"  # about 3 s, under 2 left
+    skipped = [r for r in rows if r["status"] == "skipped" and r["kind"] == "dgp"]
+    assert all(r["reason"].startswith("budget") for r in skipped)
+    assert len(rows) == 1 + 1 + 4  # matmul, reference, 2 lowerings x 2 batches
+    table = (out / "table.md").read_text()
+    assert "| dgp_jax | auto | float32 | 8 (timeout) |" in table and "budget" in table
+
+
+def test_plan_priority(bench):
+    args = bench.parse_args(["--out", "x"])
+    order = [bench.describe(s) for s in bench.plan(args)]
+    assert order[:6] == [
+        "matmul rates",
+        "reference (PyTorch) batch 1",
+        "dgp_jax auto batch 1 float32",
+        "dgp_jax auto batch 64 float32",
+        "dgp_jax auto batch 64 bfloat16",
+        "dgp_jax auto batch largest float32",
+    ]
+    auto = [i for i, s in enumerate(order) if " auto " in s]
+    others = [i for i, s in enumerate(order) if "dgp_jax" in s and " auto " not in s]
+    assert len(auto) == 15 and len(others) == 60 and max(auto) < min(others)
+    assert order[max(auto) + 1] == "dgp_jax vmap batch 8 float32"
