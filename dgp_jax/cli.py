@@ -188,7 +188,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
     )
     p.add_argument(
         "--batch", type=int, default=None,
-        help="images solved together (default: one per device on a CPU, 8 per device on a GPU/TPU)",
+        help="images solved together (default: 8 per device)",
     )  # fmt: skip
     p.add_argument(
         "--precision", choices=["float32", "tf32", "bfloat16"], default="float32",

@@ -18,9 +18,9 @@ on the Lab merge, inpainting on the centre hole, SR on the whole image). It writ
 ``table.md`` (the README's table), ``table.json`` (per image too), and ``sheet.png``: per
 task the observation, the three results and the original, one column per photo.
 
-``--batch`` images are solved together (default 1, the fastest on a CPU); image i always
-uses the key ``fold_in(PRNGKey(seed), i)``, so the numbers do not depend on it. ``--limit``
-takes the first N photos.
+``--batch`` images are solved together (default 1, as the published table was made);
+image i always uses the key ``fold_in(PRNGKey(seed), i)``, so the numbers do not depend on
+it beyond float rounding. ``--limit`` takes the first N photos.
 """
 
 from __future__ import annotations

@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = Trainer.resume(run, checkpoint=args.checkpoint).export(Path(tmp) / "m")
         config, _, _, meta = checkpoint.load(model_dir)
         DEFAULT_MODEL.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.export_pth(model_dir, DEFAULT_MODEL, DEFAULT_DISCRIMINATOR, dtype="float16",
-                              overwrite=True)  # replaces the shipped files
+        checkpoint.export_pth(
+            model_dir, DEFAULT_MODEL, DEFAULT_DISCRIMINATOR, dtype="float16", overwrite=True
+        )  # replaces the shipped files
 
     train_config = json.loads((run / CONFIG).read_text())
     train_config.pop("model_config", None)  # recorded once, below

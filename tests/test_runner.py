@@ -272,10 +272,10 @@ def test_bad_precision_or_batch_is_a_setup_error(tmp_path):
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
-def test_default_batch_is_one_image_per_cpu_device():
+def test_default_batch_is_eight_images_per_device_on_a_cpu_too():
     # conftest.py gives this session 8 host CPU devices.
-    assert jax.local_devices()[0].platform == "cpu"
-    assert runner.default_batch() == len(jax.local_devices()) == 8
+    assert jax.local_devices()[0].platform == "cpu" and len(jax.local_devices()) == 8
+    assert runner.default_batch() == 64
 
 
 def test_process_settings(monkeypatch):

@@ -86,11 +86,13 @@ def init_distributed(
     return jax.process_index(), jax.process_count()
 
 
+IMAGES_PER_DEVICE = 8
+
+
 def default_batch() -> int:
-    """Images solved together when ``--batch`` is not given: one per device on a CPU, where
-    solving per-image generators together (grouped convolutions) is about twice as slow
-    per image as one at a time (BENCHMARKS.md); 8 per device on an accelerator."""
+    """Images solved together when ``--batch`` is not given: 8 per device. With the
+    per-image convolution lowerings (``dgp_jax.nets.per_image``) a batch is faster per
+    image than one image at a time on a CPU too (BENCHMARKS.md)."""
     import jax
 
-    devices = jax.local_devices()
-    return len(devices) * (1 if devices[0].platform == "cpu" else 8)
+    return len(jax.local_devices()) * IMAGES_PER_DEVICE
