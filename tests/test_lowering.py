@@ -167,3 +167,15 @@ def test_parameters_no_stage_trains_are_shared_and_returned_unchanged(one_device
                                   original["blocks.0.0"]["conv1"]["weight"])  # fmt: skip
         assert not np.array_equal(result.params["linear"]["weight"][i],
                                   original["linear"]["weight"])  # fmt: skip
+
+
+def test_layer_benchmark_covers_every_generator_convolution():
+    from dgp_jax.nets.biggan import BigGANConfig
+    from tests.conftest import load_experiment
+
+    shapes = load_experiment("bench_lowering").generator_conv_shapes(
+        BigGANConfig(resolution=64, G_ch=16, D_ch=16)
+    )
+    assert shapes[:3] == [(8, 256, 256, 3), (8, 256, 256, 1), (16, 256, 128, 3)]
+    assert shapes[-1] == (64, 32, 3, 3)  # the output layer
+    assert len(shapes) == 12  # 4 blocks x (conv1, conv2, shortcut), deduplicated, + output
