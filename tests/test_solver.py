@@ -219,7 +219,18 @@ def test_every_reference_preset_is_published_as_the_reference_has_it():
     assert published["about"].startswith(reference["about"])
     ours, theirs = published["presets"], reference["presets"]
     # dgp_jax adds only its own 64 px model's schedules; every reference preset is there.
-    own = [f"wallpapers_64/{t}" for t in ("SR", "colorization", "inpainting", "reconstruct")]
+    own = [
+        f"wallpapers_64/{t}"
+        for t in (
+            "SR",
+            "category_transfer",
+            "colorization",
+            "inpainting",
+            "jitter",
+            "morphing",
+            "reconstruct",
+        )
+    ]
     assert sorted(set(ours) - set(theirs)) == own
     assert set(theirs) <= set(ours)
     fields = {f.name for f in dataclasses.fields(dgp_jax.SolverConfig)}

@@ -40,7 +40,9 @@ class OutputDir:
         root = Path(root)
         created = []
         parent = root.absolute()
-        while not parent.exists() and parent != parent.parent:
+        # os.path.exists: False for a name the OS refuses (too long), where Path.exists
+        # raises; the mkdir below then fails with the reason.
+        while not os.path.exists(parent) and parent != parent.parent:
             created.append(parent)
             parent = parent.parent
         try:
