@@ -193,22 +193,19 @@ def _merge(per_image: dict, shared: dict) -> dict:
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def _split_shared(g_params: dict, config: SolverConfig, prog: _Program, num_groups: int):
+def _split_shared(g_params: dict, group_lr: np.ndarray, prog: _Program):
     """(per-image part, shared part) of G's params (the class table excluded).
 
     What no stage updates -- the output layer, groups whose learning rate is 0 in every
     stage, all of G when ``update_G`` is off -- is the same for every image, so it is
     kept once and its convolutions run as one dense batched convolution rather than as
     per-image ones. (Their Adam state is never observable: a zero rate moves nothing.)
+    ``group_lr`` is the schedule's (steps, groups) rate table (``stage_table``).
     """
     labels = traverse_util.flatten_dict(
         _labels({"generator": g_params, "embedding": 0, "z": 0}, prog), sep="/"
     )
-    trained_groups = {
-        g for g in range(num_groups)
-        for s, n in enumerate(config.iterations)
-        if n > 0 and g < config.ft_num[s] and config.G_lrs[s] * config.lr_ratio[s] ** g != 0
-    }  # fmt: skip
+    trained_groups = set(np.flatnonzero(np.any(group_lr != 0, axis=0)).tolist())
     per_image, shared = {}, {}
     for path, leaf in traverse_util.flatten_dict(g_params, sep="/").items():
         label = labels["generator/" + path]
@@ -512,8 +509,8 @@ def restore(
         )  # fmt: skip
         d_vars = put_r(model.discriminator)
         g_params, table = _split_generator(model.generator[PARAMS])
-        num_groups = cfg.num_g_blocks + 1
-        g_trained, g_fixed = _split_shared(g_params, config, prog, num_groups)
+        rows = stage_table(config, cfg.num_g_blocks + 1, cfg.num_d_features)
+        g_trained, g_fixed = _split_shared(g_params, rows["group_lr"], prog)
         g_shared = put_r({PARAMS: g_fixed, BUFFERS: model.generator[BUFFERS]})
 
         target_dev = put_b(pad(targets))
@@ -555,7 +552,6 @@ def restore(
         }
         state = put_b(state)
 
-        rows = stage_table(config, num_groups, cfg.num_d_features)
         rows["w_nll"] = np.full(len(rows["z_lr"]), config.w_nll)
         table_dev = put_r({k: jnp.asarray(v, dtype if v.dtype == np.float64 else v.dtype)
                            for k, v in rows.items() if k != "stage"})  # fmt: skip
