@@ -181,6 +181,28 @@ def _tree_bytes(tree) -> int:
     return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
+def capturing_make_step(make_step, captured: dict):
+    """``solve._make_step`` that also records the first step's jitted function and argument
+    shapes in ``captured`` ("fn", "shapes"), for XLA's cost and memory analyses (the state
+    argument is donated: its shapes are taken before the call)."""
+    import jax
+
+    def wrapped(prog, tx, mesh):
+        fn = make_step(prog, tx, mesh)
+
+        def step(*args):
+            if "shapes" not in captured:
+                captured["fn"] = fn
+                captured["shapes"] = jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args
+                )
+            return fn(*args)
+
+        return step
+
+    return wrapped
+
+
 def worker_dgp(spec: dict) -> dict:
     """One (lowering, batch, precision): step, selection, compile, memory and FLOPs."""
     import jax
@@ -200,23 +222,8 @@ def worker_dgp(spec: dict) -> dict:
     images = rng.uniform(-1, 1, (batch, cfg.resolution, cfg.resolution, 3)).astype(np.float32)
     classes = np.arange(batch) % cfg.n_classes
 
-    # The step's jitted function and argument shapes, for XLA's cost analysis (the state
-    # argument is donated: its shapes are taken before the call).
     captured: dict = {}
     make_step = solve._make_step
-
-    def capturing_make_step(prog, tx, mesh_):
-        fn = make_step(prog, tx, mesh_)
-
-        def step(*args):
-            if "shapes" not in captured:
-                captured["fn"] = fn
-                captured["shapes"] = jax.tree.map(
-                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args
-                )
-            return fn(*args)
-
-        return step
 
     select_times: list = []
     select = solve._select
@@ -227,7 +234,7 @@ def worker_dgp(spec: dict) -> dict:
         select_times.append(time.perf_counter() - t)
         return out
 
-    solve._make_step = capturing_make_step
+    solve._make_step = capturing_make_step(make_step, captured)
     solve._select = timed_select
 
     def run(config):

@@ -17,6 +17,9 @@ import argparse
 
 import jax
 import numpy as np
+
+# This script's folder is on sys.path when it runs as `python experiments/...`.
+from bench_accelerator import capturing_make_step
 from jax.sharding import Mesh
 
 import dgp_jax
@@ -28,21 +31,7 @@ def step_memory(model, config, batch: int, lowering: str) -> dict:
     """XLA's memory analysis of the compiled step for ``batch`` images."""
     captured = {}
     make_step = solve._make_step
-
-    def capturing(prog, tx, mesh):
-        step = make_step(prog, tx, mesh)
-
-        def call(*args):
-            if "shapes" not in captured:
-                captured["step"] = step
-                captured["shapes"] = jax.tree.map(
-                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args
-                )
-            return step(*args)
-
-        return call
-
-    solve._make_step = capturing
+    solve._make_step = capturing_make_step(make_step, captured)
     solve._cached_step.cache_clear()
     try:
         shape = (batch, model.config.resolution, model.config.resolution, 3)
@@ -52,7 +41,7 @@ def step_memory(model, config, batch: int, lowering: str) -> dict:
     finally:
         solve._make_step = make_step
         solve._cached_step.cache_clear()
-    analysis = captured["step"].lower(*captured["shapes"]).compile().memory_analysis()
+    analysis = captured["fn"].lower(*captured["shapes"]).compile().memory_analysis()
     return {
         "arguments": analysis.argument_size_in_bytes,
         "outputs": analysis.output_size_in_bytes,
