@@ -129,3 +129,22 @@ def test_metric_errors() -> None:
         metrics.mse(x, np.zeros((1, 8, 8, 3)))
     with pytest.raises(ValueError, match="mask_box"):
         metrics.restoration_metrics(x, x, "SR", mask_box=(4, 12))
+
+
+def test_registry_builds_restoration_evaluator_and_names_unknown_metrics():
+    from dgp_jax.metrics import registry
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (2, 8, 8, 3))
+    ref = rng.uniform(-1, 1, (2, 8, 8, 3))
+    evaluate = registry.build("restoration", mode="reconstruct")
+    got = evaluate(x, ref)
+    want = metrics.restoration_metrics(x, ref, "reconstruct")
+    assert sorted(got) == ["l1", "mse", "psnr", "ssim"]
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    assert "restoration" in registry.names()
+    with pytest.raises(ValueError, match="unknown metric 'fidd'; known: .*restoration"):
+        registry.get("fidd")
+    with pytest.raises(ValueError, match="unknown DGP mode 'colourization'"):
+        registry.build("restoration", mode="colourization")

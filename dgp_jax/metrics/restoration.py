@@ -239,3 +239,16 @@ def restoration_metrics(
         "psnr": scores[..., 0],
         "ssim": scores[..., 1],
     }
+
+
+def restoration_evaluator(
+    mode: str, mask_box: tuple[int, int] | None = None
+) -> Callable[..., dict[str, np.ndarray]]:
+    """Registry factory: :func:`restoration_metrics` with ``mode`` and ``mask_box`` fixed."""
+    if mode not in MODES:
+        raise ValueError(f"unknown DGP mode {mode!r}; valid modes: {', '.join(MODES)}")
+
+    def evaluate(restored: Array, reference: Array) -> dict[str, np.ndarray]:
+        return restoration_metrics(restored, reference, mode, mask_box=mask_box)
+
+    return evaluate

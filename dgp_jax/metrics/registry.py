@@ -1,0 +1,40 @@
+"""Evaluators registered by name, as big_vision's ``config.evals``.
+
+An entry maps a name to ``"module:factory"``; the module is imported only when the name is
+asked for, so listing metrics never loads a network. ``factory(**config)`` returns an
+evaluator: a callable over restored and reference images (channels-last, [-1, 1]) that
+returns a dict of named values. Per-image metrics return one value per image; set metrics
+(FID and the like) return one value for the set.
+
+Metrics modules add their lines to ``EVALUATORS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+EVALUATORS: dict[str, str] = {
+    "restoration": "dgp_jax.metrics.restoration:restoration_evaluator",
+}
+
+
+def names() -> list[str]:
+    """Every registered evaluator name, sorted."""
+    return sorted(EVALUATORS)
+
+
+def get(name: str) -> Callable[..., Callable[..., dict[str, Any]]]:
+    """The factory registered as ``name``; unknown names list the known ones."""
+    try:
+        target = EVALUATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(names())}") from None
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def build(name: str, **config: Any) -> Callable[..., dict[str, Any]]:
+    """``get(name)(**config)``: an evaluator ready to call."""
+    return get(name)(**config)
