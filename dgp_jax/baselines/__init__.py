@@ -1,0 +1,41 @@
+"""Competing methods, one module each, registered by name for ``dgp-jax compare``.
+
+A method is a function
+
+    restore(observed, degradation, *, seed, config) -> restored
+
+- ``observed``: numpy (B, h, w, 3) in [-1, 1], the degraded images exactly as DGP sees them
+  (``degradation.target_fn`` of the originals), so every method gets the same observation;
+- ``degradation``: the :class:`dgp_jax.degradations.Degradation` that made them (methods that
+  optimise through φ use its ``generator_fn``);
+- ``seed``: an int; the same seed gives the same result;
+- ``config``: a mapping of the method's settings (iterations, weight file paths, ...);
+  unknown keys are an error naming the key;
+- returns numpy (B, H, W, 3) in [-1, 1].
+
+``METHODS`` maps a name to ``"module:function"``; the module is imported only when the name
+is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+METHODS: dict[str, str] = {}
+
+
+def names() -> list[str]:
+    """Every registered method name, sorted."""
+    return sorted(METHODS)
+
+
+def get(name: str) -> Callable[..., Any]:
+    """The restore function registered as ``name``; unknown names list the known ones."""
+    try:
+        target = METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(names())}") from None
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
