@@ -22,6 +22,19 @@ from jax.sharding import Mesh  # noqa: E402
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "biggan_pytorch"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reverse-order",
+        action="store_true",
+        help="run the collected tests in reverse order (the order-independence check, .ci/orders)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--reverse-order"):
+        items.reverse()
+
+
 def load_experiment(name: str):
     """experiments/<name>.py as a module (the experiments folder is not a package)."""
     import importlib.util
