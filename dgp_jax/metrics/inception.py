@@ -284,11 +284,16 @@ def ids(real_features: Array, fake_features: Array) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------------------------
 # Registry evaluators (set metrics: one value for the whole set)
+#
+# Config: ``weights`` (the .pth file) or ``nets`` (a folder holding it), ``preprocess``,
+# ``batch_size`` and ``mesh`` as for load_inception, plus the metric's own options. The
+# network is loaded once per configuration and features are cached by image content, so
+# fid, kid, is and ids on the same images run it once.
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_network(path: str, preprocess: str, batch_size: int) -> inception_net.InceptionV3:
-    return inception_net.load(path, preprocess=preprocess, batch_size=batch_size)
+def _cached_network(path: str, preprocess: str, batch_size: int, mesh) -> inception_net.InceptionV3:
+    return inception_net.load(path, preprocess=preprocess, batch_size=batch_size, mesh=mesh)
 
 
 class _FeatureCache:
@@ -313,18 +318,18 @@ class _FeatureCache:
 _CACHE = _FeatureCache()
 
 
-def _network(metric: str, weights, nets, preprocess: str, batch_size: int):
+def _network(metric: str, weights, nets, preprocess: str, batch_size: int, mesh):
     if weights is None and nets is None:
         raise ValueError(
             f"{metric} needs the Inception weights {INCEPTION_WEIGHTS.name}: pass weights=PATH "
             f"or nets=DIR ({INCEPTION_WEIGHTS.url})"
         )
     path = inception_weights_path(weights if weights is not None else nets, metric)
-    return _cached_network(str(path.resolve()), preprocess, batch_size)
+    return _cached_network(str(path.resolve()), preprocess, batch_size, mesh)
 
 
-def _evaluator(metric: str, compute: Callable, weights, nets, preprocess, batch_size):
-    network = _network(metric, weights, nets, preprocess, batch_size)
+def _evaluator(metric: str, compute: Callable, weights, nets, preprocess, batch_size, mesh):
+    network = _network(metric, weights, nets, preprocess, batch_size, mesh)
 
     def evaluate(restored: Array, reference: Array | None = None) -> dict[str, float]:
         fake = _CACHE.get(network, restored)
@@ -340,7 +345,7 @@ def _needs_reference(metric: str, real) -> None:
 
 
 def fid_evaluator(
-    weights=None, nets=None, preprocess: str = "pytorch-fid", batch_size: int = 32
+    weights=None, nets=None, preprocess: str = "pytorch-fid", batch_size: int = 32, mesh=None
 ) -> Callable[..., dict[str, float]]:
     """Registry factory ``fid``: {"fid": FID(restored, reference)} on pool3."""
 
@@ -348,7 +353,7 @@ def fid_evaluator(
         _needs_reference("fid", real)
         return {"fid": fid(fake["pool3"], real["pool3"])}
 
-    return _evaluator("fid", compute, weights, nets, preprocess, batch_size)
+    return _evaluator("fid", compute, weights, nets, preprocess, batch_size, mesh)
 
 
 def kid_evaluator(
@@ -356,6 +361,7 @@ def kid_evaluator(
     nets=None,
     preprocess: str = "pytorch-fid",
     batch_size: int = 32,
+    mesh=None,
     subsets: int = 100,
     subset_size: int = 1000,
 ) -> Callable[..., dict[str, float]]:
@@ -366,7 +372,7 @@ def kid_evaluator(
         mean, std = kid(fake["pool3"], real["pool3"], subsets=subsets, subset_size=subset_size)
         return {"kid": mean, "kid_std": std}
 
-    return _evaluator("kid", compute, weights, nets, preprocess, batch_size)
+    return _evaluator("kid", compute, weights, nets, preprocess, batch_size, mesh)
 
 
 def is_evaluator(
@@ -374,6 +380,7 @@ def is_evaluator(
     nets=None,
     preprocess: str = "pytorch-fid",
     batch_size: int = 32,
+    mesh=None,
     splits: int = 10,
 ) -> Callable[..., dict[str, float]]:
     """Registry factory ``is``: {"is", "is_std"} of the restored images (unbiased logits)."""
@@ -382,11 +389,11 @@ def is_evaluator(
         mean, std = inception_score(fake["logits_unbiased"], splits)
         return {"is": mean, "is_std": std}
 
-    return _evaluator("is", compute, weights, nets, preprocess, batch_size)
+    return _evaluator("is", compute, weights, nets, preprocess, batch_size, mesh)
 
 
 def ids_evaluator(
-    weights=None, nets=None, preprocess: str = "pytorch-fid", batch_size: int = 32
+    weights=None, nets=None, preprocess: str = "pytorch-fid", batch_size: int = 32, mesh=None
 ) -> Callable[..., dict[str, float]]:
     """Registry factory ``ids``: {"p_ids", "u_ids"}, restored[i] paired with reference[i]."""
 
@@ -395,4 +402,4 @@ def ids_evaluator(
         p_ids, u_ids = ids(real["pool3"], fake["pool3"])
         return {"p_ids": p_ids, "u_ids": u_ids}
 
-    return _evaluator("ids", compute, weights, nets, preprocess, batch_size)
+    return _evaluator("ids", compute, weights, nets, preprocess, batch_size, mesh)

@@ -448,21 +448,19 @@ def preprocess(images: Array, method: str = "pytorch-fid") -> Array:
 
 
 @functools.cache
-def _compiled(mesh: Mesh, method: str):
+def _compiled_preprocess(mesh: Mesh, method: str):
+    data = PartitionSpec("data")
+    local = functools.partial(preprocess, method=method)
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(data,), out_specs=data,
+                                 check_vma=False))  # fmt: skip
+
+
+@functools.cache
+def _compiled_network(mesh: Mesh):
     data, rep = PartitionSpec("data"), PartitionSpec()
-    prep = jax.jit(
-        jax.shard_map(
-            functools.partial(preprocess, method=method),
-            mesh=mesh,
-            in_specs=(data,),
-            out_specs=data,
-            check_vma=False,
-        )
-    )
-    net = jax.jit(
+    return jax.jit(
         jax.shard_map(forward, mesh=mesh, in_specs=(rep, data), out_specs=data, check_vma=False)
     )
-    return prep, net
 
 
 def default_mesh() -> Mesh:
@@ -535,7 +533,7 @@ class InceptionV3:
                 raise ValueError(f"unknown Inception output {name!r}; known: {list(OUTPUTS)}")
         mesh = self.mesh if self.mesh is not None else default_mesh()
         devices = mesh.devices.size
-        prep, net = _compiled(mesh, self.preprocess)
+        prep, net = _compiled_preprocess(mesh, self.preprocess), _compiled_network(mesh)
         sharding = NamedSharding(mesh, PartitionSpec("data"))
         params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
         full = self.batch_size * devices
