@@ -525,17 +525,22 @@ class InceptionV3:
     def dtype(self):
         return self.params["fc.weight"].dtype
 
+    @functools.cached_property
+    def _placed(self) -> tuple[Mesh, dict]:
+        """The mesh and the weights replicated on it, once per model (not per call)."""
+        mesh = self.mesh if self.mesh is not None else default_mesh()
+        return mesh, jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+
     def outputs(self, images, names: Iterable[str] = OUTPUTS) -> dict[str, np.ndarray]:
         """``{name: (N, dim) array}`` for ``names`` among pool3, logits, logits_unbiased."""
         names = tuple(names)
         for name in names:
             if name not in OUTPUTS:
                 raise ValueError(f"unknown Inception output {name!r}; known: {list(OUTPUTS)}")
-        mesh = self.mesh if self.mesh is not None else default_mesh()
+        mesh, params = self._placed
         devices = mesh.devices.size
         prep, net = _compiled_preprocess(mesh, self.preprocess), _compiled_network(mesh)
         sharding = NamedSharding(mesh, PartitionSpec("data"))
-        params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
         full = self.batch_size * devices
         if hasattr(images, "shape"):  # one array: no bigger chunk than it needs
             full = min(full, -(-max(len(images), 1) // devices) * devices)
