@@ -17,6 +17,10 @@ from typing import Any
 
 EVALUATORS: dict[str, str] = {
     "restoration": "dgp_jax.metrics.restoration:restoration_evaluator",
+    "fid": "dgp_jax.metrics.inception:fid_evaluator",
+    "kid": "dgp_jax.metrics.inception:kid_evaluator",
+    "is": "dgp_jax.metrics.inception:is_evaluator",
+    "ids": "dgp_jax.metrics.inception:ids_evaluator",
 }
 
 
