@@ -25,15 +25,14 @@ from dgp_jax.baselines import dip
 from dgp_jax.nets import dip_skip
 
 
-def bench(preset: str, batch: int, steps: int, batching: str, size: int = 64) -> dict:
+def bench(preset: str, batch: int, steps: int, size: int = 64) -> dict:
     schedule = dip.SCHEDULES[preset]
     spec = dip_skip.PRESETS[schedule.network]
     factor = 4 if preset.startswith("super-resolution") else None
     phi = (degradations.for_mode("SR", size, factor=4) if factor
            else degradations.for_mode("inpainting", size))  # fmt: skip
     mesh = dip._mesh(batch)
-    init, stepper, _ = dip._programs(spec, schedule, phi, factor, mesh, (size, size), "float32",
-                                     dip._batching(batching))  # fmt: skip
+    init, stepper, _ = dip._programs(spec, schedule, phi, factor, mesh, (size, size), "float32")
     keys = np.stack([np.asarray(jax.random.PRNGKey(i)) for i in range(batch)])
     low = size // factor if factor else size
     target = jnp.zeros((batch, 1, low, low, 3), jnp.float32)
@@ -49,7 +48,7 @@ def bench(preset: str, batch: int, steps: int, batching: str, size: int = 64) ->
     jax.block_until_ready(loss)
     per_step = (time.perf_counter() - t0) / steps
     per_image_step = per_step / batch
-    return {"preset": preset, "batch": batch, "batching": batching, "steps_timed": steps,
+    return {"preset": preset, "batch": batch, "steps_timed": steps,
             "compile_and_first_step_s": round(first, 1), "seconds_per_step": round(per_step, 3),
             "iterations": schedule.iterations,
             "images_per_hour": round(3600 / (per_image_step * schedule.iterations), 3),
@@ -61,10 +60,9 @@ def main() -> None:
     p.add_argument("--preset", default="super-resolution", choices=list(dip.SCHEDULES))
     p.add_argument("--batches", default="1,4")
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batching", default="auto", choices=list(dip.BATCHINGS))
     args = p.parse_args()
     for b in [int(v) for v in args.batches.split(",")]:
-        print(json.dumps(bench(args.preset, b, args.steps, args.batching)), flush=True)
+        print(json.dumps(bench(args.preset, b, args.steps)), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ which is a no-op in the notebook (``n = n + ...`` rebinds a local name).
 
 Losses are MSEs in DIP's [0, 1] units: with x in [-1, 1], (φ(2o - 1) - y) / 2 is DIP's
 residual for every linear φ that commutes with the affine map, which the masks and the
-downsampler do. Each image gets its own network, noise and Adam state; the step runs over
-the images of a shard (``vmap`` on accelerators; ``lax.map`` on a CPU, where vmapped
-per-image convolutions are 10x slower: BENCHMARKS.md) and is sharded over a ('data',) mesh
-with ``shard_map``, as the DGP solver's.
+downsampler do. Each image gets its own network, noise and Adam state; the step is
+``vmap``-ped over images and sharded over a ('data',) mesh, as the DGP solver's.
 """
 
 from __future__ import annotations
@@ -67,10 +65,9 @@ SCHEDULES: dict[str, Schedule] = {
     "denoising": Schedule("denoising", 3000, 1.0 / 30, final_input="noisy"),
 }
 
-SETTINGS = ("preset", "iterations", "reg_noise_std", "lr", "factor", "batching", "progress")
+SETTINGS = ("preset", "iterations", "reg_noise_std", "lr", "factor", "progress")
 """Settings: the notebook (a key of SCHEDULES, default by task), its step count, input noise
-and learning rate, the SR factor, how a shard's images are batched (``batching``: auto,
-vmap, map) and a progress callable (step, total)."""
+and learning rate, the SR factor, and a progress callable (step, total)."""
 
 
 def default_preset(degradation, factor: int | None) -> str:
@@ -143,40 +140,8 @@ def _mesh(batch: int) -> Mesh:
     return default_mesh(batch)
 
 
-BATCHINGS = ("auto", "vmap", "map")
-
-
-def _batching(name: str) -> str:
-    """'vmap' batches the images' convolutions (per-image kernels become grouped
-    convolutions); 'map' runs the images of a shard one after another (lax.map). 'auto':
-    'map' on a CPU, where XLA's grouped convolutions and their kernel gradients cost far
-    more than one image at a time (BENCHMARKS.md, "Deep Image Prior"), else 'vmap'."""
-    if name not in BATCHINGS:
-        raise ValueError(f"dip: batching must be one of {', '.join(BATCHINGS)}, got {name!r}")
-    if name == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
-    return name
-
-
-def _over_images(fn, batching: str, in_axes):
-    """``fn`` over the leading image axis of the arguments whose in_axes is 0."""
-    if batching == "vmap":
-        return jax.vmap(fn, in_axes=in_axes)
-
-    def mapped(*args):
-        mapped_args = tuple(a for a, ax in zip(args, in_axes, strict=True) if ax == 0)
-
-        def one(xs):
-            it = iter(xs)
-            return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes, strict=True)))
-
-        return jax.lax.map(one, mapped_args)
-
-    return mapped
-
-
 @functools.lru_cache(maxsize=16)
-def _programs(spec, schedule, degradation, factor, mesh, shape, dtype_name, batching="vmap"):
+def _programs(spec, schedule, degradation, factor, mesh, shape, dtype_name):
     """The jitted init, step and render over a sharded batch (cached: one compile per
     network, φ, mesh and image size)."""
     data, rep = PartitionSpec("data"), PartitionSpec()
@@ -189,10 +154,9 @@ def _programs(spec, schedule, degradation, factor, mesh, shape, dtype_name, batc
 
     init = shard(jax.vmap(lambda k: init_state(k, spec, schedule, h, w, dtype)), (data,), data)
     one = functools.partial(step, spec=spec, measure=measure_fn(degradation, factor))
-    many = shard(_over_images(one, batching, (0, 0, None, None)), (data, data, rep, rep),
-                 (data, data))  # fmt: skip
+    many = shard(jax.vmap(one, in_axes=(0, 0, None, None)), (data, data, rep, rep), (data, data))
     final = functools.partial(render, spec=spec, noisy=schedule.final_input == "noisy")
-    renderer = shard(_over_images(final, batching, (0, None, None)), (data, rep, rep), data)
+    renderer = shard(jax.vmap(final, in_axes=(0, None, None)), (data, rep, rep), data)
     return jax.jit(init), jax.jit(many, donate_argnums=(0,)), jax.jit(renderer)
 
 
@@ -231,9 +195,8 @@ def restore_with_keys(observed, degradation, keys, config: Mapping[str, Any]):
     keys = np.concatenate([keys, keys[-1:].repeat(pad, 0)]) if pad else keys
     target = np.concatenate([target, target[-1:].repeat(pad, 0)]) if pad else target
     shard = NamedSharding(mesh, PartitionSpec("data"))
-    batching = _batching(config.get("batching", "auto"))
     init, stepper, renderer = _programs(spec, schedule, degradation, factor, mesh, (h, w),
-                                        np.dtype(dtype).name, batching)  # fmt: skip
+                                        np.dtype(dtype).name)  # fmt: skip
     hp_arr = {k: jnp.asarray(v, dtype) for k, v in hp.items()}
     state = init(jax.device_put(keys, shard))
     # Targets carry the network's leading batch axis of one.
