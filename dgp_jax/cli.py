@@ -5,6 +5,7 @@ dgp-jax export biggan128 --generator G_out.pth --discriminator D_out.pth
 dgp-jax restore --weights biggan128 --task colorization photos/ --out results/
 dgp-jax restore --task SR photos/ --out results/     # the shipped 64 px model
 dgp-jax jitter|morph|transfer --weights biggan128 photos/ --out edits/
+dgp-jax compare --task SR --methods dgp,latent-only,mse-only,dip,bicubic photos/ --out cmp/
 
 The batch commands are resumable: rerun the same command after an interruption and
 finished images are skipped. Exit codes: 0 all done, 1 some inputs failed (listed in the
@@ -223,6 +224,21 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
     p.set_defaults(func=cmd_run)
 
 
+def cmd_compare(args) -> int:
+    from dgp_jax import compare
+
+    options = compare.CompareOptions(
+        task=args.task, methods=[m for m in args.methods.split(",") if m], inputs=args.inputs,
+        out=args.out, resolution=args.resolution, factor=args.factor, mask=args.mask,
+        mask_keep=args.mask_keep, sets=args.set, metrics=[m for m in args.metrics.split(",") if m],
+        seed=args.seed, batch=args.batch, progress=not args.no_progress,
+    )  # fmt: skip
+    report = compare.execute(options)
+    print(Path(report.table).with_suffix(".md").read_text(), end="")
+    print(f"table: {report.table}")
+    return 1 if any(report.failed.values()) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dgp_jax import __version__
 
@@ -268,6 +284,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p, task_default="reconstruct")
     p.add_argument("--classes", type=_classes, required=True,
                    help="target classes, e.g. 151,207,281 or 151-160")  # fmt: skip
+
+    p = sub.add_parser("compare", help="several methods on the same observations, one table")
+    p.add_argument("inputs", nargs="+", help="images, folders or list files (path [class])")
+    p.add_argument("--task", required=True,
+                   help="reconstruct, colorization, inpainting, SR, hybrid or defense")  # fmt: skip
+    p.add_argument("--methods", default="dgp,latent-only,mse-only,dip,bicubic",
+                   help="comma-separated, of dgp_jax.baselines.METHODS")  # fmt: skip
+    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    p.add_argument("--resolution", type=int, default=64,
+                   help="image size (the DGP model's; default 64, the shipped model)")  # fmt: skip
+    p.add_argument("--factor", type=int, help="SR factor (default 4; hybrid 2)")
+    p.add_argument("--mask", help="inpainting mask image (default: the centre hole)")
+    p.add_argument("--mask-keep", default="white", choices=["white", "black"],
+                   help="which mask colour marks kept pixels")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a setting, e.g. dip.iterations=500, dgp.weights=biggan128")  # fmt: skip
+    p.add_argument("--metrics", default="", help="extra registered metrics, comma-separated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="images per method call (default 1)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

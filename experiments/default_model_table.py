@@ -46,17 +46,14 @@ METHODS = {"dgp": "DGP", "latent": "latent only", "mse": "MSE only",
 
 
 def method_config(preset: str, method: str, **overrides) -> dgp_jax.SolverConfig:
+    from dgp_jax.baselines.dgp import ablation_config
+
     base = dgp_jax.SolverConfig.preset(preset, **overrides)
-    if method in ("DGP", "DGP, bfloat16"):
-        return base
-    if method == "latent only":
-        return base.replace(update_G=False)
-    if method == "MSE only":
-        return base.replace(
-            w_D_loss=(0.0,) * base.num_stages,
-            w_mse=tuple(float(w) if w > 0 else 1.0 for w in base.w_mse),
-        )
-    raise ValueError(method)
+    names = {"DGP": "dgp", "DGP, bfloat16": "dgp", "latent only": "latent-only",
+             "MSE only": "mse-only"}  # fmt: skip
+    if method not in names:
+        raise ValueError(method)
+    return ablation_config(base, names[method])
 
 
 def restore_in_batches(model, images, classes, config, seed: int, batch: int,

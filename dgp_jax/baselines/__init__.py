@@ -8,13 +8,16 @@ A method is a function
   (``degradation.target_fn`` of the originals), so every method gets the same observation;
 - ``degradation``: the :class:`dgp_jax.degradations.Degradation` that made them (methods that
   optimise through φ use its ``generator_fn``);
-- ``seed``: an int; the same seed gives the same result;
+- ``seed``: an int, or one int per image (then image i depends only on its own seed, so
+  ``compare`` gets the same result whatever the batch); the same seed gives the same result;
 - ``config``: a mapping of the method's settings (iterations, weight file paths, ...);
   unknown keys are an error naming the key;
 - returns numpy (B, H, W, 3) in [-1, 1].
 
 ``METHODS`` maps a name to ``"module:function"``; the module is imported only when the name
-is asked for.
+is asked for. A method's module may also define ``SETTINGS`` (the config keys it accepts:
+``compare`` passes the task's ``factor`` and the inputs' ``classes`` only to methods that
+list them) and ``check(config)``, called before any work (e.g. to name a missing weight file).
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-METHODS: dict[str, str] = {}
+METHODS: dict[str, str] = {
+    "dgp": "dgp_jax.baselines.dgp:dgp",
+    "latent-only": "dgp_jax.baselines.dgp:latent_only",
+    "mse-only": "dgp_jax.baselines.dgp:mse_only",
+    "dip": "dgp_jax.baselines.dip:restore",
+    "bicubic": "dgp_jax.baselines.trivial:bicubic",
+    "nearest": "dgp_jax.baselines.trivial:nearest",
+    "observation": "dgp_jax.baselines.trivial:observation",
+}
 
 
 def names() -> list[str]:
@@ -39,3 +50,9 @@ def get(name: str) -> Callable[..., Any]:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(names())}") from None
     module_name, attr = target.split(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+def module_of(name: str):
+    """The module of method ``name`` (for its SETTINGS and check)."""
+    get(name)
+    return importlib.import_module(METHODS[name].split(":")[0])

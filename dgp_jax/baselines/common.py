@@ -1,0 +1,69 @@
+"""Helpers the methods share: settings checks and the super-resolution observation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def check_settings(method: str, config: Mapping[str, Any], known: Sequence[str]) -> None:
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{method}: unknown setting {unknown[0]!r}; settings: {', '.join(known) or 'none'}"
+        )
+
+
+def sr_factor(degradation, config: Mapping[str, Any]) -> int | None:
+    """The SR factor when φ is super-resolution (named 'SR' or 'SR<factor>'), else None.
+    ``degradations.for_mode`` names it 'SR', so the factor then comes from ``config``."""
+    match = re.fullmatch(r"SR(\d*)", degradation.name) if degradation is not None else None
+    if match is None:
+        return None
+    factor = config.get("factor") or (int(match.group(1)) if match.group(1) else None)
+    if factor is None:
+        raise ValueError(f"φ {degradation.name!r} is super-resolution: pass the setting factor")
+    return int(factor)
+
+
+def low_resolution(observed: np.ndarray, factor: int) -> np.ndarray:
+    """The low-resolution image behind an SR observation (B, H, W, 3).
+
+    DGP's φ upsamples the low-resolution target back bilinearly; that map is injective, so
+    its least-squares inverse (the pseudo-inverses of the two 1-D interpolation matrices)
+    gives the low-resolution image back, to float rounding.
+    """
+    from dgp_jax.degradations import _linear_taps
+
+    h, w = observed.shape[-3:-1]
+    if h % factor or w % factor:
+        raise ValueError(f"factor {factor} does not divide the observation's size {h}x{w}")
+
+    def matrix(n_out: int) -> np.ndarray:
+        i0, i1, w0, w1 = _linear_taps(n_out // factor, factor)
+        m = np.zeros((n_out, n_out // factor))
+        np.add.at(m, (np.arange(n_out), i0), w0)
+        np.add.at(m, (np.arange(n_out), i1), w1)
+        return m
+
+    ph, pw = np.linalg.pinv(matrix(h)), np.linalg.pinv(matrix(w))
+    low = np.einsum("ih,...hwc,jw->...ijc", ph, np.asarray(observed, np.float64), pw)
+    return low.astype(observed.dtype)
+
+
+def image_keys(seed, count: int) -> np.ndarray:
+    """(count, 2) uint32 PRNG keys: with an int seed, fold_in(PRNGKey(seed), i) for image i;
+    with one int per image, PRNGKey(seed_i), so an image's result does not depend on its
+    batch."""
+    import jax
+
+    if isinstance(seed, (int, np.integer)):
+        base = jax.random.PRNGKey(int(seed))
+        return np.stack([np.asarray(jax.random.fold_in(base, i)) for i in range(count)])
+    seeds = [int(s) for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} images")
+    return np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds])

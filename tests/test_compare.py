@@ -1,0 +1,122 @@
+"""dgp-jax compare: same φ for every method, resumable per method and image, the tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dgp_jax import baselines, compare, degradations
+from dgp_jax.images import load_image
+from dgp_jax.metrics import restoration_metrics
+from dgp_jax.run.settings import RunError
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = [str(ROOT / "examples/heldout/flora_FreshFlower_0.png"),
+          str(ROOT / "examples/heldout/objects_Wine_by_Jakkub_Mede_0.png")]  # fmt: skip
+CALLS: list[tuple[int, object]] = []
+SETTINGS = ("factor", "scale")
+
+
+def fake(observed, degradation, *, seed, config):
+    """A cheap stand-in method: records its calls; returns scale * the observation."""
+    CALLS.append((len(observed), seed))
+    assert degradation.name == "SR"
+    return np.asarray(observed) * config.get("scale", 1.0)
+
+
+@pytest.fixture
+def with_fake(monkeypatch):
+    monkeypatch.setitem(baselines.METHODS, "fake", "tests.test_compare:fake")
+    CALLS.clear()
+
+
+def _options(out, **kw):
+    base = dict(task="SR", methods=["bicubic", "nearest", "observation", "fake"],
+                inputs=PHOTOS, out=str(out), progress=False)  # fmt: skip
+    return compare.CompareOptions(**{**base, **kw})
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_compare_two_photos_tables_and_resume(tmp_path, with_fake):
+    report = compare.execute(_options(tmp_path, batch=2))
+    assert report.done == {m: ["flora_FreshFlower_0", "objects_Wine_by_Jakkub_Mede_0"]
+                           for m in ("bicubic", "nearest", "observation", "fake")}  # fmt: skip
+    assert CALLS[0][0] == 2 and len(CALLS[0][1]) == 2  # one call, one seed per image
+    table = _rows(tmp_path / "table.csv")
+    assert [r["method"] for r in table] == ["bicubic", "nearest", "observation", "fake"]
+    assert list(table[0]) == ["method", "psnr", "ssim", "mse", "l1", "seconds_per_image",
+                              "images"]  # fmt: skip
+    # The bicubic row: PIL bicubic of the 8-bit x4 target, scored as restore scores SR.
+    originals = np.stack([load_image(p, 64) for p in PHOTOS]).astype(np.float32)
+    low = degradations.downsample_target(originals, 4)
+    up = [np.asarray(Image.fromarray(np.rint((x + 1) * 127.5).astype(np.uint8))
+                     .resize((64, 64), Image.Resampling.BICUBIC)) for x in low]  # fmt: skip
+    expect = restoration_metrics(np.stack(up) / 255.0 * 2 - 1, originals, "SR")
+    assert float(table[0]["psnr"]) == pytest.approx(np.mean(expect["psnr"]), abs=1e-3)
+    assert float(table[2]["psnr"]) == float(table[3]["psnr"])  # fake at scale 1 = observation
+    per_image = _rows(tmp_path / "per_image.csv")
+    assert len(per_image) == 8 and per_image[0]["name"] == "flora_FreshFlower_0"
+    record = json.loads((tmp_path / "table.json").read_text())
+    assert record["per_image"]["bicubic"]["flora_FreshFlower_0"]["psnr"] == pytest.approx(
+        expect["psnr"][0], abs=1e-4)  # fmt: skip
+    assert "| bicubic |" in (tmp_path / "table.md").read_text()
+    assert Image.open(tmp_path / "sheet.png").size == (6 * 64, 2 * 64)
+
+    # Rerun: nothing redone. Another setting of one method: only that method.
+    CALLS.clear()
+    again = compare.execute(_options(tmp_path, batch=2))
+    assert CALLS == [] and again.skipped["fake"] == report.done["fake"]
+    compare.execute(_options(tmp_path, sets=["fake.scale=0.5"]))
+    assert len(CALLS) == 2  # batch 1: one call per image, each with its own int seed
+    assert all(isinstance(s, int) for _, s in CALLS)
+    table = _rows(tmp_path / "table.csv")
+    assert float(table[3]["mse"]) != float(table[2]["mse"])
+    # A lost marker: that image only.
+    (tmp_path / "nearest" / "flora_FreshFlower_0_compare.done.json").unlink()
+    CALLS.clear()
+    redo = compare.execute(_options(tmp_path))
+    assert redo.done["nearest"] == ["flora_FreshFlower_0"] and redo.done["bicubic"] == []
+
+
+def test_inpainting_pastes_the_known_pixels(tmp_path):
+    options = compare.CompareOptions(
+        task="inpainting",
+        methods=["observation"],
+        inputs=PHOTOS[:1],
+        out=str(tmp_path),
+        progress=False,
+    )
+    compare.execute(options)
+    original = load_image(PHOTOS[0], 64)
+    result = load_image(tmp_path / "observation" / "flora_FreshFlower_0.png", 64)
+    keep = degradations.center_mask(64, 64)[..., 0] > 0
+    # PNG writing truncates to 8 bits as the reference does: up to 2 levels off.
+    np.testing.assert_allclose(result[keep], original[keep], atol=2.5 / 255)
+    np.testing.assert_allclose(result[~keep], 0, atol=2.5 / 255)
+
+
+def test_setup_errors_name_the_problem(tmp_path, with_fake):
+    with pytest.raises(RunError, match=r"dgp: DGP weights not found: /nowhere/G_ema\.pth"):
+        compare.execute(_options(tmp_path / "a", methods=["dgp"],
+                                 sets=["dgp.weights=/nowhere/G_ema.pth"]))  # fmt: skip
+    with pytest.raises(RunError, match="unknown method 'dipp'"):
+        compare.execute(_options(tmp_path / "b", methods=["dipp"]))
+    with pytest.raises(RunError, match="dip has no setting 'iters'"):
+        compare.execute(_options(tmp_path / "c", methods=["dip"], sets=["dip.iters=3"]))
+    with pytest.raises(RunError, match="expected METHOD.KEY=VALUE"):
+        compare.execute(_options(tmp_path / "d", sets=["iterations=3"]))
+    assert not (tmp_path / "a").exists() and CALLS == []
+    # Bicubic on a task without an SR factor fails per image, the others finish.
+    report = compare.execute(_options(tmp_path / "e", task="colorization",
+                                      methods=["bicubic", "observation"]))  # fmt: skip
+    assert "apply to super-resolution" in report.failed["bicubic"]["flora_FreshFlower_0"]
+    assert len(report.done["observation"]) == 2

@@ -1,0 +1,90 @@
+"""Deep Image Prior against the official code (tests/fixtures/make_dip.py), and the method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dgp_jax import degradations
+from dgp_jax.baselines import common, dip
+from dgp_jax.nets import dip_skip
+from tests._dip import seeded_arrays, seeded_params
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "dip" / "skip_parity.npz"
+REG_NOISE_STD = 0.03
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return dict(np.load(FIXTURE))
+
+
+def _params(spec):
+    return {k: jnp.asarray(v) for k, v in seeded_params(spec).items()}
+
+
+@pytest.mark.parametrize("preset", ["inpainting", "inpainting-vase", "inpainting-library"])
+def test_forward_matches_official_skip(reference, preset):
+    spec = dip_skip.PRESETS[preset]
+    data = seeded_arrays(spec)
+    out = np.asarray(jax.jit(dip_skip.apply, static_argnums=1)(_params(spec), spec, data["input"]))
+    if out.shape[1] > 64:
+        out = out[:, ::4, ::4]
+    np.testing.assert_allclose(out, reference[f"{preset}_out"], rtol=0, atol=1e-10)
+
+
+def test_super_resolution_forward_and_one_adam_step_match_official(reference):
+    """The notebook's closure (input + noise * reg_noise_std, MSE through the lanczos2
+    Downsampler) and one torch Adam step, on the super-resolution network (also the
+    denoising one)."""
+    spec = dip_skip.PRESETS["super-resolution"]
+    data = seeded_arrays(spec)
+    measure = dip.measure_fn(degradations.super_resolution(4), 4)
+    target = data["low"] * 2 - 1
+    inp = data["input"] + data["noise"] * REG_NOISE_STD
+
+    @jax.jit
+    def run(params):
+        out = dip_skip.apply(params, spec, data["input"])
+        loss, grads = jax.value_and_grad(dip.loss_fn)(params, spec, inp, target, measure)
+        params, _ = dip.adam_step(params, dip._adam().init(params), grads, 0.01)
+        return out, loss, dip_skip.apply(params, spec, data["input"])
+
+    out, loss, stepped = run(_params(spec))
+    np.testing.assert_allclose(np.asarray(out), reference["super-resolution_out"], atol=1e-10)
+    np.testing.assert_allclose(float(loss), reference["super-resolution_step_loss"], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(stepped), reference["super-resolution_step_out"],
+                               atol=1e-9)  # fmt: skip
+
+
+def test_key_table_and_errors():
+    spec = dip_skip.PRESETS["super-resolution"]
+    shapes = dip_skip.param_shapes(spec)
+    # Level 0's skip conv, the second level's strided conv, the final 1x1 conv.
+    assert shapes["1.0.1.1.weight"] == (4, 32, 1, 1)
+    assert shapes["1.1.7.1.1.1.1.weight"] == (128, 128, 3, 3)
+    assert shapes["9.1.weight"] == (3, 128, 1, 1)
+    assert len(shapes) == 2 * len(dip_skip.layer_table(spec))
+    params = {k: np.zeros(v) for k, v in shapes.items()}
+    dip_skip.check_params(params, spec)
+    bad = {**params, "9.1.weight": params["9.1.weight"][:2]}
+    with pytest.raises(ValueError, match=r"'9.1.weight' has shape \(2, 128, 1, 1\)"):
+        dip_skip.check_params(bad, spec)
+    with pytest.raises(ValueError, match="missing key '1.0.1.1.weight'"):
+        dip_skip.check_params({k: v for k, v in params.items() if k != "1.0.1.1.weight"}, spec)
+    with pytest.raises(ValueError, match="divisible by 32, got 48x64"):
+        dip_skip.apply(params, spec, jnp.zeros((1, 48, 64, 32)))
+    with pytest.raises(ValueError, match="unknown setting 'iters'"):
+        dip.restore(np.zeros((1, 64, 64, 3)), None, seed=0, config={"iters": 3})
+
+
+def test_low_resolution_recovers_the_sr_target():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, 64, 64, 3))
+    observed = degradations.super_resolution(4).target_fn(x)
+    low = degradations.downsample_target(x, 4)
+    np.testing.assert_allclose(common.low_resolution(observed, 4), low, atol=1e-12)
