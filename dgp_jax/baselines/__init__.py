@@ -23,7 +23,9 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-METHODS: dict[str, str] = {}
+METHODS: dict[str, str] = {
+    "singan": "dgp_jax.baselines.singan:restore",
+}
 
 
 def names() -> list[str]:
