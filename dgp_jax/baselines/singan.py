@@ -495,6 +495,23 @@ def _sharded(fn, mesh: Mesh, n_batched: int, n_replicated: int):
     )  # fmt: skip
 
 
+# Compiled functions by (what, static shapes, settings, mesh): a second call with the same
+# image size (the next batch of a compare run) reuses them instead of compiling again.
+@functools.lru_cache(maxsize=64)
+def _compiled(kind: str, shapes, scale_factor: float, mesh: Mesh, settings=None, n: int = 0,
+              steps: int = 0, sizes=()):  # fmt: skip
+    if kind == "epoch":
+        return _sharded(_epoch_fn(n, shapes, settings, scale_factor), mesh, 3, 3)
+    if kind == "reconstruct":
+        return _sharded(lambda c: cascade(c, shapes, scale_factor), mesh, 1, 0)
+    if kind == "sample":
+        return _sharded(lambda s, k: cascade(s, shapes, scale_factor, k), mesh, 2, 0)
+    if kind == "sr":
+        return _sharded(functools.partial(_sr_one, steps=steps, sizes=sizes, up=scale_factor),
+                        mesh, 3, 0)  # fmt: skip
+    raise ValueError(kind)
+
+
 def _image_keys(key, batch: int):
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
 
@@ -549,7 +566,7 @@ def train(
             z_prev = jnp.zeros((padded, h + 2 * PAD, w + 2 * PAD, 3), jnp.float32)
             amp = jnp.ones((padded,), jnp.float32)
         else:
-            rec = _sharded(lambda c: cascade(c, shapes, sf), mesh, 1, 0)(put(coarser))
+            rec = _compiled("reconstruct", shapes, sf, mesh)(put(coarser))
             amp = settings.noise_amp * jnp.sqrt(jnp.mean(jnp.square(real - rec), axis=(1, 2, 3)))
             z_prev = jax.vmap(_pad)(rec)
         state = {
@@ -559,7 +576,7 @@ def train(
         }  # fmt: skip
         state = put(state)
         consts = put({"real": real, "z_prev": z_prev, "noise_amp": amp, "coarser": coarser})
-        step = _sharded(_epoch_fn(n, shapes, settings, sf), mesh, 3, 3)
+        step = _compiled("epoch", shapes, sf, mesh, settings, n)
         lr_g, lr_d = settings.lr_g, settings.lr_d
         for epoch in range(settings.iterations):
             drop = settings.gamma if epoch >= settings.lr_milestone else 1.0
@@ -584,8 +601,20 @@ def random_samples(trained: Trained, key, mesh: Mesh | None = None) -> np.ndarra
     padded = trained.reals[0].shape[0]
     mesh = mesh or default_mesh(padded)
     shapes, sf = trained.plan.shapes, trained.plan.scale_factor
-    fn = _sharded(lambda s, k: cascade(s, shapes, sf, k), mesh, 2, 0)
+    fn = _compiled("sample", shapes, sf, mesh)
     return np.asarray(fn(trained.scales, _image_keys(key, padded)))[: trained.batch]
+
+
+def _sr_one(scale, start, key, *, steps: int, sizes, up: float):
+    keys = jax.random.split(key, steps)
+    x = start
+    for j in range(steps):
+        if j > 0:
+            x = imresize(x, up)
+        x = _pad(x)
+        z = _pad(_noise(keys[j], sizes[j], j == 0, x.dtype))
+        x, _ = _g(scale["g"], scale["g_stats"], scale["noise_amp"] * z + x, x, False)
+    return x
 
 
 def super_resolve(trained: Trained, factor: float, key, mesh: Mesh | None = None) -> np.ndarray:
@@ -607,18 +636,7 @@ def super_resolve(trained: Trained, factor: float, key, mesh: Mesh | None = None
         sizes.append(cur.shape[:2])
     first_inputs = np.stack([imresize_host(x, up) for x in lr_images])
 
-    def one(scale, start, key):
-        keys = jax.random.split(key, steps)
-        x = start
-        for j in range(steps):
-            if j > 0:
-                x = imresize(x, up)
-            x = _pad(x)
-            z = _pad(_noise(keys[j], sizes[j], j == 0, x.dtype))
-            x, _ = _g(scale["g"], scale["g_stats"], scale["noise_amp"] * z + x, x, False)
-        return x
-
-    fn = _sharded(one, mesh, 3, 0)
+    fn = _compiled("sr", (), up, mesh, steps=steps, sizes=tuple(sizes))
     out = np.asarray(fn(finest, jnp.asarray(first_inputs), _image_keys(key, padded)))
     return out[: trained.batch, : int(factor * h), : int(factor * w)]
 
