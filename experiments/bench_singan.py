@@ -5,6 +5,8 @@ The cost of an epoch does not depend on the weights, so each scale's epoch is ti
 freshly initialised networks (the coarser scales too): compile once, then ``--repeats``
 timed epochs. Extrapolation: hours per batch = 2000 * sum over scales of seconds per epoch
 / 3600 (compiles, the pyramid and sampling are left out; they are seconds to minutes).
+Process CPU seconds per epoch are reported too: on a shared machine they vary less with
+the other jobs than wall-clock seconds.
 
     python experiments/bench_singan.py --size 256 --batch 1 --json
     python experiments/bench_singan.py --size 256 --batch 4 --scales 9 --json
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -54,13 +57,14 @@ def epoch_seconds(the_plan, n: int, batch: int, settings: singan.Settings, repea
     state, out = step(state, consts, keys, *args)
     jax.block_until_ready(out)
     compile_s = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state, out = step(state, consts, keys, *args)
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times)), compile_s
+        cpu.append(time.process_time() - c0)
+    return float(np.median(times)), float(np.median(cpu)), compile_s
 
 
 def main() -> None:
@@ -76,9 +80,10 @@ def main() -> None:
     scales = args.scales if args.scales else range(the_plan.num_scales)
     rows = []
     for n in scales:
-        sec, comp = epoch_seconds(the_plan, n, args.batch, settings, args.repeats)
+        sec, cpu, comp = epoch_seconds(the_plan, n, args.batch, settings, args.repeats)
         rows.append({"scale": n, "shape": the_plan.shapes[n], "channels": nets.channels_at(n),
-                     "s_per_epoch": sec, "compile_s": comp})  # fmt: skip
+                     "s_per_epoch": sec, "cpu_s_per_epoch": cpu, "compile_s": comp,
+                     "load_average": os.getloadavg()[0]})  # fmt: skip
         print(json.dumps(rows[-1]) if args.json else rows[-1], flush=True)
     total = sum(r["s_per_epoch"] for r in rows) * settings.iterations
     summary = {"size": args.size, "batch": args.batch, "scales_timed": [r["scale"] for r in rows],
