@@ -34,6 +34,7 @@ METHODS: dict[str, str] = {
     "bicubic": "dgp_jax.baselines.trivial:bicubic",
     "nearest": "dgp_jax.baselines.trivial:nearest",
     "observation": "dgp_jax.baselines.trivial:observation",
+    "singan": "dgp_jax.baselines.singan:restore",
 }
 
 

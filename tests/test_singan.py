@@ -1,0 +1,213 @@
+"""SinGAN against the official code (tests/fixtures/make_singan.py): networks, one D and one
+G optimisation step, imresize and the pyramid on a real photo; then the method end to end on
+short schedules."""
+
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from dgp_jax import baselines, degradations
+from dgp_jax.baselines import singan
+from dgp_jax.nets import singan as nets
+
+PRE_NORM_BIAS = re.compile(r"(head|block\d)\.conv\.bias")
+FIXTURES = Path(__file__).parent / "fixtures" / "singan"
+PHOTO = Path(__file__).resolve().parents[1].parent / "shared/images/others/library2.jpeg"
+
+
+def load(name):
+    path = FIXTURES / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run tests/fixtures/make_singan.py")
+    return dict(np.load(path))
+
+
+def state_keys(channels: int, out_channels: int):
+    """(key, shape) in torch's state_dict order (num_batches_tracked left out)."""
+    keys = []
+    in_ch = 3
+    for name in ("head", "body.block1", "body.block2", "body.block3"):
+        keys += [
+            (f"{name}.conv.weight", (channels, in_ch, 3, 3)),
+            (f"{name}.conv.bias", (channels,)),
+        ]
+        keys += [(f"{name}.norm.{k}", (channels,))
+                 for k in ("weight", "bias", "running_mean", "running_var")]  # fmt: skip
+        in_ch = channels
+    tail = "tail.0" if out_channels == 3 else "tail"
+    keys += [(f"{tail}.weight", (out_channels, channels, 3, 3)), (f"{tail}.bias", (out_channels,))]
+    return keys
+
+
+def drawn(channels: int, out_channels: int, seed: int):
+    """make_singan.random_state's draws."""
+    rng = np.random.RandomState(seed)
+    state = {}
+    for key, shape in state_keys(channels, out_channels):
+        if key.endswith("running_var"):
+            a = 0.5 + rng.uniform(size=shape)
+        elif key.endswith("norm.weight"):
+            a = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            a = 0.1 * rng.standard_normal(shape)
+        state[key] = a.astype(np.float32)
+    return nets.from_state_dict(state)
+
+
+def assert_tree(ours_params, ours_stats, ref: dict, prefix: str, atol, rtol=1e-4):
+    flat = nets.flatten_state_dict(ours_params, ours_stats)
+    keys = [k for k in ref if k.startswith(prefix)]
+    assert keys
+    for k in keys:
+        ours = flat[k[len(prefix) :]]
+        if PRE_NORM_BIAS.search(k):
+            # BatchNorm cancels these biases: their gradient is 0 up to rounding, which
+            # Adam's first step scales up to +-lr either way; they may only move by lr.
+            np.testing.assert_allclose(ours, ref[k], atol=2.01 * 5e-4, err_msg=k)
+            continue
+        np.testing.assert_allclose(ours, ref[k], atol=atol, rtol=rtol, err_msg=k)
+
+
+def test_state_keys_and_channels():
+    g, gs = nets.init(jax.random.PRNGKey(0), 32, out_channels=3)
+    d, ds = nets.init(jax.random.PRNGKey(1), 64, out_channels=1)
+    flat = nets.flatten_state_dict(g, gs)
+    assert sorted(flat) == sorted(k for k, _ in state_keys(32, 3))
+    assert {k: v.shape for k, v in flat.items()} == dict(state_keys(32, 3))
+    assert sorted(nets.flatten_state_dict(d, ds)) == sorted(k for k, _ in state_keys(64, 1))
+    assert [nets.channels_at(n) for n in range(14)] == [32] * 4 + [64] * 4 + [128] * 6
+    with pytest.raises(ValueError, match="unexpected SinGAN key 'head.conv.kernel'"):
+        nets.from_state_dict({"head.conv.kernel": np.zeros(3)})
+
+
+generator = jax.jit(nets.generator, static_argnames="train")
+discriminator = jax.jit(nets.discriminator, static_argnames="train")
+
+
+def test_forward_matches_official():
+    ref = load("nets.npz")
+    noise = ref["noise_amp"] * ref["noise_"] + ref["prev"]
+    for mode, train in (("train", True), ("eval", False)):
+        g, gs = drawn(32, 3, 10)
+        d, ds = drawn(32, 1, 11)
+        y, gs2 = generator(g, gs, jnp.asarray(noise), jnp.asarray(ref["prev"]), train=train)
+        np.testing.assert_allclose(y, ref[f"g_out_{mode}"], atol=2e-5, err_msg=mode)
+        assert_tree({}, gs2, ref, f"g_stats_{mode}/", atol=1e-5)
+        s, ds2 = discriminator(d, ds, jnp.asarray(ref["real"]), train=train)
+        assert s.shape == (1, 12, 16, 1)
+        np.testing.assert_allclose(s, ref[f"d_out_{mode}"], atol=2e-5, err_msg=mode)
+        assert_tree({}, ds2, ref, f"d_stats_{mode}/", atol=1e-5)
+    g64, gs64 = drawn(64, 3, 12)
+    d64, ds64 = drawn(64, 1, 13)
+    y, _ = generator(g64, gs64, jnp.asarray(noise), jnp.asarray(ref["prev"]), train=True)
+    np.testing.assert_allclose(y, ref["g64_out_train"], atol=2e-5)
+    s, _ = discriminator(d64, ds64, jnp.asarray(ref["real"]), train=True)
+    np.testing.assert_allclose(s, ref["d64_out_train"], atol=2e-5)
+
+
+def test_one_d_step_and_one_g_step_match_official():
+    ref = load("nets.npz")
+    g, gs = drawn(32, 3, 10)
+    d, ds = drawn(32, 1, 11)
+    state = {"g": g, "g_stats": gs, "d": d, "d_stats": ds,
+             "g_opt": singan.adam_init(g), "d_opt": singan.adam_init(d)}  # fmt: skip
+    real, prev = jnp.asarray(ref["real"][0]), jnp.asarray(ref["prev"][0])
+    amp = jnp.float32(ref["noise_amp"])
+    noise = amp * jnp.asarray(ref["noise_"][0]) + prev
+    lr = jnp.float32(5e-4)
+    settings = singan.Settings()
+
+    @jax.jit
+    def steps(state):
+        fake, g_stats = singan._g(state["g"], state["g_stats"], noise, prev, True)
+        state = {**state, "g_stats": g_stats}
+        state, d_loss, d_parts = singan.d_step(state, real, fake, jnp.float32(ref["mix"]), lr,
+                                               settings)  # fmt: skip
+        after_d = state
+        z_prev = jnp.asarray(ref["z_prev"][0])
+        z_rec = amp * jnp.asarray(ref["z_opt"][0]) + z_prev
+        state, g_loss, g_parts = singan.g_step(state, real, noise, prev, z_rec, z_prev, lr,
+                                               settings)  # fmt: skip
+        return fake, after_d, d_parts, state, g_parts
+
+    fake, after_d, d_parts, after_g, g_parts = steps(state)
+    np.testing.assert_allclose(fake, ref["fake"][0], atol=2e-5)
+    np.testing.assert_allclose(d_parts, [ref["errD_real"], ref["errD_fake"], ref["gp"]],
+                               rtol=2e-4, atol=1e-6)  # fmt: skip
+    # Adam's first step moves every weight by about lr (5e-4), whatever its gradient: compare
+    # to 5% of it (a weight whose gradient is near rounding level may differ that much).
+    assert_tree(after_d["d"], {}, ref, "d_after_d/", atol=2.5e-5)
+    assert_tree({}, after_d["d_stats"], ref, "d_stats_after_d/", atol=1e-5)
+    assert_tree({}, after_d["g_stats"], ref, "g_stats_after_d/", atol=1e-5)
+    np.testing.assert_allclose(g_parts, [ref["errG"], ref["rec_loss"]], rtol=2e-4)
+    assert_tree(after_g["g"], {}, ref, "g_after_g/", atol=2.5e-5)
+    assert_tree({}, after_g["g_stats"], ref, "g_stats_after_g/", atol=1e-5)
+    # D's running mean after the G step follows its pre-norm biases (+-lr, see above) by 0.1.
+    assert_tree({}, after_g["d_stats"], ref, "d_stats_after_g/", atol=0.1 * 2.01 * 5e-4)
+    # the step moved the weights by about lr, so the comparison above is not vacuous
+    moved = nets.flatten_state_dict(after_g["g"], {})["head.conv.weight"] - np.asarray(
+        g["head"]["conv"]["weight"]
+    )
+    assert np.median(np.abs(moved)) > 1e-4
+
+
+def test_pyramid_and_imresize_match_official_on_a_photo():
+    ref = load("imresize.npz")
+    photo = np.asarray(Image.open(PHOTO).convert("RGB"))
+    assert photo.shape[:2] == tuple(ref["photo_shape"])
+    image = singan.from_uint8(photo)
+    np.testing.assert_allclose(image.astype(np.float64).sum(), ref["photo_sum"], rtol=1e-12)
+    the_plan = singan.plan(*photo.shape[:2])
+    assert the_plan.shapes == tuple(map(tuple, ref["shapes"]))
+    assert the_plan.scale1 == ref["scale1"] and the_plan.scale_factor == ref["scale_factor"]
+    reals = singan.pyramid(image, the_plan)
+    for i, r in enumerate(reals):
+        np.testing.assert_array_equal(r[:32, :32], ref[f"reals/{i}"], err_msg=f"scale {i}")
+        np.testing.assert_allclose(r.astype(np.float64).sum(), ref[f"reals_sum/{i}"], rtol=1e-12)
+        np.testing.assert_allclose(np.abs(r.astype(np.float64)).sum(), ref[f"reals_abs/{i}"],
+                                   rtol=1e-12)  # fmt: skip
+    x = ref["float_in"]
+    up = 1 / ref["scale_factor"]
+    np.testing.assert_array_equal(singan.imresize_host(x, up), ref["float_up"])
+    np.testing.assert_array_equal(singan.imresize_host(x, 0.75), ref["float_down"])
+    # the in-training (JAX) imresize, float32: the same up to float32 sums
+    np.testing.assert_allclose(singan.imresize(jnp.asarray(x), up), ref["float_up"], atol=2e-6)
+    np.testing.assert_allclose(jax.jit(lambda x: singan.imresize(x, 0.75))(x), ref["float_down"],
+                               atol=2e-6)  # fmt: skip
+
+
+def test_plans_match_official():
+    ref = load("imresize.npz")
+    for key in [k for k in ref if k.endswith("/shapes")]:
+        kind, size, _ = key.split("/")
+        h, w = map(int, size.split("x"))
+        if kind == "plan":
+            p = singan.plan(h, w)
+        else:
+            settings, in_scale, steps = singan.sr_settings(4)
+            p = singan.plan(h, w, min_size=18, scale_factor=settings.scale_factor, sr=True)
+            chain, cur = [], p.shapes[-1]
+            for _ in range(steps):
+                cur = tuple(singan.resized_length(n, 1 / (1 / in_scale)) for n in cur)
+                chain.append(cur)
+            assert chain == list(map(tuple, ref[f"plan_sr/{size}/chain"])), size
+        assert p.shapes == tuple(map(tuple, ref[key])), key
+        np.testing.assert_allclose([p.scale1, p.scale_factor], ref[key[:-6] + "factors"],
+                                   rtol=1e-15)  # fmt: skip
+    assert singan.sr_settings(4)[1:] == (pytest.approx(4 ** (1 / 6)), 6)
+
+
+def test_restore_errors():
+    restore = baselines.get("singan")
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    with pytest.raises(ValueError, match="singan does super-resolution .* got degradation 'gray'"):
+        restore(x, degradations.grayscale(), seed=0, config={})
+    with pytest.raises(ValueError, match="unknown config key 'iters'"):
+        restore(x, degradations.identity(), seed=0, config={"iters": 2})
+    with pytest.raises(ValueError, match=r"uint8 of shape \(B, H, W, 3\)"):
+        singan.train(np.zeros((1, 32, 32, 3)), key=jax.random.PRNGKey(0))
