@@ -5,12 +5,15 @@
   ``dgp_jax.metrics.restoration_metrics`` keeps working.
 - ``classification``: ResNet-50 top-1 / top-5 accuracy (the DGP paper's colorization
   score), :func:`load_resnet50`.
+- ``niqe``: NIQE as the LIVE MATLAB code, :func:`niqe`, :func:`load_niqe_params`,
+  :func:`fit_niqe_params`.
 
 Networks a metric needs live in ``dgp_jax.nets``; this package holds what is computed on
 their outputs.
 """
 
 from dgp_jax.metrics.classification import accuracy, load_resnet50, topk_correct
+from dgp_jax.metrics.niqe import fit_niqe_params, load_niqe_params, niqe
 from dgp_jax.metrics.restoration import (
     colorization_merge,
     l1,
@@ -22,12 +25,15 @@ from dgp_jax.metrics.restoration import (
 
 __all__ = [
     "accuracy",
-    "load_resnet50",
-    "topk_correct",
     "colorization_merge",
+    "fit_niqe_params",
     "l1",
+    "load_niqe_params",
+    "load_resnet50",
     "mse",
+    "niqe",
     "psnr",
     "restoration_metrics",
     "ssim",
+    "topk_correct",
 ]
