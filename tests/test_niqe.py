@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dgp_jax.metrics import niqe as niqe_lib
+from dgp_jax.metrics import niqe_metric as niqe_lib
 from dgp_jax.metrics.weights import MissingWeightsError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "niqe"

@@ -5,7 +5,7 @@
   ``dgp_jax.metrics.restoration_metrics`` keeps working.
 - ``classification``: ResNet-50 top-1 / top-5 accuracy (the DGP paper's colorization
   score), :func:`load_resnet50`.
-- ``niqe``: NIQE as the LIVE MATLAB code, :func:`niqe`, :func:`load_niqe_params`,
+- ``niqe_metric``: NIQE as the LIVE MATLAB code, :func:`niqe`, :func:`load_niqe_params`,
   :func:`fit_niqe_params`.
 
 Networks a metric needs live in ``dgp_jax.nets``; this package holds what is computed on
@@ -13,7 +13,7 @@ their outputs.
 """
 
 from dgp_jax.metrics.classification import accuracy, load_resnet50, topk_correct
-from dgp_jax.metrics.niqe import fit_niqe_params, load_niqe_params, niqe
+from dgp_jax.metrics.niqe_metric import fit_niqe_params, load_niqe_params, niqe
 from dgp_jax.metrics.restoration import (
     colorization_merge,
     l1,

@@ -17,7 +17,7 @@ from typing import Any
 
 EVALUATORS: dict[str, str] = {
     "restoration": "dgp_jax.metrics.restoration:restoration_evaluator",
-    "niqe": "dgp_jax.metrics.niqe:niqe_evaluator",
+    "niqe": "dgp_jax.metrics.niqe_metric:niqe_evaluator",
     "resnet50": "dgp_jax.metrics.classification:resnet50_evaluator",
 }
 

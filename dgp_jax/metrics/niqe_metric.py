@@ -341,7 +341,7 @@ def locate_model(nets: str | os.PathLike | None) -> Path:
         f"metric 'niqe' needs its pristine model, {MODEL_MAT.filename} (from {MODEL_MAT.url}) "
         f"or {MODEL_NPZ.filename} (sha256 {MODEL_NPZ.sha256_prefix}..., from {MODEL_NPZ.url}):"
         f" {where}; put one in the --nets folder (or fit one with "
-        "dgp_jax.metrics.niqe.fit_niqe_params)"
+        "dgp_jax.metrics.fit_niqe_params)"
     )
 
 
