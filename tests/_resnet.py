@@ -6,6 +6,8 @@ tests/test_resnet50.py (which rebuilds them and compares with the committed outp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from dgp_jax.nets.resnet import resnet50_shapes
@@ -36,3 +38,21 @@ def random_resnet50_state(seed: int = SEED) -> dict[str, np.ndarray]:
             value = rng.standard_normal(shape, np.float32) / np.float32(np.sqrt(shape[1]))
         state[key] = value.astype(np.float32)
     return state
+
+
+_WRITTEN: dict[str, Path] = {}
+
+
+def resnet50_weights_folder(tmp_path_factory) -> Path:
+    """A folder holding the seeded weights as ``resnet50-0676ba61.pth`` (with the
+    ``num_batches_tracked`` buffers torchvision files have), written once per session."""
+    from dgp_jax import pth
+
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _WRITTEN:
+        folder = tmp_path_factory.mktemp("resnet50_nets")
+        state = random_resnet50_state(SEED)
+        state["bn1.num_batches_tracked"] = np.array(0, np.int64)
+        pth.write_state_dict(folder / "resnet50-0676ba61.pth", state)
+        _WRITTEN[key] = folder
+    return _WRITTEN[key]

@@ -107,3 +107,5 @@ def test_model_files_and_errors(tmp_path, pristine):
         assert part in str(err.value)
     with pytest.raises(ValueError, match="at least 96x96"):
         niqe_lib.niqe(np.zeros((1, 95, 200, 3)), model)
+    with pytest.raises(ValueError, match="at least two 96x96 blocks, a 128x128 image has one"):
+        niqe_lib.niqe(np.zeros((1, 128, 128, 3)), model)

@@ -11,7 +11,7 @@ from dgp_jax import pth
 from dgp_jax.metrics import classification, load_resnet50
 from dgp_jax.metrics.weights import MissingWeightsError
 from dgp_jax.nets import resnet
-from tests._resnet import SEED, random_resnet50_state
+from tests._resnet import SEED, random_resnet50_state, resnet50_weights_folder
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "resnet50"
 MEAN = np.asarray(classification.IMAGENET_MEAN, np.float32)
@@ -68,12 +68,9 @@ def test_resize_and_crop_geometry():
         classification.eval_transform(np.zeros((1, 8, 8)))
 
 
-def test_logits_match_torchvision_resnet50(tmp_path):
-    path = tmp_path / classification.RESNET50_WEIGHTS.filename
-    state = random_resnet50_state(SEED)
-    state["bn1.num_batches_tracked"] = np.array(0, np.int64)  # in every torchvision file
-    pth.write_state_dict(path, state)
-    model = load_resnet50(tmp_path, batch_size=2)  # a folder: the canonical name inside it
+def test_logits_match_torchvision_resnet50(tmp_path_factory):
+    # A folder: the canonical file name inside it (written with num_batches_tracked).
+    model = load_resnet50(resnet50_weights_folder(tmp_path_factory), batch_size=2)
     data = _fixture("transform.npz")
     want = _fixture("logits.npz")["logits"]
     got = model.logits(_images(data))  # 3 images in chunks of 2: one padded chunk

@@ -232,6 +232,11 @@ def _gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def niqe_of_gray(gray: np.ndarray, params: NIQEParams) -> float:
     """NIQE of one (H, W) gray image (0..255, at least 96x96)."""
     features, _ = niqe_features(gray, params.window)
+    if len(features) < 2:
+        # One block has no covariance (MATLAB's cov of a single row is the variance of its
+        # 36 numbers, BasicSR's NaN): NIQE is not defined.
+        raise ValueError(f"NIQE needs at least two 96x96 blocks, a {gray.shape[1]}x"
+                         f"{gray.shape[0]} image has one")  # fmt: skip
     mu, cov = _gaussian_fit(features)
     diff = np.asarray(params.mu, np.float64).reshape(-1) - mu
     inverse = np.linalg.pinv((np.asarray(params.cov, np.float64) + cov) / 2)
@@ -243,7 +248,7 @@ def niqe(images: Any, params: NIQEParams, gray: str = "rgb2gray") -> np.ndarray:
 
     Args:
       images: (N, H, W, 3) in [-1, 1], or a list of (H, W, 3) images of any sizes (at least
-        96x96; only whole 96x96 blocks, from the top left, are scored).
+        two 96x96 blocks, e.g. 96x192; only whole blocks, from the top left, are scored).
       params: the pristine model (:func:`load_niqe_params`, :func:`fit_niqe_params`).
       gray: "rgb2gray" (the MATLAB code's, default) or "y" (BasicSR's); see the module
         docstring.
