@@ -176,6 +176,13 @@ def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, compile
         result = _read(out / summary["images"][row["name"]]["files"][0])
         assert float(row["level"]) == pytest.approx(float(np.mean(result)), rel=1e-12)
     assert summary["mean"]["images_seen"] == 2
+
+    # Rerun (done images are skipped) with a metric that cannot score 32 px images: the
+    # results stay, the summary says why its columns are missing.
+    assert cli.main([*base, "--metrics", "niqe", "--nets", str(nets)]) == 0
+    assert "--metrics could not score the results: NIQE needs" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "at least 96x96" in summary["extra_metrics"]["error"] and summary["done"] == 2
     assert summary["mean"]["level"] == pytest.approx(np.mean([float(r["level"]) for r in rows]))
 
 

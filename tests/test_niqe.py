@@ -95,6 +95,9 @@ def test_model_files_and_errors(tmp_path, pristine):
     np.savez(npz, mu_pris_param=pristine["mu"][None], cov_pris_param=pristine["cov"],
              gaussian_window=niqe_lib.gaussian_window())  # fmt: skip
     np.testing.assert_array_equal(niqe_lib.load_niqe_params(npz).cov, pristine["cov"])
+    saved = niqe_lib.load_niqe_params(niqe_lib.save_niqe_params(model, tmp_path / "m.npz"))
+    for got, want in zip(saved, model, strict=True):
+        np.testing.assert_array_equal(got, want)
     assert niqe_lib.locate_model(tmp_path) == mat  # the LIVE file first
     bad = tmp_path / "bad.npz"
     np.savez(bad, mu_pris_param=pristine["mu"])

@@ -6,14 +6,14 @@
 - ``classification``: ResNet-50 top-1 / top-5 accuracy (the DGP paper's colorization
   score), :func:`load_resnet50`.
 - ``niqe_metric``: NIQE as the LIVE MATLAB code, :func:`niqe`, :func:`load_niqe_params`,
-  :func:`fit_niqe_params`.
+  :func:`fit_niqe_params`, :func:`save_niqe_params`.
 
 Networks a metric needs live in ``dgp_jax.nets``; this package holds what is computed on
 their outputs.
 """
 
 from dgp_jax.metrics.classification import accuracy, load_resnet50, topk_correct
-from dgp_jax.metrics.niqe_metric import fit_niqe_params, load_niqe_params, niqe
+from dgp_jax.metrics.niqe_metric import fit_niqe_params, load_niqe_params, niqe, save_niqe_params
 from dgp_jax.metrics.restoration import (
     colorization_merge,
     l1,
@@ -34,6 +34,7 @@ __all__ = [
     "niqe",
     "psnr",
     "restoration_metrics",
+    "save_niqe_params",
     "ssim",
     "topk_correct",
 ]

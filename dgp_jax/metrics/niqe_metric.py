@@ -288,6 +288,17 @@ def load_niqe_params(path: str | os.PathLike) -> NIQEParams:
     return NIQEParams(mu, cov, window)
 
 
+def save_niqe_params(params: NIQEParams, path: str | os.PathLike) -> Path:
+    """Write a pristine model as BasicSR's ``niqe_pris_params.npz`` lays it out (so
+    :func:`load_niqe_params` and BasicSR both read it)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: a NIQE model is saved as .npz")
+    np.savez(path, mu_pris_param=np.asarray(params.mu)[None], cov_pris_param=params.cov,
+             gaussian_window=params.window)  # fmt: skip
+    return path
+
+
 def fit_niqe_params(
     images: str | os.PathLike | Sequence[np.ndarray],
     sharpness_threshold: float = SHARPNESS_THRESHOLD,

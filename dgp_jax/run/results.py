@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,12 @@ def _extra_metrics(out: OutputDir, spec: RunSpec, records: dict[str, dict]
               known_class(r.get("class_given")))
         for name, r in records.items()
     ]  # fmt: skip
-    scores = score(entries, spec.extra_metrics)
+    try:
+        scores = score(entries, spec.extra_metrics)
+    except (OSError, ValueError) as err:
+        # After the solving: the results stay, the summary says why the columns are missing.
+        print(f"dgp-jax: --metrics could not score the results: {err}", file=sys.stderr)
+        return [], {"error": str(err), "per_image": {}, "table": {}}
     columns = [c for c in scores.per_image if c not in METRIC_NAMES]
     per_image = {
         e.name: {c: float(scores.per_image[c][i]) for c in columns}
