@@ -186,26 +186,48 @@ def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, compile
     assert summary["mean"]["level"] == pytest.approx(np.mean([float(r["level"]) for r in rows]))
 
 
-def test_protocol_table_gains_metric_columns(tmp_path, tmp_path_factory, compiled, level_metric,
-                                             capsys):  # fmt: skip
+def test_protocol_passes_metrics_and_its_table_gains_columns(tmp_path, monkeypatch,
+                                                            level_metric):  # fmt: skip
+    """The protocol's part: --nets/--metrics reach each task's restore run (whose summary
+    columns test_restore_metrics_add_summary_columns checks), and the table takes every
+    mean the summary has. The model and the run are stubbed: nothing to compile."""
+    from dgp_jax import runner
     from tests.conftest import load_experiment
 
     protocol = load_experiment("imagenet_protocol")
-    tiny = tiny_model_files(tmp_path_factory)
     val = tmp_path / "val"
     make_photos(val, 2)
     names = sorted(p.name for p in val.iterdir())
     (tmp_path / "list.txt").write_text("".join(f"{n} {k}\n" for k, n in enumerate(names)))
+    seen = []
+
+    def execute(options, model=None, **_):
+        seen.append((options.task, options.metrics, options.nets))
+        summary = Path(options.out) / "summary.json"
+        summary.parent.mkdir(parents=True)
+        mean = {"psnr": 20.0, "ssim": 0.5, "mse": 0.01, "l1": 0.05, "images_seen": 2,
+                "level": 0.25}  # fmt: skip
+        summary.write_text(json.dumps({"done": 2, "total": 2, "failed": 0, "mean": mean}))
+        return runner.Report(total=2, summary=summary)
+
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(runner, "load_model", lambda weights: None)
     out = tmp_path / "protocol"
-    argv = ["--weights", str(tiny["pth"]), "--imagenet-dir", str(val), "--list",
-            str(tmp_path / "list.txt"), "--out", str(out), "--tasks", "colorization",
-            "--batch", "2", "--quiet", "--cache-dir", str(compiled), "--nets", str(tmp_path),
-            "--metrics", "level", *FAST]  # fmt: skip
-    assert protocol.main(argv) == 0
+    argv = ["--weights", "G_ema_128.pth", "--imagenet-dir", str(val), "--list",
+            str(tmp_path / "list.txt"), "--out", str(out), "--tasks", "colorization,inpainting",
+            "--quiet", "--cache-dir", "none", "--nets", str(tmp_path)]  # fmt: skip
+    assert protocol.main([*argv, "--metrics", "level"]) == 0
+    assert seen == [("colorization", "level", str(tmp_path)),
+                    ("inpainting", "level", str(tmp_path))]  # fmt: skip
     rows = list(csv.DictReader((out / "table.csv").open()))
-    # The summary's means are written with sorted keys: extra columns in that order.
     columns = ["task", "done", "total", "failed", "psnr", "ssim", "mse", "l1"]
     assert list(rows[0]) == [*columns, "images_seen", "level"]
-    assert float(rows[0]["images_seen"]) == 2
+    assert [r["level"] for r in rows] == ["0.25", "0.25"]
     header = "| task | images | PSNR | SSIM | MSE | L1 | images_seen | level |"
     assert header in (out / "table.md").read_text()
+    # --nets alone: every registered metric.
+    seen.clear()
+    out = tmp_path / "protocol2"
+    argv[argv.index(str(tmp_path / "protocol"))] = str(out)
+    assert protocol.main(argv) == 0
+    assert seen[0][1].split(",") == [n for n in registry.names() if n != "restoration"]
