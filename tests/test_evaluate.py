@@ -176,6 +176,18 @@ def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, compile
         result = _read(out / summary["images"][row["name"]]["files"][0])
         assert float(row["level"]) == pytest.approx(float(np.mean(result)), rel=1e-12)
     assert summary["mean"]["images_seen"] == 2
+    assert summary["mean"]["level"] == pytest.approx(np.mean([float(r["level"]) for r in rows]))
+
+    # evaluate on the run's folder: its results, with its inputs (read as the solver read
+    # them) as references.
+    assert cli.main(["evaluate", str(out), "--metrics", "mse,level"]) == 0
+    scored = list(csv.DictReader((out / "evaluation" / "per_image.csv").open()))
+    assert [r["name"] for r in scored] == ["p0", "p1"]
+    assert [r["reference"] for r in scored] == [str(photos / "p0.png"), str(photos / "p1.png")]
+    for r in scored:
+        result = _read(Path(r["result"]))
+        reference = load_image(photos / f"{r['name']}.png", 32)
+        assert float(r["mse"]) == pytest.approx(float(np.mean((result - reference) ** 2)) / 4)
 
     # Rerun (done images are skipped) with a metric that cannot score 32 px images: the
     # results stay, the summary says why its columns are missing.
@@ -183,7 +195,6 @@ def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, compile
     assert "--metrics could not score the results: NIQE needs" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert "at least 96x96" in summary["extra_metrics"]["error"] and summary["done"] == 2
-    assert summary["mean"]["level"] == pytest.approx(np.mean([float(r["level"]) for r in rows]))
 
 
 def test_protocol_passes_metrics_and_its_table_gains_columns(tmp_path, monkeypatch,
