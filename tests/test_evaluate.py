@@ -88,7 +88,7 @@ def test_evaluate_command_end_to_end(tmp_path, photo_sets, nets, capsys):
             str(tmp_path / "labels.txt"), "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| images | psnr | ssim | niqe | resnet50_top1 | resnet50_top5 |" in printed
+    assert "| images | psnr | ssim | niqe | resnet50_top1 | resnet50_top5 |\n" in printed
 
     rows = list(csv.DictReader((out / "per_image.csv").open()))
     assert [r["name"] for r in rows] == ["a", "b"]

@@ -258,9 +258,8 @@ def resnet50_evaluator(
     nets: str | os.PathLike | None = None, backend: str = "pil", batch_size: int = 64
 ) -> Callable[..., dict[str, np.ndarray]]:
     """Registry factory: per image ``resnet50_top1`` / ``resnet50_top5`` (1.0 or 0.0, so
-    their mean is the accuracy) and ``resnet50_class`` (the top-1 prediction) of the
-    restored images; needs ``labels`` (ImageNet class per image). ``nets``: the folder
-    holding ``resnet50-0676ba61.pth`` (or the file)."""
+    their mean is the accuracy) of the restored images; needs ``labels`` (ImageNet class
+    per image). ``nets``: the folder holding ``resnet50-0676ba61.pth`` (or the file)."""
     model = load_resnet50(nets, backend=backend, batch_size=batch_size)
 
     def evaluate(restored: Images, reference: Images | None = None, *,
@@ -274,7 +273,6 @@ def resnet50_evaluator(
         return {
             "resnet50_top1": topk_correct(logits, labels, 1).astype(np.float64),
             "resnet50_top5": topk_correct(logits, labels, 5).astype(np.float64),
-            "resnet50_class": np.argmax(logits, axis=1).astype(np.float64),
         }
 
     return evaluate
