@@ -166,10 +166,8 @@ class Evaluators:
                 )
             kwargs = {"labels": labels} if e.takes_labels else {}
             values = e.function(restored, reference, **kwargs)
-            for key, value in values.items():
-                if e.columns is not None and key not in e.columns:
-                    continue
-                array = np.asarray(value, np.float64)
+            for key in e.columns if e.columns is not None else values:  # as asked
+                array = np.asarray(values[key], np.float64)
                 if array.ndim == 0:
                     per_set[key] = float(array)
                 elif array.shape == (n,):
