@@ -6,6 +6,7 @@ dgp-jax restore --weights biggan128 --task colorization photos/ --out results/
 dgp-jax restore --task SR photos/ --out results/     # the shipped 64 px model
 dgp-jax jitter|morph|transfer --weights biggan128 photos/ --out edits/
 dgp-jax compare --task SR --methods dgp,latent-only,mse-only,dip,bicubic photos/ --out cmp/
+dgp-jax evaluate results/ --reference photos/ --metrics psnr,ssim,niqe --nets nets/
 
 The batch commands are resumable: rerun the same command after an interruption and
 finished images are skipped. Exit codes: 0 all done, 1 some inputs failed (listed in the
@@ -72,6 +73,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from dgp_jax.evaluate import evaluate
+
+    scores, paths = evaluate(args.results, args.reference, args.metrics, nets=args.nets,
+                             labels=args.labels, out=args.out, mode=args.mode)  # fmt: skip
+    print(paths["markdown"].read_text(), end="")
+    print(f"per image: {paths['per_image']}; table: {paths['markdown']}, {paths['csv']}, "
+          f"{paths['json']}")  # fmt: skip
+    return 0
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -116,6 +128,7 @@ def cmd_run(args) -> int:
         force=args.force,
         progress=not args.quiet,
         process_index=index, process_count=count, manipulation=manipulation,
+        metrics=getattr(args, "metrics", None), nets=getattr(args, "nets", None),
     )  # fmt: skip
     report = runner.execute(options)
     what = "images" if args.command != "morph" else "pairs"
@@ -269,6 +282,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restore", help="restore images with DGP (resumable batch run)")
     _add_run_options(p, task_default=None)
+    p.add_argument("--metrics", metavar="A,B",
+                   help="more metrics of each result as summary.csv columns, e.g. "
+                        "niqe,lpips (see dgp-jax evaluate; psnr, ssim, mse, l1 are always "
+                        "there)")  # fmt: skip
+    p.add_argument("--nets", help="folder of the --metrics' weight files")
+
+    p = sub.add_parser("evaluate", help="score result images: per-image CSV and a table")
+    p.add_argument("results", help="folder of result images, or a dgp-jax restore --out folder")
+    p.add_argument("--reference", help="folder of the original images (matched by file name; "
+                   "default for a restore folder: its inputs)")  # fmt: skip
+    p.add_argument("--metrics", default="psnr,ssim",
+                   help="comma-separated: psnr, ssim, mse, l1 and every registered "
+                        "metric (niqe, resnet50, lpips, fid, kid, is, ids ...); "
+                        "default psnr,ssim")  # fmt: skip
+    p.add_argument("--nets", help="folder holding the metrics' weight files (README: Metrics)")
+    p.add_argument("--labels", help="ImageNet class per image: 'file class' per line "
+                   "(resnet50; a restore folder's own classes otherwise)")  # fmt: skip
+    p.add_argument("--mode", default="reconstruct",
+                   help="DGP mode psnr/ssim score as: reconstruct (whole image, default) or "
+                        "inpainting (the centre hole)")  # fmt: skip
+    p.add_argument("--out", help="output folder (default RESULTS/evaluation)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("jitter", help="solve, then random jitters of each image's latent")
     _add_run_options(p, task_default="reconstruct")

@@ -275,6 +275,8 @@ class RunOptions:
     process_index: int = 0
     process_count: int = 1
     manipulation: dict = dataclasses.field(default_factory=dict)
+    metrics: str | Sequence[str] | None = None  # restore: extra summary columns
+    nets: str | None = None  # the metrics' weight files
 
 
 def load_model(weights: str | None):
@@ -319,6 +321,28 @@ def _check_manipulation(kind: str, settings: dict, n_classes: int) -> None:
             raise RunError(f"--classes {bad or classes} out of range [0, {n_classes})")
 
 
+def _extra_metrics(options: RunOptions, items: Sequence[Item]):
+    """restore --metrics: the evaluators, built (weights read) before any image is solved."""
+    if not options.metrics:
+        return None
+    if options.kind != "restore":
+        raise RunError(f"--metrics applies to restore, not {options.kind}")
+    from dgp_jax.evaluate import Evaluators
+
+    try:
+        evaluators = Evaluators(options.metrics, nets=options.nets)
+    except (OSError, ValueError) as err:
+        raise RunError(str(err)) from None
+    if options.observed and evaluators.needs_reference:
+        raise RunError(f"--metrics {evaluators.needs_reference} compare with the original "
+                       "images, which --observed runs do not have")  # fmt: skip
+    unlabelled = [it.name for it in items if it.cls is None or it.cls < 0]
+    if evaluators.needs_labels and unlabelled:
+        raise RunError(f"--metrics {evaluators.needs_labels} need each image's class (a list "
+                       f"file 'path class' or --class): none for {unlabelled[:5]}")  # fmt: skip
+    return evaluators
+
+
 def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     """Run one command: checks first (RunError before any work), then the batches."""
     if options.kind not in KINDS:
@@ -360,6 +384,7 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
         except (ImageError, OSError, ValueError) as err:
             raise RunError(str(err)) from None
     _check_manipulation(options.kind, options.manipulation, model.config.n_classes)
+    extra_metrics = _extra_metrics(options, items)
     label = task if options.kind == "restore" else options.kind
     spec = RunSpec(
         kind=options.kind, label=label, config=config, seed=options.seed,
@@ -368,6 +393,7 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
         observed=options.observed, mask=mask,
         mask_source=None if mask is None else f"{options.mask} (keep {options.mask_keep})",
         weights=str(options.weights or DEFAULT_MODEL), manipulation=dict(options.manipulation),
+        extra_metrics=extra_metrics,
     )  # fmt: skip
 
     with OutputDir(options.out, options.process_index, options.process_count) as out:

@@ -35,6 +35,11 @@ schedule is cut short. The printed table looks like::
     | reconstruction | 8/8 | ... | ... | ... | ... |
     ...
 
+With ``--nets DIR`` (the metrics' weight files, README "Metrics") the table gains a column
+per registered metric (``dgp_jax.metrics.registry``: niqe, resnet50, and lpips, fid, ...
+where registered), each run's ``dgp-jax restore --metrics`` over its result files;
+``--metrics`` picks some. ResNet-50 accuracy scores against the list's classes.
+
 ``--set`` overrides apply to every task. ``--list`` takes another list (``file class``),
 e.g. to test on a handful of photos with a small model (classes must fit the model).
 """
@@ -126,24 +131,28 @@ def extract_from_tfds(manual_dir: Path, data_dir: Path | None, names: list[str],
 
 
 def write_table(out: Path, rows: list[dict]) -> str:
-    """table.md + table.csv; returns the markdown."""
+    """table.md + table.csv; returns the markdown. Metrics beyond the reference's four
+    (restore --metrics) come after them, in order of appearance."""
+    extra = list(dict.fromkeys(k for r in rows for k in (r["mean"] or {}) if k not in METRICS))
+    columns = [*METRICS, *extra]
+    headers = ["PSNR", "SSIM", "MSE", "L1", *extra]
     lines = [
-        "| task | images | PSNR | SSIM | MSE | L1 |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| task | images | " + " | ".join(headers) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in headers) + " |",
     ]
     for r in rows:
         m = r["mean"] or {}
-        cells = [f"{m[k]:.4f}" if k in m else "-" for k in METRICS]
+        cells = [f"{m[k]:.4f}" if k in m else "-" for k in columns]
         lines.append(f"| {r['task']} | {r['done']}/{r['total']} | " + " | ".join(cells) + " |")
     markdown = "\n".join(lines) + "\n"
     (out / "table.md").write_text(markdown)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["task", "done", "total", "failed", *METRICS])
+    writer.writerow(["task", "done", "total", "failed", *columns])
     for r in rows:
         m = r["mean"] or {}
         writer.writerow(
-            [r["task"], r["done"], r["total"], r["failed"], *(m.get(k) for k in METRICS)]
+            [r["task"], r["done"], r["total"], r["failed"], *(m.get(k) for k in columns)]
         )
     (out / "table.csv").write_text(buffer.getvalue())
     return markdown
@@ -173,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="SolverConfig override for every task (see dgp-jax restore --set)",
     )
+    p.add_argument("--nets", help="folder of the metrics' weight files: adds their columns")
+    p.add_argument("--metrics", help="metrics to add (default with --nets: every registered "
+                   "one; see dgp-jax evaluate)")  # fmt: skip
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", help="JAX compilation cache (see dgp-jax restore)")
@@ -188,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown tasks {unknown}; tasks: {', '.join(TASKS)}")
+    metrics = args.metrics
+    if args.nets and not metrics:
+        from dgp_jax.metrics import registry
+
+        metrics = ",".join(n for n in registry.names() if n != "restoration")
     entries = read_list(args.list, args.limit)
     names = [n for n, _ in entries]
     try:
@@ -217,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         options = runner.RunOptions(
             kind="restore", inputs=[str(inputs)], weights=args.weights, out=str(args.out / task),
             task=mode, preset=preset, sets=args.set, batch=args.batch, seed=args.seed,
-            progress=not args.quiet,
+            progress=not args.quiet, metrics=metrics, nets=args.nets,
         )  # fmt: skip
         try:
             report = runner.execute(options, model=model)

@@ -6,7 +6,13 @@ evaluator: a callable over restored and reference images (channels-last, [-1, 1]
 returns a dict of named values. Per-image metrics return one value per image; set metrics
 (FID and the like) return one value for the set.
 
-Metrics modules add their lines to ``EVALUATORS``.
+Metrics modules add their lines to ``EVALUATORS``. ``dgp-jax evaluate``
+(:mod:`dgp_jax.evaluate`) passes a factory the options it declares among ``nets`` (the
+folder of weight files, ``--nets``) and ``mode``; a factory that reads a weight file
+raises :class:`~dgp_jax.metrics.weights.MissingWeightsError` (file, URL, sha256 prefix,
+metric) when it is absent. The evaluator is called as ``evaluate(restored, reference)``
+(``reference`` may default to None for no-reference metrics), with ``labels=`` (ImageNet
+class per image) when it declares that keyword.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ EVALUATORS: dict[str, str] = {
     "kid": "dgp_jax.metrics.inception:kid_evaluator",
     "is": "dgp_jax.metrics.inception:is_evaluator",
     "ids": "dgp_jax.metrics.inception:ids_evaluator",
+    "niqe": "dgp_jax.metrics.niqe_metric:niqe_evaluator",
+    "resnet50": "dgp_jax.metrics.classification:resnet50_evaluator",
 }
 
 

@@ -40,6 +40,9 @@ class RunSpec:
     mask_source: str | None = None
     weights: str = ""
     manipulation: dict = dataclasses.field(default_factory=dict)
+    # dgp_jax.evaluate.Evaluators of restore --metrics: summary columns, computed from the
+    # written files; they do not change the results, so not part of the fingerprint.
+    extra_metrics: Any = dataclasses.field(default=None, compare=False)
 
     def settings(self, model) -> dict[str, Any]:
         """The run's result-defining settings (config.json's "run" entry)."""

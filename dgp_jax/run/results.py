@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,35 @@ def write_solved(out: OutputDir, model, spec: RunSpec, solved: Solved, fingerpri
 
 
 # --------------------------------------------------------------------------- summaries
+def _extra_metrics(out: OutputDir, spec: RunSpec, records: dict[str, dict]
+                   ) -> tuple[list[str], dict | None]:  # fmt: skip
+    """restore --metrics: the evaluators on every done image's result file against its input
+    (read as the solver read it): (columns, {"per_image": {name: {column: value}},
+    "table": {column: mean or set value}})."""
+    if spec.extra_metrics is None or not records:
+        return [], None
+    from dgp_jax.evaluate import Entry, known_class, score
+
+    entries = [
+        Entry(name, out.path(r["files"][0]), None if spec.observed else Path(r["input"]),
+              known_class(r.get("class_given")))
+        for name, r in records.items()
+    ]  # fmt: skip
+    try:
+        scores = score(entries, spec.extra_metrics)
+    except (OSError, ValueError) as err:
+        # After the solving: the results stay, the summary says why the columns are missing.
+        print(f"dgp-jax: --metrics could not score the results: {err}", file=sys.stderr)
+        return [], {"error": str(err), "per_image": {}, "table": {}}
+    columns = [c for c in scores.per_image if c not in METRIC_NAMES]
+    per_image = {
+        e.name: {c: float(scores.per_image[c][i]) for c in columns}
+        for i, e in enumerate(scores.entries)
+    }
+    table = {k: v for k, v in scores.table().items() if k not in METRIC_NAMES}
+    return columns, {"per_image": per_image, "table": table}
+
+
 def write_summary(out: OutputDir, spec: RunSpec, names: Sequence[tuple[str, str]],
                   failed: dict[str, str], fingerprint: str) -> Path:  # fmt: skip
     """summary(.<process>).json / .csv over this process's share, from the done markers
@@ -159,6 +189,9 @@ def write_summary(out: OutputDir, spec: RunSpec, names: Sequence[tuple[str, str]
             pending.append(name)
     scored = [r["metrics"] for r in records.values() if r.get("metrics")]
     mean = {k: float(np.mean([m[k] for m in scored])) for k in METRIC_NAMES} if scored else None
+    extra_columns, extra = _extra_metrics(out, spec, records)
+    if extra is not None:
+        mean = {**(mean or {}), **extra["table"]}
     sources = dict(names)
     summary = {
         "label": spec.label,
@@ -169,14 +202,15 @@ def write_summary(out: OutputDir, spec: RunSpec, names: Sequence[tuple[str, str]
         "failed": len(failed),
         "pending": len(pending),
         "mean": mean,
+        **({"extra_metrics": extra} if extra is not None else {}),
         "images": records,
         "failures": {n: {"input": sources.get(n), "error": e} for n, e in failed.items()},
     }
     json_name, csv_name = out.summary_names()
     out.write_json(json_name, summary)
     buffer = io.StringIO()
-    fields = ["name", "input", "status", "class_given", "class", *METRIC_NAMES, "seconds",
-              "error"]  # fmt: skip
+    fields = ["name", "input", "status", "class_given", "class", *METRIC_NAMES,
+              *extra_columns, "seconds", "error"]  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for name, source in names:
@@ -184,7 +218,8 @@ def write_summary(out: OutputDir, spec: RunSpec, names: Sequence[tuple[str, str]
             r = records[name]
             row = {"name": name, "input": source, "status": "done",
                    "class_given": r.get("class_given"), "class": r.get("class"),
-                   "seconds": r.get("seconds"), **(r.get("metrics") or {})}  # fmt: skip
+                   "seconds": r.get("seconds"), **(r.get("metrics") or {}),
+                   **(extra["per_image"].get(name, {}) if extra else {})}  # fmt: skip
         elif name in failed:
             row = {"name": name, "input": source, "status": "failed", "error": failed[name]}
         else:

@@ -1,0 +1,244 @@
+"""dgp-jax evaluate end to end, and --metrics in restore runs and the ImageNet protocol."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dgp_jax import cli
+from dgp_jax.images import load_image
+from dgp_jax.metrics import load_resnet50, niqe, psnr, registry, ssim, topk_correct
+from dgp_jax.metrics.niqe_metric import NIQEParams, gaussian_window
+from tests._resnet import resnet50_weights_folder
+from tests.test_runner import fast_compiles, make_photos, session_cache_dir, tiny_model_files
+
+PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "images" / "others"
+NIQE_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "niqe" / "pristine.npz"
+FAST = ["--set", "iterations=1", "--set", "select_num=1", "--set", "resolution=none"]
+
+
+def level_evaluator(offset: float = 0.0):
+    """A registry factory for the wiring tests: each image's mean value (+ offset) and, for
+    the set, the number of images."""
+
+    def evaluate(restored, reference=None):
+        values = [float(np.mean(im)) + offset for im in restored]
+        return {"level": np.asarray(values), "images_seen": len(values)}
+
+    return evaluate
+
+
+@pytest.fixture()
+def level_metric(monkeypatch):
+    monkeypatch.setitem(registry.EVALUATORS, "level", "tests.test_evaluate:level_evaluator")
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory) -> Path:
+    """resnet50-0676ba61.pth (seeded weights) and a modelparameters.mat (the NIQE model
+    fitted on the fixture's photos)."""
+    from scipy.io import savemat
+
+    folder = resnet50_weights_folder(tmp_path_factory)
+    if not (folder / "modelparameters.mat").is_file():
+        data = np.load(NIQE_FIXTURE)
+        savemat(folder / "modelparameters.mat",
+                {"mu_prisparam": data["mu"][None], "cov_prisparam": data["cov"]})  # fmt: skip
+    return folder
+
+
+@pytest.fixture()
+def photo_sets(tmp_path) -> tuple[Path, Path]:
+    """results/ (two 192 px images: NIQE needs two 96 px blocks) and originals/ (a 230 px
+    photo whose centre crop and resize is a's reference, and b's 192 px original)."""
+    results, originals = tmp_path / "results", tmp_path / "originals"
+    results.mkdir()
+    originals.mkdir()
+    for name, file, top in (("a", "window2.jpg", 10), ("b", "library1.jpg", 30)):
+        photo = np.asarray(Image.open(PHOTOS / file).convert("RGB"))
+        size = 230 if name == "a" else 192
+        original = photo[top : top + size, 60 : 60 + size]
+        Image.fromarray(original).save(originals / f"{name}.png")
+        rng = np.random.default_rng(len(name) + top)
+        base = np.asarray(Image.fromarray(original).resize((192, 192), Image.BILINEAR))
+        noisy = np.clip(base.astype(int) + rng.integers(-12, 13, base.shape), 0, 255)
+        Image.fromarray(noisy.astype(np.uint8)).save(results / f"{name}.png")
+    return results, originals
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), np.float64) / 255 * 2 - 1
+
+
+def test_evaluate_command_end_to_end(tmp_path, photo_sets, nets, capsys):
+    results, originals = photo_sets
+    restored = np.stack([_read(results / "a.png"), _read(results / "b.png")])
+    reference = np.stack([load_image(originals / "a.png", 192), _read(originals / "b.png")])
+    logits = load_resnet50(nets, batch_size=2).logits(restored)
+    labels = [int(np.argmax(logits[0])), int(np.argmin(logits[1]))]  # a right, b wrong
+    (tmp_path / "labels.txt").write_text(f"a.png {labels[0]}\nb.png {labels[1]}\n")
+    out = tmp_path / "scores"
+    argv = ["evaluate", str(results), "--reference", str(originals), "--metrics",
+            "psnr,ssim,niqe,resnet50", "--nets", str(nets), "--labels",
+            str(tmp_path / "labels.txt"), "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| images | psnr | ssim | niqe | resnet50_top1 | resnet50_top5 |\n" in printed
+
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert [int(r["label"]) for r in rows] == labels
+    want = {
+        "psnr": psnr(restored, reference),
+        "ssim": ssim(restored, reference),
+        "niqe": niqe(restored, NIQEParams(*_niqe_model(), gaussian_window())),
+        "resnet50_top1": topk_correct(logits, np.asarray(labels), 1).astype(float),
+        "resnet50_top5": topk_correct(logits, np.asarray(labels), 5).astype(float),
+    }
+    for column, values in want.items():
+        got = [float(r[column]) for r in rows]
+        np.testing.assert_allclose(got, values, rtol=1e-12, err_msg=column)
+    assert want["resnet50_top1"].tolist() == [1.0, 0.0]
+
+    table = json.loads((out / "table.json").read_text())
+    assert table["images"] == 2
+    for column, values in want.items():
+        assert table["metrics"][column] == pytest.approx(float(np.mean(values)), rel=1e-12)
+    csv_rows = list(csv.DictReader((out / "table.csv").open()))
+    assert float(csv_rows[0]["psnr"]) == pytest.approx(table["metrics"]["psnr"], rel=1e-12)
+    assert "| 2 |" in (out / "table.md").read_text()
+
+
+def _niqe_model():
+    data = np.load(NIQE_FIXTURE)
+    return data["mu"], data["cov"]
+
+
+def test_evaluate_errors(tmp_path, photo_sets, nets, capsys, level_metric):
+    results, originals = photo_sets
+
+    def run(*args: str) -> str:
+        assert cli.main(["evaluate", str(results), *args]) == 2
+        return capsys.readouterr().err
+
+    err = run("--metrics", "psnr,fidd")
+    assert "unknown metrics ['fidd']" in err and "level" in err and "resnet50" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = run("--metrics", "resnet50", "--nets", str(empty))
+    assert str(empty / "resnet50-0676ba61.pth") in err and "'resnet50'" in err
+    assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in err
+    err = run("--metrics", "niqe", "--nets", str(empty))
+    assert "modelparameters.mat" in err and "'niqe'" in err
+    assert "compare with reference images" in run("--metrics", "ssim")
+    assert "need each image's class" in run("--metrics", "resnet50", "--nets", str(nets))
+    # Any registered name works, including ones added after this module was written.
+    assert cli.main(["evaluate", str(results), "--metrics", "level",
+                     "--out", str(tmp_path / "lv")]) == 0  # fmt: skip
+    table = json.loads((tmp_path / "lv" / "table.json").read_text())
+    assert table["metrics"]["images_seen"] == 2.0 and table["set_metrics"] == ["images_seen"]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    path = session_cache_dir(tmp_path_factory)
+    with fast_compiles(path):  # see tests/test_runner.py
+        yield path
+
+
+def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, compiled, monkeypatch,
+                                             level_metric, nets, capsys):  # fmt: skip
+    monkeypatch.setenv("DGP_JAX_CACHE", str(compiled))
+    tiny = tiny_model_files(tmp_path_factory)
+    photos = tmp_path / "photos"
+    make_photos(photos, 2)
+    out = tmp_path / "out"
+    # The settings of tests/test_cli.py's restore, so the session compiles the solver once.
+    base = ["restore", "--weights", str(tiny["folder"]), "--task", "colorization", str(photos),
+            "--out", str(out), "--class", "3", "--batch", "2", "--quiet", *FAST]  # fmt: skip
+    # Checked before any work: an unknown name, a missing weight file.
+    assert cli.main([*base, "--metrics", "nope"]) == 2
+    assert cli.main([*base, "--metrics", "resnet50", "--nets", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown metrics ['nope']" in err and "resnet50-0676ba61.pth" in err
+    assert not out.exists()
+
+    assert cli.main([*base, "--metrics", "level,psnr"]) == 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert list(rows[0])[5:11] == ["psnr", "ssim", "mse", "l1", "level", "seconds"]
+    summary = json.loads((out / "summary.json").read_text())
+    for row in rows:
+        result = _read(out / summary["images"][row["name"]]["files"][0])
+        assert float(row["level"]) == pytest.approx(float(np.mean(result)), rel=1e-12)
+    assert summary["mean"]["images_seen"] == 2
+    assert summary["mean"]["level"] == pytest.approx(np.mean([float(r["level"]) for r in rows]))
+
+    # evaluate on the run's folder: its results, with its inputs (read as the solver read
+    # them) as references.
+    assert cli.main(["evaluate", str(out), "--metrics", "mse,level"]) == 0
+    scored = list(csv.DictReader((out / "evaluation" / "per_image.csv").open()))
+    assert [r["name"] for r in scored] == ["p0", "p1"]
+    assert [r["reference"] for r in scored] == [str(photos / "p0.png"), str(photos / "p1.png")]
+    for r in scored:
+        result = _read(Path(r["result"]))
+        reference = load_image(photos / f"{r['name']}.png", 32)
+        assert float(r["mse"]) == pytest.approx(float(np.mean((result - reference) ** 2)) / 4)
+
+    # Rerun (done images are skipped) with a metric that cannot score 32 px images: the
+    # results stay, the summary says why its columns are missing.
+    assert cli.main([*base, "--metrics", "niqe", "--nets", str(nets)]) == 0
+    assert "--metrics could not score the results: NIQE needs" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "at least 96x96" in summary["extra_metrics"]["error"] and summary["done"] == 2
+
+
+def test_protocol_passes_metrics_and_its_table_gains_columns(tmp_path, monkeypatch,
+                                                            level_metric):  # fmt: skip
+    """The protocol's part: --nets/--metrics reach each task's restore run (whose summary
+    columns test_restore_metrics_add_summary_columns checks), and the table takes every
+    mean the summary has. The model and the run are stubbed: nothing to compile."""
+    from dgp_jax import runner
+    from tests.conftest import load_experiment
+
+    protocol = load_experiment("imagenet_protocol")
+    val = tmp_path / "val"
+    make_photos(val, 2)
+    names = sorted(p.name for p in val.iterdir())
+    (tmp_path / "list.txt").write_text("".join(f"{n} {k}\n" for k, n in enumerate(names)))
+    seen = []
+
+    def execute(options, model=None, **_):
+        seen.append((options.task, options.metrics, options.nets))
+        summary = Path(options.out) / "summary.json"
+        summary.parent.mkdir(parents=True)
+        mean = {"psnr": 20.0, "ssim": 0.5, "mse": 0.01, "l1": 0.05, "images_seen": 2,
+                "level": 0.25}  # fmt: skip
+        summary.write_text(json.dumps({"done": 2, "total": 2, "failed": 0, "mean": mean}))
+        return runner.Report(total=2, summary=summary)
+
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(runner, "load_model", lambda weights: None)
+    out = tmp_path / "protocol"
+    argv = ["--weights", "G_ema_128.pth", "--imagenet-dir", str(val), "--list",
+            str(tmp_path / "list.txt"), "--out", str(out), "--tasks", "colorization,inpainting",
+            "--quiet", "--cache-dir", "none", "--nets", str(tmp_path)]  # fmt: skip
+    assert protocol.main([*argv, "--metrics", "level"]) == 0
+    assert seen == [("colorization", "level", str(tmp_path)),
+                    ("inpainting", "level", str(tmp_path))]  # fmt: skip
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    columns = ["task", "done", "total", "failed", "psnr", "ssim", "mse", "l1"]
+    assert list(rows[0]) == [*columns, "images_seen", "level"]
+    assert [r["level"] for r in rows] == ["0.25", "0.25"]
+    header = "| task | images | PSNR | SSIM | MSE | L1 | images_seen | level |"
+    assert header in (out / "table.md").read_text()
+    # --nets alone: every registered metric.
+    seen.clear()
+    out = tmp_path / "protocol2"
+    argv[argv.index(str(tmp_path / "protocol"))] = str(out)
+    assert protocol.main(argv) == 0
+    assert seen[0][1].split(",") == [n for n in registry.names() if n != "restoration"]
