@@ -3,11 +3,13 @@
 - ``restoration``: PSNR, SSIM, MSE, L1 and the colorization merge, as the reference DGP
   reports them (host-side numpy, per image). Re-exported here, so
   ``dgp_jax.metrics.restoration_metrics`` keeps working.
+- ``lpips``: LPIPS (vgg, alex) as the ``lpips`` package computes it (:func:`load_lpips`).
 
 Networks a metric needs live in ``dgp_jax.nets``; this package holds what is computed on
 their outputs.
 """
 
+from dgp_jax.metrics.lpips import LPIPS, load_lpips
 from dgp_jax.metrics.restoration import (
     colorization_merge,
     l1,
@@ -18,6 +20,8 @@ from dgp_jax.metrics.restoration import (
 )
 
 __all__ = [
+    "LPIPS",
+    "load_lpips",
     "colorization_merge",
     "l1",
     "mse",

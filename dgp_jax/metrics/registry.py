@@ -17,6 +17,7 @@ from typing import Any
 
 EVALUATORS: dict[str, str] = {
     "restoration": "dgp_jax.metrics.restoration:restoration_evaluator",
+    "lpips": "dgp_jax.metrics.lpips:lpips_evaluator",
 }
 
 
