@@ -23,7 +23,9 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-METHODS: dict[str, str] = {}
+METHODS: dict[str, str] = {
+    "dgp-vgg": "dgp_jax.baselines.dgp_vgg:restore",
+}
 
 
 def names() -> list[str]:

@@ -74,14 +74,16 @@ def state_shapes(depth: int = len(LAYERS)) -> dict[str, tuple[int, ...]]:
 
 
 def params_from_state_dict(
-    state: Mapping[str, np.ndarray], source: str = "state dict", dtype=jnp.float32
-) -> dict:
+    state: Mapping[str, np.ndarray], source: str = "state dict", dtype=jnp.float32,
+    depth: int = len(LAYERS),
+) -> dict:  # fmt: skip
     """The trunk's parameter tree from torchvision's VGG16 state dict.
 
-    Every ``features.*`` key must be present with its shape; the error names each missing or
-    mis-shaped key and ``source``. Other keys (the classifier) are ignored.
+    Every ``features.*`` key of the first ``depth`` modules must be present with its shape;
+    the error names each missing or mis-shaped key and ``source``. Other keys (deeper
+    layers, the classifier) are ignored.
     """
-    return tree_from_state(state, state_shapes(), source, dtype)
+    return tree_from_state(state, state_shapes(depth), source, dtype)
 
 
 def tree_from_state(state, shapes: Mapping[str, tuple], source: str, dtype) -> dict:
