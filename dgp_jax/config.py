@@ -21,6 +21,8 @@ from typing import Any
 
 from dgp_jax.degradations import MODES  # one list of mode names for φ and config
 
+FTR_TYPES = ("Discriminator", "VGG", "johnson")  # dgp_jax.perceptual
+
 # Fields given once per stage.
 STAGE_FIELDS = ("ft_num", "lr_ratio", "G_lrs", "z_lrs", "w_D_loss", "w_mse", "ftr_num", "use_in")
 # Short names for the published 128 px ImageNet protocol.
@@ -40,6 +42,9 @@ class SolverConfig:
     ``factor`` (super-resolution factor; None = the reference's 4, or 2 in hybrid) and
     ``select_batch`` (candidates scored per forward pass) are dgp_jax additions;
     ``resolution`` records the model size a preset was written for (None = any).
+    ``ftr_type`` is the reference's flag ("Discriminator" or its VGG ablation "VGG"), plus
+    "johnson" (Johnson et al.'s feature reconstruction loss, with ``style_weight`` x their
+    style loss); see ``dgp_jax.perceptual``.
     """
 
     dgp_mode: str = "reconstruct"
@@ -66,6 +71,8 @@ class SolverConfig:
     factor: int | None = None
     select_batch: int = 16
     resolution: int | None = None
+    ftr_type: str = "Discriminator"
+    style_weight: float = 0.0
 
     def __post_init__(self):
         for name in ("iterations", *STAGE_FIELDS):
@@ -92,6 +99,12 @@ class SolverConfig:
             raise ValueError(
                 f"select_num must be >= 0 and select_batch >= 1, got {self.select_num}, "
                 f"{self.select_batch}"
+            )
+        if self.ftr_type not in FTR_TYPES:
+            raise ValueError(f"ftr_type must be one of {FTR_TYPES}, got {self.ftr_type!r}")
+        if self.style_weight and self.ftr_type != "johnson":
+            raise ValueError(
+                f"style_weight applies to ftr_type 'johnson' only, not {self.ftr_type!r}"
             )
         object.__setattr__(self, "iterations", tuple(int(i) for i in self.iterations))
         object.__setattr__(self, "ft_num", tuple(int(i) for i in self.ft_num))

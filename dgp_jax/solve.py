@@ -34,8 +34,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dgp_jax import degradations as degradations_lib
 from dgp_jax import metrics as metrics_lib
+from dgp_jax import perceptual
 from dgp_jax.config import SolverConfig
 from dgp_jax.model import BigGAN
+from dgp_jax.nets import vgg as vgg_lib
 from dgp_jax.nets.biggan import Discriminator, Generator
 from dgp_jax.nets.layers import BUFFERS, INSTANCE_NORM, PARAMS
 from dgp_jax.nets.per_image import check_lowering, per_image_lowering
@@ -162,6 +164,15 @@ class _Program:
     update_G: bool
     compute_dtype: Any = None  # None: the model's dtype; else G and D run in this dtype
     lowering: str = "auto"  # how G's per-image convolutions batch (dgp_jax.nets.per_image)
+    ftr_type: str = "Discriminator"  # or a VGG16 feature loss (dgp_jax.perceptual)
+    style_weight: float = 0.0
+
+
+def _vgg_loss(prog: _Program):
+    """The VGG16 feature loss of ``prog`` (None for the discriminator's)."""
+    if prog.ftr_type == "Discriminator":
+        return None
+    return perceptual.vgg_feature_loss(prog.ftr_type, prog.style_weight)
 
 
 def _split_generator(params: dict) -> tuple[dict, dict]:
@@ -217,6 +228,7 @@ def _split_shared(g_params: dict, group_lr: np.ndarray, prog: _Program):
 
 def _make_step(prog: _Program, tx, mesh: Mesh):
     disc = Discriminator(prog.model_config)
+    vgg_loss = _vgg_loss(prog)
 
     def per_image(state, target, target_feats, d_vars, g_shared, hp):
         use_in = prog.static_use_in if prog.static_use_in is not None else hp["use_in"]
@@ -234,9 +246,15 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
             if prog.compute_dtype is not None:
                 x, in_state = _cast_floats((x, in_state), target.dtype)
             x_map = prog.generator_fn(x)
-            _, feats = disc.apply(d_vars, x_map.astype(prog.compute_dtype or x_map.dtype))
-            feats = _cast_floats(feats, target.dtype)
-            ftr = feature_l1(feats, target_feats, hp["ftr_mask"])[0]
+            # d_vars: the discriminator's variables, or VGG16's params for a VGG loss
+            if vgg_loss is None:
+                _, feats = disc.apply(d_vars, x_map.astype(prog.compute_dtype or x_map.dtype))
+                feats = _cast_floats(feats, target.dtype)
+                ftr = feature_l1(feats, target_feats, hp["ftr_mask"])[0]
+            else:
+                feats = vgg_loss.features(d_vars, x_map.astype(prog.compute_dtype or x_map.dtype))
+                feats = _cast_floats(feats, target.dtype)
+                ftr = vgg_loss.distance(feats, target_feats)[0]
             mse = jnp.mean(jnp.square(x_map - target))
             nll = jnp.mean(jnp.square(trainable["z"]) / 2)
             loss = ftr * hp["w_D"] + mse * hp["w_mse"] + nll * hp["w_nll"]
@@ -309,8 +327,11 @@ def _make_selector(prog: _Program, host_degradation: Callable | None):
     PIL path, which runs on the host between the two compiled halves."""
     disc = Discriminator(prog.model_config)
     gen = Generator(prog.model_config)
+    vgg_loss = _vgg_loss(prog)
 
     def features_l1(x, target_feats, d_vars):
+        if vgg_loss is not None:  # the reference scores candidates with its criterion
+            return vgg_loss.distance(vgg_loss.features(d_vars, x), list(target_feats))
         _, feats = disc.apply(d_vars, x)
         last = slice(len(feats) - SELECT_FEATURES, None)
         return feature_l1(feats[last], list(target_feats[last]))
@@ -361,8 +382,11 @@ def _cached_selector(prog: _Program, host_degradation):
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_features(model_config):
-    return jax.jit(lambda x, d: Discriminator(model_config).apply(d, x)[1])
+def _cached_features(model_config, ftr_type="Discriminator", style_weight=0.0):
+    if ftr_type == "Discriminator":
+        return jax.jit(lambda x, d: Discriminator(model_config).apply(d, x)[1])
+    loss = perceptual.vgg_feature_loss(ftr_type, style_weight)
+    return jax.jit(lambda x, params: loss.features(params, x))
 
 
 @functools.lru_cache(maxsize=32)
@@ -408,11 +432,13 @@ def restore(
     callback: Callable[[int, int, dict], None] | None = None,
     precision: str = "float32",
     lowering: str = "auto",
+    vgg=None,
 ) -> SolveResult:
     """Restore a batch of images with DGP.
 
     Args:
-      model: a BigGAN with its discriminator (``load_biggan``).
+      model: a BigGAN with its discriminator (``load_biggan``; the discriminator is not
+        needed when ``config.ftr_type`` is a VGG loss).
       images: (B, R, R, 3) NHWC in [-1, 1]: the originals, degraded here by the mode's φ
         (as in the paper's protocol; metrics are then reported), or, with
         ``observed=True``, observations that are already degraded.
@@ -440,6 +466,9 @@ def restore(
         "auto" (per layer, by backend and shape), "vmap" (XLA's grouped convolutions),
         "im2col", "shifted" or "unrolled"; see ``dgp_jax.nets.per_image``. Every
         lowering computes the same values up to float rounding; only speed differs.
+      vgg: VGG16's parameter tree (``dgp_jax.nets.vgg.load_params`` of torchvision's
+        ``vgg16-397923af.pth``), needed when ``config.ftr_type`` is "VGG" or "johnson"
+        (``dgp_jax.perceptual``).
     """
     check_lowering(lowering)
     matmul_precision, compute_dtype = _precision(precision)
@@ -447,8 +476,15 @@ def restore(
         if isinstance(config, str):
             config = SolverConfig.preset(config)
         cfg = model.config
-        if model.discriminator is None:
-            raise ValueError("DGP needs the discriminator: load the model with its D_*.pth")
+        if config.ftr_type == "Discriminator":
+            if model.discriminator is None:
+                raise ValueError("DGP needs the discriminator: load the model with its D_*.pth")
+        elif vgg is None:
+            raise ValueError(
+                f"ftr_type {config.ftr_type!r} needs VGG16's weights: pass "
+                f"vgg=dgp_jax.nets.vgg.load_params('{vgg_lib.WEIGHT_FILE}') "
+                f"(from {vgg_lib.WEIGHT_URL})"
+            )
         if config.resolution is not None and config.resolution != cfg.resolution:
             raise ValueError(
                 f"the preset is for {config.resolution} px models but the model is "
@@ -505,16 +541,18 @@ def restore(
             static_use_in=_static_use_in(config), stop_mse=float(config.stop_mse),
             stop_ftr=float(config.stop_ftr), b1=config.G_B1, b2=config.G_B2, eps=config.adam_eps,
             update_embed=config.update_embed, update_G=config.update_G,
-            compute_dtype=compute_dtype, lowering=lowering,
+            compute_dtype=compute_dtype, lowering=lowering, ftr_type=config.ftr_type,
+            style_weight=float(config.style_weight),
         )  # fmt: skip
-        d_vars = put_r(model.discriminator)
+        # the feature network's variables: D's, or VGG16's params for a VGG loss
+        d_vars = put_r(model.discriminator if config.ftr_type == "Discriminator" else vgg)
         g_params, table = _split_generator(model.generator[PARAMS])
         rows = stage_table(config, cfg.num_g_blocks + 1, cfg.num_d_features)
         g_trained, g_fixed = _split_shared(g_params, rows["group_lr"], prog)
         g_shared = put_r({PARAMS: g_fixed, BUFFERS: model.generator[BUFFERS]})
 
         target_dev = put_b(pad(targets))
-        features_fn = _cached_features(cfg)
+        features_fn = _cached_features(cfg, prog.ftr_type, prog.style_weight)
         target_feats = features_fn(target_dev, d_vars)
         # Per image, batch of one inside the vmapped step: (B, 1, ...).
         target_feats_1 = [f[:, None] for f in target_feats]
@@ -529,6 +567,7 @@ def restore(
             z0, start_classes, select_loss = _select(
                 model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
                 dtype, pad, put_b, put_r, degradation, _host_target_in_selection(degradation),
+                d_vars,
             )  # fmt: skip
         embeddings = np.asarray(model.embed(jnp.asarray(start_classes)), dtype)
 
@@ -677,7 +716,7 @@ def _initial_in_state(model: BigGAN, prog: _Program, batch: int, dtype):
 
 
 def _select(model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
-            dtype, pad, put_b, put_r, degradation, host_select):  # fmt: skip
+            dtype, pad, put_b, put_r, degradation, host_select, d_vars):  # fmt: skip
     """The reference's select_z: the candidate with the lowest 3-feature distance."""
     cfg = model.config
     batch = classes.shape[0]
@@ -705,7 +744,6 @@ def _select(model, prog, config, keys, classes, target_feats, z_candidates, clas
 
     table = model.generator[PARAMS]["shared"]["weight"]
     g_vars = put_r({PARAMS: model.generator[PARAMS], BUFFERS: model.generator[BUFFERS]})
-    d_vars = put_r(model.discriminator)
     score = _cached_selector(prog, degradation.target_fn if host_select else None)
     chunk = max(1, min(config.select_batch, num))
     feats = [f[:, None] for f in target_feats]

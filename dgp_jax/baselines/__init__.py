@@ -35,6 +35,7 @@ METHODS: dict[str, str] = {
     "nearest": "dgp_jax.baselines.trivial:nearest",
     "observation": "dgp_jax.baselines.trivial:observation",
     "singan": "dgp_jax.baselines.singan:restore",
+    "dgp-vgg": "dgp_jax.baselines.dgp_vgg:restore",
 }
 
 

@@ -9,6 +9,7 @@
   score), :func:`load_resnet50`.
 - ``niqe_metric``: NIQE as the LIVE MATLAB code, :func:`niqe`, :func:`load_niqe_params`,
   :func:`fit_niqe_params`, :func:`save_niqe_params`.
+- ``lpips``: LPIPS (vgg, alex) as the ``lpips`` package computes it (:func:`load_lpips`).
 
 Networks a metric needs live in ``dgp_jax.nets``; this package holds what is computed on
 their outputs.
@@ -23,6 +24,7 @@ from dgp_jax.metrics.inception import (
     kid,
     load_inception,
 )
+from dgp_jax.metrics.lpips import LPIPS, load_lpips
 from dgp_jax.metrics.niqe_metric import fit_niqe_params, load_niqe_params, niqe, save_niqe_params
 from dgp_jax.metrics.restoration import (
     colorization_merge,
@@ -35,6 +37,7 @@ from dgp_jax.metrics.restoration import (
 
 __all__ = [
     "INCEPTION_WEIGHTS",
+    "LPIPS",
     "accuracy",
     "colorization_merge",
     "fid",
@@ -44,6 +47,7 @@ __all__ = [
     "kid",
     "l1",
     "load_inception",
+    "load_lpips",
     "load_niqe_params",
     "load_resnet50",
     "mse",

@@ -29,6 +29,7 @@ EVALUATORS: dict[str, str] = {
     "ids": "dgp_jax.metrics.inception:ids_evaluator",
     "niqe": "dgp_jax.metrics.niqe_metric:niqe_evaluator",
     "resnet50": "dgp_jax.metrics.classification:resnet50_evaluator",
+    "lpips": "dgp_jax.metrics.lpips:lpips_evaluator",
 }
 
 

@@ -19,7 +19,7 @@ class WeightFile(NamedTuple):
     filename: str
     url: str
     sha256_prefix: str
-    metric: str
+    metric: str = ""
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -37,6 +37,12 @@ def locate(weights: WeightFile, path: str | os.PathLike | None) -> Path:
     if not candidate.is_file():
         raise MissingWeightsError(_message(weights, candidate))
     return candidate
+
+
+def require(path: str | os.PathLike | None, weights: WeightFile, metric: str) -> Path:
+    """:func:`locate` for a file several metrics or methods read (a VGG16 trunk serves LPIPS
+    and the perceptual losses): ``metric`` names the one asking."""
+    return locate(weights._replace(metric=metric), path)
 
 
 def _message(weights: WeightFile, looked_at: Path | None) -> str:
