@@ -162,6 +162,8 @@ class _Program:
     update_G: bool
     compute_dtype: Any = None  # None: the model's dtype; else G and D run in this dtype
     lowering: str = "auto"  # how G's per-image convolutions batch (dgp_jax.nets.per_image)
+    # generator_fn(x, data_i) with per-image data (Degradation.per_image): one mask per image
+    per_image_data: bool = False
 
 
 def _split_generator(params: dict) -> tuple[dict, dict]:
@@ -218,7 +220,7 @@ def _split_shared(g_params: dict, group_lr: np.ndarray, prog: _Program):
 def _make_step(prog: _Program, tx, mesh: Mesh):
     disc = Discriminator(prog.model_config)
 
-    def per_image(state, target, target_feats, d_vars, g_shared, hp):
+    def per_image(state, target, target_feats, aux, d_vars, g_shared, hp):
         use_in = prog.static_use_in if prog.static_use_in is not None else hp["use_in"]
         stopped = jnp.where(hp["stage_start"], False, state["stopped"])
 
@@ -233,7 +235,7 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
             x, in_state = _generate_one(prog, *g_in, use_in)
             if prog.compute_dtype is not None:
                 x, in_state = _cast_floats((x, in_state), target.dtype)
-            x_map = prog.generator_fn(x)
+            x_map = prog.generator_fn(x, aux) if prog.per_image_data else prog.generator_fn(x)
             _, feats = disc.apply(d_vars, x_map.astype(prog.compute_dtype or x_map.dtype))
             feats = _cast_floats(feats, target.dtype)
             ftr = feature_l1(feats, target_feats, hp["ftr_mask"])[0]
@@ -258,10 +260,10 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
         record = {"ftr": ftr, "mse": mse, "nll": nll, "loss": loss, "active": active}
         return new, record
 
-    def local_step(state, target, target_feats, d_vars, g_shared, table, t):
+    def local_step(state, target, target_feats, aux, d_vars, g_shared, table, t):
         hp = {k: v[t] for k, v in table.items()}
-        return jax.vmap(per_image, in_axes=(0, 0, 0, None, None, None))(
-            state, target, target_feats, d_vars, g_shared, hp
+        return jax.vmap(per_image, in_axes=(0, 0, 0, 0, None, None, None))(
+            state, target, target_feats, aux, d_vars, g_shared, hp
         )
 
     # Images are independent, so each device runs the vmapped step on its own shard
@@ -271,14 +273,14 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
     sharded = jax.shard_map(
         local_step,
         mesh=mesh,
-        in_specs=(data, data, data, rep, rep, rep, rep),
+        in_specs=(data, data, data, data, rep, rep, rep, rep),
         out_specs=(data, data),
         check_vma=False,
     )
 
-    def step(state, target, target_feats, d_vars, g_shared, table, t):
+    def step(state, target, target_feats, aux, d_vars, g_shared, table, t):
         TRACE_COUNTS["step"] += 1
-        return sharded(state, target, target_feats, d_vars, g_shared, table, t)
+        return sharded(state, target, target_feats, aux, d_vars, g_shared, table, t)
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -317,14 +319,15 @@ def _make_selector(prog: _Program, host_degradation: Callable | None):
 
     if host_degradation is None:
 
-        def per_image(z_cands, emb_cands, target_feats, g_vars, d_vars):
-            x = prog.generator_fn(gen.apply(g_vars, z_cands, emb_cands))
+        def per_image(z_cands, emb_cands, target_feats, aux, g_vars, d_vars):
+            x = gen.apply(g_vars, z_cands, emb_cands)
+            x = prog.generator_fn(x, aux) if prog.per_image_data else prog.generator_fn(x)
             return features_l1(x, target_feats, d_vars)
 
-        def score(z_cands, emb_cands, target_feats, g_vars, d_vars):
+        def score(z_cands, emb_cands, target_feats, aux, g_vars, d_vars):
             TRACE_COUNTS["select"] += 1
-            return jax.vmap(per_image, in_axes=(0, 0, 0, None, None))(
-                z_cands, emb_cands, target_feats, g_vars, d_vars
+            return jax.vmap(per_image, in_axes=(0, 0, 0, 0, None, None))(
+                z_cands, emb_cands, target_feats, aux, g_vars, d_vars
             )
 
         return jax.jit(score)
@@ -332,7 +335,7 @@ def _make_selector(prog: _Program, host_degradation: Callable | None):
     render = jax.jit(jax.vmap(lambda z, e, g: gen.apply(g, z, e), in_axes=(0, 0, None)))
     compare = jax.jit(jax.vmap(features_l1, in_axes=(0, 0, None)))
 
-    def score_on_host(z_cands, emb_cands, target_feats, g_vars, d_vars):
+    def score_on_host(z_cands, emb_cands, target_feats, aux, g_vars, d_vars):
         x = np.asarray(render(z_cands, emb_cands, g_vars))
         x = np.asarray(host_degradation(x.reshape((-1,) + x.shape[2:])), x.dtype).reshape(x.shape)
         x = jax.device_put(x, z_cands.sharding)
@@ -486,6 +489,17 @@ def restore(
         images = images.astype(dtype)
         targets = images if observed else np.asarray(degradation.target_fn(images), dtype)
 
+        aux = degradation.per_image
+        if aux is not None and _host_target_in_selection(degradation):
+            raise ValueError(
+                f"{degradation.name}: per-image data cannot go through the host-side "
+                "selection of SR and hybrid; solve them one mask at a time"
+            )
+        if aux is not None and np.shape(aux)[0] != batch:
+            raise ValueError(
+                f"the degradation holds {np.shape(aux)[0]} per-image masks for {batch} images"
+            )
+
         mesh = mesh or default_mesh(batch)
         n_dev = mesh.devices.size
         padded = math.ceil(batch / n_dev) * n_dev
@@ -505,7 +519,7 @@ def restore(
             static_use_in=_static_use_in(config), stop_mse=float(config.stop_mse),
             stop_ftr=float(config.stop_ftr), b1=config.G_B1, b2=config.G_B2, eps=config.adam_eps,
             update_embed=config.update_embed, update_G=config.update_G,
-            compute_dtype=compute_dtype, lowering=lowering,
+            compute_dtype=compute_dtype, lowering=lowering, per_image_data=aux is not None,
         )  # fmt: skip
         d_vars = put_r(model.discriminator)
         g_params, table = _split_generator(model.generator[PARAMS])
@@ -514,6 +528,8 @@ def restore(
         g_shared = put_r({PARAMS: g_fixed, BUFFERS: model.generator[BUFFERS]})
 
         target_dev = put_b(pad(targets))
+        # Per-image data of φ (masks), or a placeholder the program ignores.
+        aux_dev = put_b(pad(np.zeros((batch,), dtype) if aux is None else np.asarray(aux, dtype)))
         features_fn = _cached_features(cfg)
         target_feats = features_fn(target_dev, d_vars)
         # Per image, batch of one inside the vmapped step: (B, 1, ...).
@@ -529,6 +545,7 @@ def restore(
             z0, start_classes, select_loss = _select(
                 model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
                 dtype, pad, put_b, put_r, degradation, _host_target_in_selection(degradation),
+                aux_dev,
             )  # fmt: skip
         embeddings = np.asarray(model.embed(jnp.asarray(start_classes)), dtype)
 
@@ -568,6 +585,7 @@ def restore(
                 state,
                 target_dev,
                 target_feats_1,
+                aux_dev,
                 d_step,
                 g_shared_step,
                 table_dev,
@@ -592,9 +610,9 @@ def restore(
             x_final = np.asarray(model.generate(jnp.asarray(z0), jnp.asarray(embeddings)))
         metrics = None
         if not observed:
-            metrics = metrics_lib.restoration_metrics(
-                x_final, images, _metric_mode(config.dgp_mode)
-            )
+            mode = _metric_mode(config.dgp_mode)
+            mask = degradation.mask if mode == "inpainting" else None
+            metrics = metrics_lib.restoration_metrics(x_final, images, mode, mask=mask)
         return SolveResult(
             images=x_final,
             degraded=targets,
@@ -677,7 +695,7 @@ def _initial_in_state(model: BigGAN, prog: _Program, batch: int, dtype):
 
 
 def _select(model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
-            dtype, pad, put_b, put_r, degradation, host_select):  # fmt: skip
+            dtype, pad, put_b, put_r, degradation, host_select, aux_dev):  # fmt: skip
     """The reference's select_z: the candidate with the lowest 3-feature distance."""
     cfg = model.config
     batch = classes.shape[0]
@@ -718,7 +736,7 @@ def _select(model, prog, config, keys, classes, target_feats, z_candidates, clas
             zc = np.concatenate([zc, np.repeat(zc[:, -1:], chunk - n, 1)], 1)
             yc = np.concatenate([yc, np.repeat(yc[:, -1:], chunk - n, 1)], 1)
         emb = np.asarray(jnp.take(table, jnp.asarray(yc), axis=0), dtype)
-        out = score(put_b(pad(zc)), put_b(pad(emb)), feats, g_vars, d_vars)
+        out = score(put_b(pad(zc)), put_b(pad(emb)), feats, aux_dev, g_vars, d_vars)
         losses.append(np.asarray(out)[:batch, :n])
     select_loss = np.concatenate(losses, axis=1)
     best = np.argmin(select_loss, axis=1)  # first minimum, as torch.argmin
