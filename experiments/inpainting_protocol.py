@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-seed", type=int, default=0, help="masks (default 0)")
     p.add_argument("--batch", type=int, default=8, help="images solved together (default 8)")
     p.add_argument("--force", action="store_true", help="redo folders of other settings")
+    p.add_argument("--cache-dir", help="JAX compilation cache (see dgp-jax restore)")
     p.add_argument("--quiet", action="store_true")
     return p  # fmt: skip
 
@@ -352,9 +353,11 @@ def main(argv: list[str] | None = None, *, model=None, mesh=None) -> int:
     if len(set(names)) != len(names):
         raise SystemExit(f"{args.list}: image names must be distinct")
 
-    if model is None:
+    if model is None:  # a run from the command line (tests pass their model)
         import dgp_jax
+        from dgp_jax.run.setup import configure_compilation_cache
 
+        configure_compilation_cache(args.cache_dir)
         model = dgp_jax.load_biggan(args.weights) if args.weights else dgp_jax.load_default_biggan()
     res = model.config.resolution
     args.preset = args.preset or default_preset("inpainting", res)
