@@ -486,9 +486,6 @@ def restore(
             cfg.resolution,
             config.sr_factor if config.dgp_mode in ("SR", "hybrid") else None,
         )
-        images = images.astype(dtype)
-        targets = images if observed else np.asarray(degradation.target_fn(images), dtype)
-
         aux = degradation.per_image
         if aux is not None and _host_target_in_selection(degradation):
             raise ValueError(
@@ -499,6 +496,9 @@ def restore(
             raise ValueError(
                 f"the degradation holds {np.shape(aux)[0]} per-image masks for {batch} images"
             )
+
+        images = images.astype(dtype)
+        targets = images if observed else np.asarray(degradation.target_fn(images), dtype)
 
         mesh = mesh or default_mesh(batch)
         n_dev = mesh.devices.size

@@ -235,7 +235,10 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def mean(values) -> float:
+    """Mean over the images that have a value: hole SSIM is NaN for holes thinner than its
+    7x7 window (dgp_jax.metrics.inpainting), which small-hole buckets can hold."""
     values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
     return float(np.mean(values)) if values.size else float("nan")
 
 
