@@ -7,6 +7,7 @@ dgp-jax restore --task SR photos/ --out results/     # the shipped 64 px model
 dgp-jax jitter|morph|transfer --weights biggan128 photos/ --out edits/
 dgp-jax compare --task SR --methods dgp,latent-only,mse-only,dip,bicubic photos/ --out cmp/
 dgp-jax evaluate results/ --reference photos/ --metrics psnr,ssim,niqe --nets nets/
+dgp-jax masks --size 64 --buckets aot-gan --per-bucket 6 --seed 0 --out masks/
 
 The batch commands are resumable: rerun the same command after an interruption and
 finished images are skipped. Exit codes: 0 all done, 1 some inputs failed (listed in the
@@ -145,6 +146,28 @@ def cmd_run(args) -> int:
         for name, message in report.failed.items():
             print(f"  {name}: {message}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_masks(args) -> int:
+    from dgp_jax import masks
+
+    try:
+        buckets = masks.parse_buckets(args.buckets)
+    except ValueError as err:
+        raise ValueError(f"--buckets: {err}") from None
+    if args.size < 8:
+        raise ValueError(f"--size must be at least 8 pixels, got {args.size}")
+    if args.per_bucket < 1:
+        raise ValueError(f"--per-bucket must be at least 1, got {args.per_bucket}")
+    from dgp_jax.run.folder import OutputDir
+
+    OutputDir.check_writable(args.out)
+    record = masks.write_bucket_masks(args.out, args.size, buckets, args.per_bucket, args.seed)
+    for name, entry in record["buckets"].items():
+        ratios = [m["hole_ratio"] for m in entry["masks"]]
+        print(f"{name}: {len(ratios)} masks, hole ratio {min(ratios):.3f} to {max(ratios):.3f}")
+    print(f"masks in {Path(args.out).resolve()} (white = keep; list: masks.json)")
     return 0
 
 
@@ -340,6 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="images per method call (default 1)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser(
+        "masks",
+        help="free-form masks by hole ratio (Co-Mod-GAN's generator), as PNGs (white = keep)",
+    )
+    p.add_argument("--size", type=int, required=True, help="mask height and width in pixels")
+    p.add_argument(
+        "--buckets", default="aot-gan",
+        help="hole-ratio buckets in percent, e.g. 0-10,10-20, or a set: aot-gan (= pconv: "
+        "0-10 ... 50-60, the default) or co-mod-gan (0-20 ... 80-100)",
+    )  # fmt: skip
+    p.add_argument("--per-bucket", type=int, required=True, help="masks per bucket")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same masks (default 0)")
+    p.add_argument("--out", required=True, help="output folder: OUT/<bucket>/NNNN.png")
+    p.set_defaults(func=cmd_masks)
     return parser
 
 

@@ -381,14 +381,24 @@ class Degradation:
       target_fn: host side, numpy in / numpy out, (..., H, W, 3) in [-1, 1] -> same shape and
         dtype; applied once to the target image. Need not be differentiable.
       generator_fn: JAX, differentiable, jit/vmap-friendly, (..., H, W, 3) in [-1, 1] -> same
-        shape and dtype; applied to G's output at every step.
+        shape and dtype; applied to G's output at every step. With ``per_image`` it is
+        called per image as ``generator_fn(x, per_image[i])``.
+      per_image: (B, ...) data that differs between the images of a batch (one inpainting
+        mask per image), or None. The solver passes image i's row to ``generator_fn`` as
+        data, so batches with other masks reuse the compiled program.
+      mask: the inpainting keep-mask ((H, W, 1) or (B, H, W, 1), 1 = keep) when one was
+        given, so that metrics can score its hole; None for the reference's centre hole
+        and for the other degradations.
 
-    Frozen (hence hashable), so a Degradation can be a static argument of ``jax.jit``.
+    Frozen (hence hashable: the arrays are left out of hash and equality), so a Degradation
+    can be a static argument of ``jax.jit``.
     """
 
     name: str
     target_fn: Callable[[np.ndarray], np.ndarray]
-    generator_fn: Callable[[jax.Array], jax.Array]
+    generator_fn: Callable[..., jax.Array]
+    per_image: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    mask: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def _chain(fns: Sequence[Callable[[Any], Any]]) -> Callable[[Any], Any]:
@@ -417,6 +427,12 @@ def compose(*degradations: Degradation) -> Degradation:
         return identity()
     if len(degradations) == 1:
         return degradations[0]
+    per_image = [d.name for d in degradations if d.per_image is not None]
+    if per_image:
+        raise ValueError(
+            f"compose() takes degradations that are the same for every image; {per_image} "
+            "holds one mask per image: compose with a single (H, W, 1) mask"
+        )
     return Degradation(
         "+".join(d.name for d in degradations),
         _chain([d.target_fn for d in degradations]),
@@ -449,7 +465,9 @@ def inpainting(
 
     Args:
       mask: (H, W), (H, W, 1) or (B, H, W, 1) mask. Default: the reference's centre hole
-        (:func:`center_mask`), which needs ``height`` and ``width``.
+        (:func:`center_mask`), which needs ``height`` and ``width``. With B > 1 masks, image
+        i of a batch of B gets mask i: the masks are per-image data of the solver
+        (``Degradation.per_image``), and ``generator_fn(x, mask_i)`` takes one image's.
       height, width: image size. With a mask they are optional and, when given, checked
         against the mask's shape.
     """
@@ -476,10 +494,14 @@ def inpainting(
         _check_mask_matches(mask_np, x.shape)
         return x * mask_np.astype(x.dtype)
 
+    if mask is not None and mask_np.ndim == 4 and mask_np.shape[0] > 1:
+        return Degradation("inpainting", target_fn, apply_mask, per_image=mask_np, mask=mask_np)
+
     def generator_fn(x: jax.Array) -> jax.Array:
         return apply_mask(x, mask_np)
 
-    return Degradation("inpainting", target_fn, generator_fn)
+    return Degradation("inpainting", target_fn, generator_fn,
+                       mask=None if mask is None else mask_np)  # fmt: skip
 
 
 def super_resolution(factor: int) -> Degradation:

@@ -164,6 +164,8 @@ class _Program:
     update_G: bool
     compute_dtype: Any = None  # None: the model's dtype; else G and D run in this dtype
     lowering: str = "auto"  # how G's per-image convolutions batch (dgp_jax.nets.per_image)
+    # generator_fn(x, data_i) with per-image data (Degradation.per_image): one mask per image
+    per_image_data: bool = False
     ftr_type: str = "Discriminator"  # or a VGG16 feature loss (dgp_jax.perceptual)
     style_weight: float = 0.0
 
@@ -230,7 +232,7 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
     disc = Discriminator(prog.model_config)
     vgg_loss = _vgg_loss(prog)
 
-    def per_image(state, target, target_feats, d_vars, g_shared, hp):
+    def per_image(state, target, target_feats, aux, d_vars, g_shared, hp):
         use_in = prog.static_use_in if prog.static_use_in is not None else hp["use_in"]
         stopped = jnp.where(hp["stage_start"], False, state["stopped"])
 
@@ -245,7 +247,7 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
             x, in_state = _generate_one(prog, *g_in, use_in)
             if prog.compute_dtype is not None:
                 x, in_state = _cast_floats((x, in_state), target.dtype)
-            x_map = prog.generator_fn(x)
+            x_map = prog.generator_fn(x, aux) if prog.per_image_data else prog.generator_fn(x)
             # d_vars: the discriminator's variables, or VGG16's params for a VGG loss
             if vgg_loss is None:
                 _, feats = disc.apply(d_vars, x_map.astype(prog.compute_dtype or x_map.dtype))
@@ -276,10 +278,10 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
         record = {"ftr": ftr, "mse": mse, "nll": nll, "loss": loss, "active": active}
         return new, record
 
-    def local_step(state, target, target_feats, d_vars, g_shared, table, t):
+    def local_step(state, target, target_feats, aux, d_vars, g_shared, table, t):
         hp = {k: v[t] for k, v in table.items()}
-        return jax.vmap(per_image, in_axes=(0, 0, 0, None, None, None))(
-            state, target, target_feats, d_vars, g_shared, hp
+        return jax.vmap(per_image, in_axes=(0, 0, 0, 0, None, None, None))(
+            state, target, target_feats, aux, d_vars, g_shared, hp
         )
 
     # Images are independent, so each device runs the vmapped step on its own shard
@@ -289,14 +291,14 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
     sharded = jax.shard_map(
         local_step,
         mesh=mesh,
-        in_specs=(data, data, data, rep, rep, rep, rep),
+        in_specs=(data, data, data, data, rep, rep, rep, rep),
         out_specs=(data, data),
         check_vma=False,
     )
 
-    def step(state, target, target_feats, d_vars, g_shared, table, t):
+    def step(state, target, target_feats, aux, d_vars, g_shared, table, t):
         TRACE_COUNTS["step"] += 1
-        return sharded(state, target, target_feats, d_vars, g_shared, table, t)
+        return sharded(state, target, target_feats, aux, d_vars, g_shared, table, t)
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -338,14 +340,15 @@ def _make_selector(prog: _Program, host_degradation: Callable | None):
 
     if host_degradation is None:
 
-        def per_image(z_cands, emb_cands, target_feats, g_vars, d_vars):
-            x = prog.generator_fn(gen.apply(g_vars, z_cands, emb_cands))
+        def per_image(z_cands, emb_cands, target_feats, aux, g_vars, d_vars):
+            x = gen.apply(g_vars, z_cands, emb_cands)
+            x = prog.generator_fn(x, aux) if prog.per_image_data else prog.generator_fn(x)
             return features_l1(x, target_feats, d_vars)
 
-        def score(z_cands, emb_cands, target_feats, g_vars, d_vars):
+        def score(z_cands, emb_cands, target_feats, aux, g_vars, d_vars):
             TRACE_COUNTS["select"] += 1
-            return jax.vmap(per_image, in_axes=(0, 0, 0, None, None))(
-                z_cands, emb_cands, target_feats, g_vars, d_vars
+            return jax.vmap(per_image, in_axes=(0, 0, 0, 0, None, None))(
+                z_cands, emb_cands, target_feats, aux, g_vars, d_vars
             )
 
         return jax.jit(score)
@@ -353,7 +356,7 @@ def _make_selector(prog: _Program, host_degradation: Callable | None):
     render = jax.jit(jax.vmap(lambda z, e, g: gen.apply(g, z, e), in_axes=(0, 0, None)))
     compare = jax.jit(jax.vmap(features_l1, in_axes=(0, 0, None)))
 
-    def score_on_host(z_cands, emb_cands, target_feats, g_vars, d_vars):
+    def score_on_host(z_cands, emb_cands, target_feats, aux, g_vars, d_vars):
         x = np.asarray(render(z_cands, emb_cands, g_vars))
         x = np.asarray(host_degradation(x.reshape((-1,) + x.shape[2:])), x.dtype).reshape(x.shape)
         x = jax.device_put(x, z_cands.sharding)
@@ -519,6 +522,17 @@ def restore(
             cfg.resolution,
             config.sr_factor if config.dgp_mode in ("SR", "hybrid") else None,
         )
+        aux = degradation.per_image
+        if aux is not None and _host_target_in_selection(degradation):
+            raise ValueError(
+                f"{degradation.name}: per-image data cannot go through the host-side "
+                "selection of SR and hybrid; solve them one mask at a time"
+            )
+        if aux is not None and np.shape(aux)[0] != batch:
+            raise ValueError(
+                f"the degradation holds {np.shape(aux)[0]} per-image masks for {batch} images"
+            )
+
         images = images.astype(dtype)
         targets = images if observed else np.asarray(degradation.target_fn(images), dtype)
 
@@ -542,7 +556,7 @@ def restore(
             stop_ftr=float(config.stop_ftr), b1=config.G_B1, b2=config.G_B2, eps=config.adam_eps,
             update_embed=config.update_embed, update_G=config.update_G,
             compute_dtype=compute_dtype, lowering=lowering, ftr_type=config.ftr_type,
-            style_weight=float(config.style_weight),
+            style_weight=float(config.style_weight), per_image_data=aux is not None,
         )  # fmt: skip
         # the feature network's variables: D's, or VGG16's params for a VGG loss
         d_vars = put_r(model.discriminator if config.ftr_type == "Discriminator" else vgg)
@@ -552,6 +566,8 @@ def restore(
         g_shared = put_r({PARAMS: g_fixed, BUFFERS: model.generator[BUFFERS]})
 
         target_dev = put_b(pad(targets))
+        # Per-image data of φ (masks), or a placeholder the program ignores.
+        aux_dev = put_b(pad(np.zeros((batch,), dtype) if aux is None else np.asarray(aux, dtype)))
         features_fn = _cached_features(cfg, prog.ftr_type, prog.style_weight)
         target_feats = features_fn(target_dev, d_vars)
         # Per image, batch of one inside the vmapped step: (B, 1, ...).
@@ -567,7 +583,7 @@ def restore(
             z0, start_classes, select_loss = _select(
                 model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
                 dtype, pad, put_b, put_r, degradation, _host_target_in_selection(degradation),
-                d_vars,
+                d_vars, aux_dev,
             )  # fmt: skip
         embeddings = np.asarray(model.embed(jnp.asarray(start_classes)), dtype)
 
@@ -607,6 +623,7 @@ def restore(
                 state,
                 target_dev,
                 target_feats_1,
+                aux_dev,
                 d_step,
                 g_shared_step,
                 table_dev,
@@ -631,9 +648,9 @@ def restore(
             x_final = np.asarray(model.generate(jnp.asarray(z0), jnp.asarray(embeddings)))
         metrics = None
         if not observed:
-            metrics = metrics_lib.restoration_metrics(
-                x_final, images, _metric_mode(config.dgp_mode)
-            )
+            mode = _metric_mode(config.dgp_mode)
+            mask = degradation.mask if mode == "inpainting" else None
+            metrics = metrics_lib.restoration_metrics(x_final, images, mode, mask=mask)
         return SolveResult(
             images=x_final,
             degraded=targets,
@@ -716,7 +733,7 @@ def _initial_in_state(model: BigGAN, prog: _Program, batch: int, dtype):
 
 
 def _select(model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
-            dtype, pad, put_b, put_r, degradation, host_select, d_vars):  # fmt: skip
+            dtype, pad, put_b, put_r, degradation, host_select, d_vars, aux_dev):  # fmt: skip
     """The reference's select_z: the candidate with the lowest 3-feature distance."""
     cfg = model.config
     batch = classes.shape[0]
@@ -756,7 +773,7 @@ def _select(model, prog, config, keys, classes, target_feats, z_candidates, clas
             zc = np.concatenate([zc, np.repeat(zc[:, -1:], chunk - n, 1)], 1)
             yc = np.concatenate([yc, np.repeat(yc[:, -1:], chunk - n, 1)], 1)
         emb = np.asarray(jnp.take(table, jnp.asarray(yc), axis=0), dtype)
-        out = score(put_b(pad(zc)), put_b(pad(emb)), feats, g_vars, d_vars)
+        out = score(put_b(pad(zc)), put_b(pad(emb)), feats, aux_dev, g_vars, d_vars)
         losses.append(np.asarray(out)[:batch, :n])
     select_loss = np.concatenate(losses, axis=1)
     best = np.argmin(select_loss, axis=1)  # first minimum, as torch.argmin

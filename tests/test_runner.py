@@ -408,7 +408,17 @@ def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
     degraded = np.asarray(Image.open(out / "p0_inpainting_degraded.png"))
     assert np.all(degraded[:, :8] == 127) and not np.all(degraded[:, 8:] == 127)
     record = json.loads((out / "p0_inpainting.done.json").read_text())
-    assert record["metrics_region"] == "whole image (custom mask)"
+    assert record["metrics_region"].startswith("hole of the custom mask")
+    # PSNR/SSIM over the mask's hole (dgp_jax.metrics.inpainting), of G's raw output.
+    from dgp_jax.images import load_image
+    from dgp_jax.metrics.inpainting import hole_psnr, hole_ssim
+
+    raw = load_image(out / "p0_inpainting_generated.png", 32)
+    original = load_image(photos[0], 32)
+    hole = np.ones((32, 32))
+    hole[:, :8] = 0
+    assert abs(record["metrics"]["psnr"] - hole_psnr(raw, original, hole)) < 0.1
+    assert abs(record["metrics"]["ssim"] - hole_ssim(raw, original, hole)) < 0.02
     config = json.loads((out / "config.json").read_text())
     assert config["run"]["mask"].endswith("mask.png (keep white)")
     assert config["run"]["mask_sha256"]

@@ -4,7 +4,10 @@ An entry maps a name to ``"module:factory"``; the module is imported only when t
 asked for, so listing metrics never loads a network. ``factory(**config)`` returns an
 evaluator: a callable over restored and reference images (channels-last, [-1, 1]) that
 returns a dict of named values. Per-image metrics return one value per image; set metrics
-(FID and the like) return one value for the set.
+(FID and the like) return one value for the set. An evaluator that needs the inpainting
+masks declares a keyword parameter ``masks`` ((B, H, W) or (B, H, W, 1), 1 = keep) and is
+given them; the others are called without (``experiments/inpainting_protocol.py`` calls every
+evaluator this way, on the composites: the result in the hole, the original elsewhere).
 
 Metrics modules add their lines to ``EVALUATORS``. ``dgp-jax evaluate``
 (:mod:`dgp_jax.evaluate`) passes a factory the options it declares among ``nets`` (the
@@ -30,6 +33,8 @@ EVALUATORS: dict[str, str] = {
     "niqe": "dgp_jax.metrics.niqe_metric:niqe_evaluator",
     "resnet50": "dgp_jax.metrics.classification:resnet50_evaluator",
     "lpips": "dgp_jax.metrics.lpips:lpips_evaluator",
+    "inpainting_hole": "dgp_jax.metrics.inpainting:hole_evaluator",
+    "aot_gan": "dgp_jax.metrics.inpainting:composite_evaluator",
 }
 
 
@@ -51,3 +56,13 @@ def get(name: str) -> Callable[..., Callable[..., dict[str, Any]]]:
 def build(name: str, **config: Any) -> Callable[..., dict[str, Any]]:
     """``get(name)(**config)``: an evaluator ready to call."""
     return get(name)(**config)
+
+
+def takes_masks(evaluator: Callable[..., Any]) -> bool:
+    """Whether ``evaluator`` wants the inpainting masks (a ``masks`` keyword parameter)."""
+    import inspect
+
+    try:
+        return "masks" in inspect.signature(evaluator).parameters
+    except (TypeError, ValueError):
+        return False

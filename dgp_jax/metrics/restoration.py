@@ -177,7 +177,11 @@ def colorization_merge(x: Array, ref: Array) -> np.ndarray:
 
 
 def restoration_metrics(
-    x: Array, original: Array, mode: str, mask_box: tuple[int, int] | None = None
+    x: Array,
+    original: Array,
+    mode: str,
+    mask_box: tuple[int, int] | None = None,
+    mask: Array | None = None,
 ) -> dict[str, np.ndarray]:
     """The reference's per-step metrics of a restoration against the original image.
 
@@ -185,15 +189,19 @@ def restoration_metrics(
       ``l1_loss_origin``).
     * ``psnr``, ``ssim``: for 'colorization' on the Lab merge (:func:`colorization_merge`)
       against the original; for 'inpainting' on the hole only (rows and columns
-      begin..end-1 of ``mask_box``, default :func:`~dgp_jax.degradations.hole_box`); for
-      every other mode on the whole image. (The reference reports no metrics for 'hybrid'
-      and the manipulation modes; here they get the whole-image numbers.)
+      begin..end-1 of ``mask_box``, default :func:`~dgp_jax.degradations.hole_box`; with
+      ``mask``, the hole of any mask as :mod:`dgp_jax.metrics.inpainting` defines it,
+      which for the centre square gives the same numbers); for every other mode on the
+      whole image. (The reference reports no metrics for 'hybrid' and the manipulation
+      modes; here they get the whole-image numbers.)
 
     Args:
       x: (B, H, W, 3) restored images (G's output) in [-1, 1]; a single (H, W, 3) works too.
       original: the undegraded images, same shape.
       mode: a DGP mode name (see :data:`~dgp_jax.degradations.MODES`).
       mask_box: (begin, end) of the inpainting hole; only for 'inpainting'.
+      mask: an inpainting keep-mask (1 = keep; (H, W[, 1]) or one per image); only for
+        'inpainting', not with ``mask_box``.
 
     Returns:
       dict with keys 'mse', 'l1', 'psnr', 'ssim', each a float64 array of shape (B,)
@@ -202,9 +210,21 @@ def restoration_metrics(
     """
     if mode not in MODES:
         raise ValueError(f"unknown DGP mode {mode!r}; valid modes: {', '.join(MODES)}")
-    if mask_box is not None and mode != "inpainting":
-        raise ValueError(f"mask_box applies only to mode 'inpainting', not {mode!r}")
+    if (mask_box is not None or mask is not None) and mode != "inpainting":
+        raise ValueError(f"mask_box and mask apply only to mode 'inpainting', not {mode!r}")
+    if mask_box is not None and mask is not None:
+        raise ValueError("give mask_box (a centred box) or mask (any hole), not both")
     x, original = _pair(x, original)
+    if mask is not None:
+        from dgp_jax.metrics.inpainting import hole_metrics
+
+        hole = hole_metrics(x, original, mask)
+        return {
+            "mse": np.asarray(mse(x, original), dtype=np.float64),
+            "l1": np.asarray(l1(x, original), dtype=np.float64),
+            "psnr": hole["hole_psnr"],
+            "ssim": hole["hole_ssim"],
+        }
     h, w = x.shape[-3:-1]
     x_unit, ref_unit = _unit(x), _unit(original)
 

@@ -32,9 +32,11 @@ def _metrics(solved: Solved, spec: RunSpec) -> tuple[dict[str, float] | None, st
     region = {"colorization": "Lab merge, whole image", "inpainting": "centre hole"}.get(
         mode, "whole image"
     )
-    if spec.mask is not None:
-        # restore scores inpainting on the reference's centre box, which a custom mask does
-        # not use: score the whole result (known pixels pasted back) instead.
+    if spec.mask is not None and mode == "inpainting":
+        # restore scored the custom mask's hole (dgp_jax.metrics.inpainting).
+        region = "hole of the custom mask (PSNR: its pixels; SSIM: 7x7 windows inside it)"
+    elif spec.mask is not None:
+        # hybrid with a custom mask: score the whole result.
         values = metrics_lib.restoration_metrics(
             result_image(solved, spec)[None], solved.original[None], "reconstruct"
         )

@@ -89,7 +89,8 @@ def _final_renders(model, result, originals: np.ndarray, spec: RunSpec):
     metrics = result.metrics
     if metrics is not None:
         mode = _metric_mode(spec.config.dgp_mode)
-        metrics = metrics_lib.restoration_metrics(images, originals, mode)
+        mask = spec.mask if mode == "inpainting" else None
+        metrics = metrics_lib.restoration_metrics(images, originals, mode, mask=mask)
     return result.replace(images=images, metrics=metrics)
 
 
