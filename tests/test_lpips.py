@@ -20,7 +20,7 @@ def write_trunk(tmp_path, net):
     the converter ignores)."""
     state = random_state(MODULES[net].state_shapes(), SEED[net])
     state["classifier.0.bias"] = np.zeros(7, np.float32)
-    path = tmp_path / lpips_lib.TRUNK_FILES[net].name
+    path = tmp_path / lpips_lib.TRUNK_FILES[net].filename
     pth.write_state_dict(path, state)
     return path
 

@@ -242,4 +242,8 @@ def test_every_reference_preset_is_published_as_the_reference_has_it():
             if key in fields:
                 want = tuple(value) if isinstance(value, list) else value
                 assert getattr(config, key) == want, (name, key)
-        assert fields - set(settings) <= {"factor", "select_batch"}, name
+        # Ours: factor, select_batch, style_weight (Johnson's loss); ftr_type is the
+        # reference's flag, left at its default 'Discriminator' by every published preset.
+        own_fields = {"factor", "select_batch", "style_weight", "ftr_type"}
+        assert fields - set(settings) <= own_fields, name
+        assert config.ftr_type == "Discriminator" and config.style_weight == 0.0, name
