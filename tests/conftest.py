@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+import gc  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -33,6 +34,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--reverse-order"):
         items.reverse()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Each test module ends by dropping the programs it compiled. A process that keeps every
+    module's programs (one xdist worker, or a serial run) ran out of memory for XLA:CPU's
+    JIT code late in the suite ("LLVM compilation error: Cannot allocate memory", then an
+    abort), with most of the machine's memory free."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def load_experiment(name: str):
