@@ -640,6 +640,22 @@ def test_sigterm_ends_the_run_with_a_summary(tmp_path, tiny, mesh, monkeypatch):
     assert sorted(resumed.skipped) == ["p0", "p1"] and len(resumed.done) == 4
 
 
+def flat_params(params, prefix=()):
+    """(path, module dict) for every module of a parameter tree that holds arrays."""
+    leaves = {k: v for k, v in params.items() if not isinstance(v, dict)}
+    if leaves:
+        yield prefix, leaves
+    for key, value in params.items():
+        if isinstance(value, dict):
+            yield from flat_params(value, (*prefix, key))
+
+
+def replace_leaf(params, path, key, value):
+    if not path:
+        return {**params, key: value}
+    return {**params, path[0]: replace_leaf(params[path[0]], path[1:], key, value)}
+
+
 def test_other_weights_are_other_settings(tmp_path, tiny, mesh):
     import dgp_jax
 
@@ -663,6 +679,17 @@ def test_other_weights_are_other_settings(tmp_path, tiny, mesh):
         }
     )
     assert runner.weights_id(tuned) != runner.weights_id(model)
+    # Every value counts, the last one of the largest tensor included.
+    name, tensor = max(((n, p["weight"]) for n, p in flat_params(params) if "weight" in p),
+                       key=lambda item: item[1].size)  # fmt: skip
+    edited = np.asarray(tensor).copy()
+    flat = edited.reshape(-1)
+    flat[-1] = np.nextafter(flat[-1], np.inf)  # the smallest change there is
+    last = model.replace(
+        generator={**model.generator, "params": replace_leaf(params, name, "weight", edited)}
+    )
+    assert runner.weights_id(last) != runner.weights_id(model)
+    assert runner.weights_id(dgp_jax.load_biggan(tiny["pth"])) == runner.weights_id(model)
     with pytest.raises(runner.RunError, match=r"other settings \(differing: weights_id\)"):
         runner.execute(options(tiny, out, photos), model=tuned, mesh=mesh)
 
@@ -680,3 +707,30 @@ def test_resume_from_another_working_directory(tmp_path, tiny, mesh, monkeypatch
     again = runner.execute(options(tiny, "project/out", ["project/photos"],
                                    weights="project/weights/G_ema_32.pth"), mesh=mesh)  # fmt: skip
     assert sorted(again.skipped) == ["p0", "p1"] and not again.done
+
+
+def test_vgg_feature_loss_reads_vgg16_from_nets(tmp_path, tiny, mesh):
+    """restore --set ftr_type=VGG: VGG16 from --nets, checked before any folder is made."""
+    from dgp_jax import pth
+    from dgp_jax.nets import vgg
+    from tests.random_weights import random_state
+
+    photos = make_photos(tmp_path / "photos", 1)
+    out = tmp_path / "out"
+    sets = [*FAST, "ftr_type=VGG"]
+    with pytest.raises(runner.RunError, match=r"'ftr_type=VGG' needs vgg16-397923af.pth.*--nets"):
+        runner.execute(options(tiny, out, photos, sets=sets, batch=1), mesh=mesh)
+    assert not out.exists()
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    pth.write_state_dict(nets / "vgg16-397923af.pth", random_state(vgg.state_shapes(), 5))
+    report = runner.execute(options(tiny, out, photos, sets=sets, batch=1, nets=str(nets)),
+                            mesh=mesh)  # fmt: skip
+    assert report.done == ["p0"]
+    run = json.loads((out / "config.json").read_text())
+    assert run["ftr_type"] == "VGG" and len(run["run"]["vgg_id"]) == 16
+    # Other VGG weights are other settings.
+    pth.write_state_dict(nets / "vgg16-397923af.pth", random_state(vgg.state_shapes(), 6))
+    with pytest.raises(runner.RunError, match=r"differing: vgg_id"):
+        runner.execute(options(tiny, out, photos, sets=sets, batch=1, nets=str(nets)),
+                       mesh=mesh)  # fmt: skip
