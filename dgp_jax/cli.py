@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more metrics of each result as summary.csv columns, e.g. "
                         "niqe,lpips (see dgp-jax evaluate; psnr, ssim, mse, l1 are always "
                         "there)")  # fmt: skip
-    p.add_argument("--nets", help="folder of the --metrics' weight files")
+    p.add_argument("--nets", help="folder of the --metrics' weight files, and of VGG16's "
+                   "(vgg16-397923af.pth) for --set ftr_type=VGG or johnson")  # fmt: skip
 
     p = sub.add_parser("evaluate", help="score result images: per-image CSV and a table")
     p.add_argument("results", help="folder of result images, or a dgp-jax restore --out folder")

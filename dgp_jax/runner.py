@@ -276,7 +276,7 @@ class RunOptions:
     process_count: int = 1
     manipulation: dict = dataclasses.field(default_factory=dict)
     metrics: str | Sequence[str] | None = None  # restore: extra summary columns
-    nets: str | None = None  # the metrics' weight files
+    nets: str | None = None  # weight files: the metrics', and VGG16 for ftr_type VGG/johnson
 
 
 def load_model(weights: str | None):
@@ -343,6 +343,21 @@ def _extra_metrics(options: RunOptions, items: Sequence[Item]):
     return evaluators
 
 
+def _perceptual_net(options: RunOptions, config, dtype):
+    """VGG16 from --nets when the feature loss is a VGG one (--set ftr_type=VGG|johnson)."""
+    if config.ftr_type == "Discriminator":
+        return None
+    from dgp_jax.baselines.dgp_vgg import VGG16_FILE
+    from dgp_jax.metrics.weights import require
+    from dgp_jax.nets import vgg
+
+    try:
+        path = require(options.nets, VGG16_FILE, f"ftr_type={config.ftr_type}")
+        return vgg.load_params(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise RunError(str(err)) from None
+
+
 def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     """Run one command: checks first (RunError before any work), then the batches."""
     if options.kind not in KINDS:
@@ -385,6 +400,7 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
             raise RunError(str(err)) from None
     _check_manipulation(options.kind, options.manipulation, model.config.n_classes)
     extra_metrics = _extra_metrics(options, items)
+    vgg = _perceptual_net(options, config, model.dtype)
     label = task if options.kind == "restore" else options.kind
     spec = RunSpec(
         kind=options.kind, label=label, config=config, seed=options.seed,
@@ -393,7 +409,7 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
         observed=options.observed, mask=mask,
         mask_source=None if mask is None else f"{options.mask} (keep {options.mask_keep})",
         weights=str(options.weights or DEFAULT_MODEL), manipulation=dict(options.manipulation),
-        extra_metrics=extra_metrics,
+        extra_metrics=extra_metrics, vgg=vgg,
     )  # fmt: skip
 
     with OutputDir(options.out, options.process_index, options.process_count) as out:

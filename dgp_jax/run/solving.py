@@ -161,6 +161,7 @@ def solve_items(
                     model, images, classes, spec.config, keys, degradation=degradation,
                     observed=spec.observed, mesh=mesh,
                     callback=progress.step, precision=spec.precision, lowering=spec.lowering,
+                    vgg=spec.vgg,
                 )  # fmt: skip
         except (KeyboardInterrupt, SystemExit):
             raise
