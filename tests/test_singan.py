@@ -211,3 +211,22 @@ def test_restore_errors():
         restore(x, degradations.identity(), seed=0, config={"iters": 2})
     with pytest.raises(ValueError, match=r"uint8 of shape \(B, H, W, 3\)"):
         singan.train(np.zeros((1, 32, 32, 3)), key=jax.random.PRNGKey(0))
+
+
+def test_one_seed_per_image_gives_each_image_the_keys_it_has_alone():
+    seeds = [5, 9]
+    train_keys, sample_keys = singan.restore_keys(seeds, 2)
+    for i, seed in enumerate(seeds):
+        train_alone, sample_alone = singan.restore_keys(seed, 1)
+        # what train() and the samplers use for the single image of a batch of one
+        np.testing.assert_array_equal(train_keys[i], singan._image_keys(train_alone, 1)[0])
+        np.testing.assert_array_equal(sample_keys[i], singan._image_keys(sample_alone, 1)[0])
+    assert not np.array_equal(train_keys[0], train_keys[1])
+    # A batch padded to 4 (the mesh) repeats the last image's keys.
+    padded = np.asarray(singan._image_keys(train_keys, 4))
+    np.testing.assert_array_equal(padded, np.asarray(train_keys)[[0, 1, 1, 1]])
+    # An int seed keeps its meaning: image i folds i into the seed's key.
+    one_train, _ = singan.restore_keys(5, 2)
+    np.testing.assert_array_equal(one_train, jax.random.split(jax.random.PRNGKey(5))[0])
+    with pytest.raises(ValueError, match="singan: 3 seeds for 2 images"):
+        singan.restore_keys([1, 2, 3], 2)

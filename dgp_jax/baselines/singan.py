@@ -513,7 +513,27 @@ def _compiled(kind: str, shapes, scale_factor: float, mesh: Mesh, settings=None,
 
 
 def _image_keys(key, batch: int):
+    """Each image's key: ``fold_in(key, i)`` for one key; row i of a (n, 2) array of
+    per-image keys (the rows that pad the batch repeat the last)."""
+    key = jnp.asarray(key)
+    if key.ndim == 2:
+        if len(key) > batch:
+            raise ValueError(f"singan: {len(key)} image keys for a batch of {batch}")
+        return jnp.concatenate([key, jnp.repeat(key[-1:], batch - len(key), axis=0)])
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
+
+
+def restore_keys(seed, batch: int):
+    """(training keys, sampling keys) of ``restore``: for an int seed, one key each that
+    image i folds in with i; for one seed per image, (B, 2) keys such that image i gets
+    exactly the keys it gets alone with its own seed (``dgp-jax compare --batch``)."""
+    if np.ndim(seed) == 0:
+        return tuple(jax.random.split(jax.random.PRNGKey(int(seed))))
+    seeds = [int(s) for s in seed]
+    if len(seeds) != batch:
+        raise ValueError(f"singan: {len(seeds)} seeds for {batch} images")
+    alone = [restore_keys(s, 1) for s in seeds]
+    return tuple(jnp.stack([_image_keys(pair[j], 1)[0] for pair in alone]) for j in (0, 1))
 
 
 def train(
@@ -524,7 +544,7 @@ def train(
 
     Args:
       images: (B, H, W, 3) uint8, one size for all (the pyramid's shapes are shared).
-      key: a JAX key; image i uses ``fold_in(key, i)``.
+      key: a JAX key, image i using ``fold_in(key, i)``; or (B, 2) keys, one per image.
       settings: :class:`Settings` (``sr_settings()[0]`` for super-resolution).
       sr: use ``adjust_scales2image_SR``'s pyramid.
       mesh: a ('data',) mesh for the image axis (default: the local devices dividing B).
@@ -690,12 +710,15 @@ def low_resolution(observed: np.ndarray, factor: int) -> np.ndarray:
     return to_bytes(low)
 
 
-def restore(observed, degradation, *, seed: int, config: Mapping[str, Any]):
+def restore(observed, degradation, *, seed, config: Mapping[str, Any]):
     """dgp_jax.baselines signature. SR (degradation ``SR<f>``): train on the LR image with
     SR.py's settings and super-resolve by ``f``. Identity (random jittering): train on the
     image and draw one random sample; the finest scale is at most ``max_size`` (250) pixels,
     so a larger image's sample is resized back to the image size with imresize. The result
     is clamped to [-1, 1] as the reference clamps the images it saves.
+
+    ``seed``: an int, or one per image; image i then gets the keys it gets alone with its
+    own seed (:func:`restore_keys`), so ``dgp-jax compare --batch`` does not change it.
 
     config keys: the :class:`Settings` fields (``iterations`` to shorten the schedule),
     ``progress`` (bool, default False)."""
@@ -711,8 +734,7 @@ def restore(observed, degradation, *, seed: int, config: Mapping[str, Any]):
     if observed.ndim != 4 or observed.shape[-1] != 3:
         raise ValueError(f"singan: observed must be (B, H, W, 3), got shape {observed.shape}")
     _, big_h, big_w, _ = observed.shape
-    key = jax.random.PRNGKey(seed)
-    train_key, sample_key = jax.random.split(key)
+    train_key, sample_key = restore_keys(seed, len(observed))
     report = print if progress else None
     if task == "SR":
         settings, _, _ = sr_settings(factor, **config)
