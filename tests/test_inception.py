@@ -22,29 +22,15 @@ from dgp_jax import metrics, pth
 from dgp_jax.metrics import inception as inception_metrics
 from dgp_jax.metrics import registry
 from dgp_jax.nets import inception
+from tests.fixtures.make_inception import (  # the inputs the fixture script fed the reference
+    SIZES,
+    TF_SIZES,
+    feature_sets,
+    images,
+    pixels,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "inception"
-SIZES = (64, 128, 256, 299)
-TF_SIZES = (64, 256)
-
-
-def images(size: int) -> np.ndarray:
-    """As tests/fixtures/make_inception.py draws them."""
-    return np.random.default_rng(size).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
-
-
-def pixels(size: int) -> np.ndarray:
-    """As tests/fixtures/make_inception.py draws them."""
-    return np.random.default_rng(1000 + size).integers(0, 256, (1, size, size, 3), np.uint8)
-
-
-def feature_sets() -> dict[str, np.ndarray]:
-    """As tests/fixtures/make_inception.py draws them."""
-    rng = np.random.default_rng(7)
-    real = rng.standard_normal((300, 64)).astype(np.float32)
-    fake = (rng.standard_normal((300, 64)) * 1.1 + 0.15).astype(np.float32)
-    logits = (rng.standard_normal((253, 1008)) * 3).astype(np.float32)
-    return {"real": real, "fake": fake, "logits": logits}
 
 
 def fixture(name: str):
