@@ -26,6 +26,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from dgp_jax.lazy_registry import resolve
+
 METHODS: dict[str, str] = {
     "dgp": "dgp_jax.baselines.dgp:dgp",
     "latent-only": "dgp_jax.baselines.dgp:latent_only",
@@ -46,12 +48,7 @@ def names() -> list[str]:
 
 def get(name: str) -> Callable[..., Any]:
     """The restore function registered as ``name``; unknown names list the known ones."""
-    try:
-        target = METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(names())}") from None
-    module_name, attr = target.split(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return resolve(METHODS, name, "method")
 
 
 def module_of(name: str):

@@ -20,9 +20,10 @@ class per image) when it declares that keyword.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
+
+from dgp_jax.lazy_registry import resolve
 
 EVALUATORS: dict[str, str] = {
     "restoration": "dgp_jax.metrics.restoration:restoration_evaluator",
@@ -45,12 +46,7 @@ def names() -> list[str]:
 
 def get(name: str) -> Callable[..., Callable[..., dict[str, Any]]]:
     """The factory registered as ``name``; unknown names list the known ones."""
-    try:
-        target = EVALUATORS[name]
-    except KeyError:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(names())}") from None
-    module_name, attr = target.split(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return resolve(EVALUATORS, name, "metric")
 
 
 def build(name: str, **config: Any) -> Callable[..., dict[str, Any]]:
