@@ -9,6 +9,7 @@ import pytest
 from dgp_jax import metrics, pth
 from dgp_jax.metrics import lpips as lpips_lib
 from dgp_jax.metrics import registry
+from dgp_jax.nets import alexnet, vgg
 from tests.fixtures.make_lpips import CASES, MODULES, SEED, image_pairs
 from tests.random_weights import random_state
 
@@ -106,3 +107,13 @@ def test_bad_input_is_refused(tmp_path):
         metric.distance(x, y[:1])
     with pytest.raises(ValueError, match="unknown LPIPS net 'squeeze'"):
         metrics.load_lpips("a", "b", net="squeeze")
+
+
+@pytest.mark.parametrize("trunk,name", [(alexnet, "AlexNet"), (vgg, "VGG16")])
+def test_trunks_refuse_unknown_taps_and_unbatched_images(trunk, name):
+    with pytest.raises(ValueError, match=rf"unknown {name} taps \['relu9'\]; known: \['relu1"):
+        trunk.features({}, np.zeros((1, 8, 8, 3)), ["relu9"])
+    with pytest.raises(
+        ValueError, match=rf"{name} takes \(N, H, W, 3\) images, got shape \(8, 8, 3\)"
+    ):
+        trunk.features({}, np.zeros((8, 8, 3)), [next(iter(trunk.TAPS))])

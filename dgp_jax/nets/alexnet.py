@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgp_jax import pth
-from dgp_jax.nets.vgg import conv2d, max_pool, tree_from_state
+from dgp_jax.nets.vgg import check_taps_and_images, conv2d, max_pool, tree_from_state
 
 Array = jax.Array
 
@@ -53,11 +53,7 @@ def load_params(path: str | os.PathLike, dtype=jnp.float32) -> dict:
 
 def features(params: Mapping, x: Array, taps: Sequence[str]) -> tuple[Array, ...]:
     """The activations at ``taps`` (names of :data:`TAPS`) of (N, H, W, 3) inputs."""
-    unknown = [t for t in taps if t not in TAPS]
-    if unknown:
-        raise ValueError(f"unknown AlexNet taps {unknown}; known: {list(TAPS)}")
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"AlexNet takes (N, H, W, 3) images, got shape {x.shape}")
+    check_taps_and_images("AlexNet", taps, TAPS, x)
     wanted = {TAPS[t]: t for t in taps}
     convs = {c[0]: c for c in CONVS}
     out = {}

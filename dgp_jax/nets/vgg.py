@@ -134,6 +134,15 @@ def max_pool(x: Array, size: int, stride: int) -> Array:
     )
 
 
+def check_taps_and_images(net: str, taps: Sequence[str], known: Mapping, x: Array) -> None:
+    """A trunk's input checks: every tap known, images (N, H, W, 3)."""
+    unknown = [t for t in taps if t not in known]
+    if unknown:
+        raise ValueError(f"unknown {net} taps {unknown}; known: {list(known)}")
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"{net} takes (N, H, W, 3) images, got shape {x.shape}")
+
+
 def features(params: Mapping, x: Array, taps: Sequence[str]) -> tuple[Array, ...]:
     """The activations at ``taps`` (names of :data:`TAPS`), in the order given.
 
@@ -142,11 +151,7 @@ def features(params: Mapping, x: Array, taps: Sequence[str]) -> tuple[Array, ...
         enough for the taps).
       x: (N, H, W, 3), already in the input space the caller's recipe uses.
     """
-    unknown = [t for t in taps if t not in TAPS]
-    if unknown:
-        raise ValueError(f"unknown VGG16 taps {unknown}; known: {list(TAPS)}")
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"VGG16 takes (N, H, W, 3) images, got shape {x.shape}")
+    check_taps_and_images("VGG16", taps, TAPS, x)
     wanted = {TAPS[t]: t for t in taps}
     out = {}
     for kind, index, _, _ in LAYERS[: max(wanted) + 1]:
