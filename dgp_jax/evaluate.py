@@ -296,15 +296,11 @@ def _reference_for(entry: Entry, originals: dict[str, Path]) -> Path | None:
 def _read(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """(H, W, 3) float64 in [-1, 1]; with ``size`` (H, W) of a square result, an image of
     another size is read as the solver reads its inputs."""
-    from PIL import Image, ImageOps
-
-    from dgp_jax.images import load_image
+    from dgp_jax.images import ImageError, load_image, read_image
 
     try:
-        with Image.open(path) as im:
-            rgb = ImageOps.exif_transpose(im).convert("RGB")  # upright, as load_image
-            image = np.asarray(rgb, np.float64) / 255 * 2 - 1
-    except OSError as err:
+        image = read_image(path)
+    except (ImageError, OSError) as err:
         raise EvaluationError(f"cannot read {path}: {err}") from None
     if size is not None and image.shape[:2] != size:
         if size[0] != size[1]:

@@ -116,6 +116,12 @@ def load_image_with_size(
     return np.asarray(resized, np.float64) / 255.0 * 2 - 1, (w, h)
 
 
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) float64 in [-1, 1] at the file's own size, upright (EXIF), with the same
+    checks as ``load_image`` (size guard, unreadable files named)."""
+    return np.asarray(_decode(Path(path), _upright_rgb), np.float64) / 255.0 * 2 - 1
+
+
 def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
     """(resolution, resolution, 3) float64 in [-1, 1], EXIF orientation applied."""
     return load_image_with_size(path, resolution)[0]

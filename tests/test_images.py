@@ -8,7 +8,13 @@ import pytest
 from PIL import Image
 
 from dgp_jax import images
-from dgp_jax.images import ImageError, load_image, load_image_with_size, load_mask
+from dgp_jax.images import (
+    ImageError,
+    load_image,
+    load_image_with_size,
+    load_mask,
+    read_image,
+)
 
 RES = 16
 
@@ -98,6 +104,10 @@ def test_exif_orientation_is_applied(tmp_path):
         upright = im.transpose(Image.Transpose.ROTATE_270).convert("RGB")
     upright.save(tmp_path / "upright.png")
     np.testing.assert_array_equal(x, _expected(tmp_path / "upright.png"))
+    # At its own size (dgp-jax evaluate's reader): upright too, not cropped or resized.
+    full = read_image(path)
+    assert full.shape == (40, 20, 3)
+    np.testing.assert_array_equal(full, np.asarray(upright, np.float64) / 255 * 2 - 1)
 
 
 def test_image_smaller_than_the_model_is_upsampled(tmp_path):
@@ -126,6 +136,8 @@ def test_unreadable_files_name_the_file(tmp_path, kind):
     path.write_bytes(data)
     with pytest.raises(ImageError, match=f"bad_{kind}.png"):
         load_image(path, RES)
+    with pytest.raises(ImageError, match=f"bad_{kind}.png"):
+        read_image(path)
 
 
 def test_missing_file_and_folder(tmp_path):
