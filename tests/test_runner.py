@@ -313,6 +313,45 @@ def test_output_dir_atomic_writes_lock_and_cleanup(tmp_path):
         runner.OutputDir.check_writable(blocker / "sub")
 
 
+def test_output_dir_made_again_when_a_sibling_process_removes_it(tmp_path, monkeypatch):
+    """The processes of a multi-process run start together; one's pre-check
+    (check_writable(keep=False)) removes the empty folder it made, which may be just after
+    another made it too (seen: "out2 is not writable (No such file or directory)")."""
+    import builtins
+
+    from dgp_jax.run import folder
+
+    root = tmp_path / "out"
+    real_write = Path.write_bytes
+    removed = []
+
+    def write_after_removal(self, data):
+        if self.name.startswith(".dgp_jax.probe") and not removed:
+            removed.append(self)
+            self.parent.rmdir()  # the sibling's clean-up, between our mkdir and probe
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_after_removal)
+    assert runner.OutputDir.check_writable(root) == root and root.is_dir() and removed
+    monkeypatch.undo()
+
+    real_open = builtins.open
+    lock_removed = []
+
+    def open_after_removal(path, *args, **kwargs):
+        if ".dgp_jax.lock" in str(path) and not lock_removed:
+            lock_removed.append(path)
+            for leftover in Path(path).parent.iterdir():
+                leftover.unlink()
+            Path(path).parent.rmdir()
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder, "open", open_after_removal, raising=False)
+    with runner.OutputDir(tmp_path / "out2") as out:
+        out.write_json("x.json", {"a": 1})
+    assert lock_removed and json.loads((tmp_path / "out2" / "x.json").read_text()) == {"a": 1}
+
+
 # --------------------------------------------------------------------------- runs
 def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
     photos = make_photos(tmp_path / "photos", 3)

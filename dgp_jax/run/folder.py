@@ -16,6 +16,9 @@ from dgp_jax.images import (
 )
 from dgp_jax.run.settings import RunError
 
+# How often a folder that vanished under us (see check_writable) is made again.
+VANISHED_RETRIES = 20
+
 
 # --------------------------------------------------------------------------- output folder
 class OutputDir:
@@ -46,9 +49,18 @@ class OutputDir:
             created.append(parent)
             parent = parent.parent
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".dgp_jax.probe.{os.getpid()}"
-            probe.write_bytes(b"")
+            for attempt in range(VANISHED_RETRIES + 1):
+                root.mkdir(parents=True, exist_ok=True)
+                probe = root / f".dgp_jax.probe.{os.getpid()}"
+                try:
+                    probe.write_bytes(b"")
+                    break
+                except FileNotFoundError:
+                    # The folder vanished after our mkdir: the processes of one
+                    # multi-process run start together, and another one's keep=False
+                    # check removes the empty folder it made. Make it again.
+                    if attempt == VANISHED_RETRIES:
+                        raise
             probe.unlink()
         except OSError as err:
             raise RunError(
@@ -65,8 +77,17 @@ class OutputDir:
     def open(self) -> OutputDir:
         self.check_writable(self.root)
         lock_path = self.root / f".dgp_jax.lock.{self.process_index}"
+        vanished = 0
         while True:
-            self._lock = open(lock_path, "a")  # noqa: SIM115 - held for the whole run
+            try:
+                self._lock = open(lock_path, "a")  # noqa: SIM115 - held for the whole run
+            except FileNotFoundError:
+                # Removed by another process's keep=False check (see check_writable).
+                vanished += 1
+                if vanished > VANISHED_RETRIES:
+                    raise
+                self.check_writable(self.root)
+                continue
             try:
                 import fcntl
 
