@@ -748,8 +748,11 @@ def test_resume_from_another_working_directory(tmp_path, tiny, mesh, monkeypatch
     assert sorted(again.skipped) == ["p0", "p1"] and not again.done
 
 
-def test_vgg_feature_loss_reads_vgg16_from_nets(tmp_path, tiny, mesh):
-    """restore --set ftr_type=VGG: VGG16 from --nets, checked before any folder is made."""
+def test_vgg_feature_loss_reads_vgg16_from_nets(tmp_path, tiny, mesh, monkeypatch):
+    """restore --set ftr_type=VGG: VGG16 from --nets, checked before any folder is made, and
+    handed to the solver (whose use of it tests/test_perceptual.py checks against the
+    reference; here the solve is stopped at the call, so nothing compiles)."""
+    import dgp_jax
     from dgp_jax import pth
     from dgp_jax.nets import vgg
     from tests.random_weights import random_state
@@ -763,9 +766,20 @@ def test_vgg_feature_loss_reads_vgg16_from_nets(tmp_path, tiny, mesh):
     nets = tmp_path / "nets"
     nets.mkdir()
     pth.write_state_dict(nets / "vgg16-397923af.pth", random_state(vgg.state_shapes(), 5))
+    seen = {}
+
+    def solver_call(model, images, classes, config, keys, **kwargs):
+        seen.update(kwargs, config=config)
+        raise RuntimeError("stopped at the solver call")
+
+    monkeypatch.setattr(dgp_jax, "restore", solver_call)
     report = runner.execute(options(tiny, out, photos, sets=sets, batch=1, nets=str(nets)),
                             mesh=mesh)  # fmt: skip
-    assert report.done == ["p0"]
+    assert report.failed == {"p0": "solve failed: RuntimeError: stopped at the solver call"}
+    assert seen["config"].ftr_type == "VGG"
+    want = vgg.load_params(nets / "vgg16-397923af.pth")
+    for a, b in zip(jax.tree.leaves(seen["vgg"]), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
     run = json.loads((out / "config.json").read_text())
     assert run["ftr_type"] == "VGG" and len(run["run"]["vgg_id"]) == 16
     # Other VGG weights are other settings.
