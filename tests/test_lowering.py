@@ -1,8 +1,8 @@
 """The lowerings of per-image convolutions (dgp_jax.nets.per_image): same values, every way.
 
 Each lowering is checked three ways: the layer rule against XLA's own batching (forward
-and both gradients, float64), a whole reference trajectory in float64, and batch B against
-each image solved alone in float32.
+and both gradients, float64), a whole reference trajectory in float64, and batch B and each
+image solved alone in float32 against float64.
 """
 
 import jax
@@ -127,7 +127,15 @@ TINY = BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16, 
 
 
 @pytest.mark.parametrize("lowering", ["auto", "im2col"])
-def test_float32_batch_equals_each_image_alone(lowering, one_device_mesh):
+def test_float32_batch_and_each_image_alone_are_float32_rounding_of_float64(
+    lowering, one_device_mesh
+):
+    # Not bitwise: Adam's first steps move every weight by about its rate whatever the size
+    # of its gradient, so weights and latents whose gradients are at float32 rounding level
+    # (their effect removed by instance norm, stage 2 here) step either way, in any two
+    # float32 programs: a batch and one image, two lowerings, or float32 and float64 (the
+    # 5e-3 the README publishes for float32). Measured: 3 of the 4 images within 5e-6 of
+    # float64 together and alone; one 4.3e-3 away in 3 of its 4 float32 runs.
     model = dgp_jax.random_biggan(TINY, jax.random.PRNGKey(3), dtype=jnp.float32)
     images = np.asarray(jax.random.uniform(jax.random.PRNGKey(4), (4, 32, 32, 3), jnp.float32,
                                            -1, 1))  # fmt: skip
@@ -138,12 +146,16 @@ def test_float32_batch_equals_each_image_alone(lowering, one_device_mesh):
     )  # fmt: skip
     z0 = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (4, TINY.effective_dim_z)))
     kwargs = dict(config=config, mesh=one_device_mesh, lowering=lowering)
+    exact = dgp_jax.restore(model.astype(jnp.float64), images.astype(np.float64), [1, 2, 3, 4],
+                            z_init=z0, **kwargs)  # fmt: skip
     together = dgp_jax.restore(model, images, [1, 2, 3, 4], z_init=z0, **kwargs)
     assert together.images.dtype == np.float32
     for i in range(4):
         alone = dgp_jax.restore(model, images[i : i + 1], [i + 1], z_init=z0[i : i + 1], **kwargs)
-        np.testing.assert_allclose(together.images[i], alone.images[0], rtol=0, atol=2e-5)
-        np.testing.assert_allclose(together.z[i], alone.z[0], rtol=0, atol=2e-5)
+        for result, j in ((together, i), (alone, 0)):
+            np.testing.assert_allclose(result.images[j], exact.images[i], rtol=0, atol=5e-3)
+            np.testing.assert_allclose(result.z[j], exact.z[i], rtol=0, atol=5e-3)
+            assert np.abs(result.images[j] - exact.images[i]).max() > 1e-8  # float32 ran
 
 
 def test_parameters_no_stage_trains_are_shared_and_returned_unchanged(one_device_mesh):
