@@ -9,15 +9,12 @@ The calls share a few shapes so that each compiled function is traced once or tw
 import warnings
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
 
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
-
-from dgp_jax import (  # noqa: E402
+from dgp_jax import (
     BigGAN,
     BigGANConfig,
     SolverConfig,
@@ -26,7 +23,7 @@ from dgp_jax import (  # noqa: E402
     random_biggan,
     restore,
 )
-from dgp_jax.manipulate import category_transfer, jitter, morph, morph_batch  # noqa: E402
+from dgp_jax.manipulate import category_transfer, jitter, morph, morph_batch
 
 TINY = BigGANConfig(
     resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16, dim_z=20, G_attn="0", D_attn="0"
