@@ -4,7 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
+import dgp_jax
+from dgp_jax.model import _orthogonal
 from dgp_jax.nets.biggan import BigGANConfig
 from tests.conftest import fixture_path, reference_model
 
@@ -117,3 +120,51 @@ def test_bad_shapes_are_named():
         model.discriminate(jnp.zeros((1, 3, 128, 128)))
     with pytest.raises(ValueError, match="not a BigGAN resolution"):
         BigGANConfig(resolution=100)
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 3, 3), (40, 20), (5, 7)])  # wide, tall, wide 2-D
+def test_orthogonal_weight_is_torch_orthogonal_of_the_same_draw(shape):
+    # torch.nn.init.orthogonal_: the (out, rest) view is the Q of QR(A) for a normal draw A
+    # (of A's transpose when out < rest), with R's diagonal made positive by Q's signs.
+    w = _orthogonal(np.random.default_rng(0), shape, np.float64)
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    a = np.random.default_rng(0).standard_normal((rows, cols))
+    q, a = (w.reshape(rows, cols).T, a.T) if rows < cols else (w.reshape(rows, cols), a)
+    np.testing.assert_allclose(q.T @ q, np.eye(q.shape[1]), rtol=0, atol=1e-14)
+    r = q.T @ a  # A = Q R
+    np.testing.assert_allclose(np.tril(r, -1), 0, rtol=0, atol=1e-13)
+    assert np.all(np.diag(r) > 0)
+
+
+@pytest.mark.parametrize("init", ["ortho", "N02"])
+def test_random_biggan_init(init):
+    cfg = BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16, dim_z=20)
+    model = dgp_jax.random_biggan(cfg, jax.random.PRNGKey(0), dtype=jnp.float64, init=init)
+    again = dgp_jax.random_biggan(cfg, jax.random.PRNGKey(0), dtype=jnp.float64, init=init)
+    other = dgp_jax.random_biggan(cfg, jax.random.PRNGKey(1), dtype=jnp.float64, init=init)
+    for net in ("generator", "discriminator"):
+        flat = traverse_util.flatten_dict(dict(getattr(model, net)), sep=".")
+        same = traverse_util.flatten_dict(dict(getattr(again, net)), sep=".")
+        assert all(np.array_equal(flat[k], same[k]) for k in flat)
+        weights = {k: np.asarray(v) for k, v in flat.items() if k.endswith(".weight")}
+        assert len(weights) > 10 and all(v.dtype == np.float64 for v in weights.values())
+        for name, w in weights.items():
+            w = w.reshape(w.shape[0], -1)
+            if init == "N02":
+                assert 0.01 < w.std() < 0.03 and abs(w.mean()) < 0.01, name
+            else:
+                gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+                np.testing.assert_allclose(gram, np.eye(len(gram)), rtol=0, atol=1e-12)
+        other_w = traverse_util.flatten_dict(dict(getattr(other, net)), sep=".")
+        assert not np.array_equal(other_w["params.linear.weight"], flat["params.linear.weight"])
+        # Everything else as the modules initialise it.
+        for name, value in flat.items():
+            last = name.rsplit(".", 1)[-1]
+            if last == "u0":
+                np.testing.assert_allclose(np.linalg.norm(value), 1.0, rtol=1e-12)
+            elif last in ("sv0", "stored_var", "gain"):
+                np.testing.assert_array_equal(value, 1.0)
+            elif last in ("bias", "stored_mean", "gamma"):
+                np.testing.assert_array_equal(value, 0.0, name)
+    with pytest.raises(ValueError, match="init must be 'ortho' or 'N02', got 'xavier'"):
+        dgp_jax.random_biggan(cfg, jax.random.PRNGKey(0), init="xavier")

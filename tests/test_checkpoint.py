@@ -129,7 +129,6 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]
 
 @pytest.fixture(scope="module")
 def small_model() -> BigGAN:
-    # Built once: orthogonal init compiles a QR per weight shape, ~20 s on 2 CPU cores.
     return random_biggan(SMALL, jax.random.PRNGKey(3))
 
 

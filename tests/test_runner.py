@@ -58,7 +58,7 @@ def tiny_model_files(tmp_path_factory) -> dict[str, Path]:
     with _locked(root / "dgp_tiny32.lock"):
         if not (target / "done").is_file():
             config = dgp_jax.BigGANConfig(**TINY)
-            # N02 (normal) init: the orthogonal default takes ~10 s to compile on 2 cores.
+            # N02 (normal) init, BigGAN-PyTorch's other G_init: the CLI runs cover it.
             model = dgp_jax.random_biggan(config, jax.random.PRNGKey(0), init="N02")
             model.save(target / "folder", overwrite=True)
             with warnings.catch_warnings():
