@@ -126,16 +126,10 @@ TINY = BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16, 
                     G_attn="32", D_attn="0")  # fmt: skip
 
 
-@pytest.mark.parametrize("lowering", ["auto", "im2col"])
-def test_float32_batch_and_each_image_alone_are_float32_rounding_of_float64(
-    lowering, one_device_mesh
-):
-    # Not bitwise: Adam's first steps move every weight by about its rate whatever the size
-    # of its gradient, so weights and latents whose gradients are at float32 rounding level
-    # (their effect removed by instance norm, stage 2 here) step either way, in any two
-    # float32 programs: a batch and one image, two lowerings, or float32 and float64 (the
-    # 5e-3 the README publishes for float32). Measured: 3 of the 4 images within 5e-6 of
-    # float64 together and alone; one 4.3e-3 away in 3 of its 4 float32 runs.
+@pytest.fixture(scope="module")
+def float32_problem(one_device_mesh):
+    """A tiny float32 model, 4 images, a 2-stage SR schedule, and the float64 solve of it
+    (the same for every lowering, to 1e-12: test_reference_trajectory_with_each_lowering)."""
     model = dgp_jax.random_biggan(TINY, jax.random.PRNGKey(3), dtype=jnp.float32)
     images = np.asarray(jax.random.uniform(jax.random.PRNGKey(4), (4, 32, 32, 3), jnp.float32,
                                            -1, 1))  # fmt: skip
@@ -145,9 +139,23 @@ def test_float32_batch_and_each_image_alone_are_float32_rounding_of_float64(
         use_in=(False, True), update_embed=True, select_num=0, factor=2,
     )  # fmt: skip
     z0 = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (4, TINY.effective_dim_z)))
-    kwargs = dict(config=config, mesh=one_device_mesh, lowering=lowering)
     exact = dgp_jax.restore(model.astype(jnp.float64), images.astype(np.float64), [1, 2, 3, 4],
-                            z_init=z0, **kwargs)  # fmt: skip
+                            config, z_init=z0, mesh=one_device_mesh)  # fmt: skip
+    return model, images, config, z0, exact
+
+
+@pytest.mark.parametrize("lowering", ["auto", "im2col"])
+def test_float32_batch_and_each_image_alone_are_float32_rounding_of_float64(
+    lowering, float32_problem, one_device_mesh
+):
+    # Not bitwise: Adam's first steps move every weight by about its rate whatever the size
+    # of its gradient, so weights and latents whose gradients are at float32 rounding level
+    # (their effect removed by instance norm, stage 2 here) step either way, in any two
+    # float32 programs: a batch and one image, two lowerings, or float32 and float64 (the
+    # 5e-3 the README publishes for float32). Measured: 3 of the 4 images within 5e-6 of
+    # float64 together and alone; one 4.3e-3 away in 3 of its 4 float32 runs.
+    model, images, config, z0, exact = float32_problem
+    kwargs = dict(config=config, mesh=one_device_mesh, lowering=lowering)
     together = dgp_jax.restore(model, images, [1, 2, 3, 4], z_init=z0, **kwargs)
     assert together.images.dtype == np.float32
     for i in range(4):
