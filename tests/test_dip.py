@@ -61,6 +61,29 @@ def test_super_resolution_forward_and_one_adam_step_match_official(reference):
                                atol=1e-9)  # fmt: skip
 
 
+def test_inpainting_step_matches_official(reference):
+    """One step of the inpainting notebook (MSE(out * mask, img * mask), input + noise *
+    reg_noise_std, torch Adam) through what ``dip.step`` runs (``loss_fn``, ``adam_step``;
+    the noise is the fixture's draw), with the mask as the φ of DGP's inpainting task and
+    the masked image as its observation."""
+    spec = dip_skip.PRESETS["inpainting"]
+    data = seeded_arrays(spec)
+    phi = degradations.inpainting(data["mask"][0])
+    measure = dip.measure_fn(phi, None)
+    observed = (data["image"] * 2 - 1) * data["mask"]
+    inp = data["input"] + data["noise"] * REG_NOISE_STD
+
+    @jax.jit
+    def run(params):
+        loss, grads = jax.value_and_grad(dip.loss_fn)(params, spec, inp, observed, measure)
+        params, _ = dip.adam_step(params, dip._adam().init(params), grads, 0.01)
+        return loss, dip_skip.apply(params, spec, data["input"])
+
+    loss, out = run(_params(spec))
+    np.testing.assert_allclose(float(loss), reference["inpainting_step_loss"], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(out), reference["inpainting_step_out"], atol=1e-9)
+
+
 def test_key_table_and_errors():
     spec = dip_skip.PRESETS["super-resolution"]
     shapes = dip_skip.param_shapes(spec)
