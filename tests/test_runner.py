@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 from jax.sharding import Mesh
 from PIL import Image
 
@@ -679,22 +680,6 @@ def test_sigterm_ends_the_run_with_a_summary(tmp_path, tiny, mesh, monkeypatch):
     assert sorted(resumed.skipped) == ["p0", "p1"] and len(resumed.done) == 4
 
 
-def flat_params(params, prefix=()):
-    """(path, module dict) for every module of a parameter tree that holds arrays."""
-    leaves = {k: v for k, v in params.items() if not isinstance(v, dict)}
-    if leaves:
-        yield prefix, leaves
-    for key, value in params.items():
-        if isinstance(value, dict):
-            yield from flat_params(value, (*prefix, key))
-
-
-def replace_leaf(params, path, key, value):
-    if not path:
-        return {**params, key: value}
-    return {**params, path[0]: replace_leaf(params[path[0]], path[1:], key, value)}
-
-
 def test_other_weights_are_other_settings(tmp_path, tiny, mesh):
     import dgp_jax
 
@@ -719,13 +704,15 @@ def test_other_weights_are_other_settings(tmp_path, tiny, mesh):
     )
     assert runner.weights_id(tuned) != runner.weights_id(model)
     # Every value counts, the last one of the largest tensor included.
-    name, tensor = max(((n, p["weight"]) for n, p in flat_params(params) if "weight" in p),
-                       key=lambda item: item[1].size)  # fmt: skip
-    edited = np.asarray(tensor).copy()
-    flat = edited.reshape(-1)
-    flat[-1] = np.nextafter(flat[-1], np.inf)  # the smallest change there is
+    flat = traverse_util.flatten_dict(params)
+    largest = max(flat, key=lambda path: flat[path].size)
+    edited = np.asarray(flat[largest]).copy()
+    edited.reshape(-1)[-1] = np.nextafter(edited.reshape(-1)[-1], np.inf)  # the least change
     last = model.replace(
-        generator={**model.generator, "params": replace_leaf(params, name, "weight", edited)}
+        generator={
+            **model.generator,
+            "params": traverse_util.unflatten_dict({**flat, largest: edited}),
+        }
     )
     assert runner.weights_id(last) != runner.weights_id(model)
     assert runner.weights_id(dgp_jax.load_biggan(tiny["pth"])) == runner.weights_id(model)
