@@ -465,9 +465,11 @@ def inpainting(
 
     Args:
       mask: (H, W), (H, W, 1) or (B, H, W, 1) mask. Default: the reference's centre hole
-        (:func:`center_mask`), which needs ``height`` and ``width``. With B > 1 masks, image
+        (:func:`center_mask`), which needs ``height`` and ``width``. With B masks, image
         i of a batch of B gets mask i: the masks are per-image data of the solver
         (``Degradation.per_image``), and ``generator_fn(x, mask_i)`` takes one image's.
+        A (1, H, W, 1) mask is per-image data too, so one-image batches with other masks
+        reuse the compiled program; an (H, W) or (H, W, 1) mask is compiled in.
       height, width: image size. With a mask they are optional and, when given, checked
         against the mask's shape.
     """
@@ -494,7 +496,9 @@ def inpainting(
         _check_mask_matches(mask_np, x.shape)
         return x * mask_np.astype(x.dtype)
 
-    if mask is not None and mask_np.ndim == 4 and mask_np.shape[0] > 1:
+    # A (B, H, W, 1) stack is per-image data even for B = 1, so solving a stack's masks one
+    # by one reuses one compiled program instead of baking each mask in as a constant.
+    if mask is not None and mask_np.ndim == 4:
         return Degradation("inpainting", target_fn, apply_mask, per_image=mask_np, mask=mask_np)
 
     def generator_fn(x: jax.Array) -> jax.Array:

@@ -51,6 +51,15 @@ def test_each_image_of_a_batch_is_solved_with_its_own_mask(one_device_mesh):
     dgp_jax.restore(model, images, [1, 2], config, keys, mesh=one_device_mesh,
                     degradation=degradations.inpainting(keep[::-1].copy()))  # fmt: skip
     assert solve.TRACE_COUNTS["step"] == before and traces <= before
+    # So are one-image batches of a mask stack (the protocol's --batch 1): solving masks one
+    # by one once compiled a program per mask, until XLA:CPU ran out of code memory.
+    dgp_jax.restore(model, images[:1], [1], config, keys[:1], mesh=one_device_mesh,
+                    degradation=degradations.inpainting(keep[:1]))  # fmt: skip
+    before = solve.TRACE_COUNTS["step"]
+    second = dgp_jax.restore(model, images[1:], [2], config, keys[1:], mesh=one_device_mesh,
+                             degradation=degradations.inpainting(keep[1:]))  # fmt: skip
+    assert solve.TRACE_COUNTS["step"] == before
+    np.testing.assert_allclose(second.images[0], together.images[1], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="2 per-image masks for 3 images"):
         three = np.concatenate([images, images[:1]])
         dgp_jax.restore(model, three, [1, 2, 3], config, keys[0], mesh=one_device_mesh,
