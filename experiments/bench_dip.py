@@ -1,12 +1,13 @@
 r"""Deep Image Prior's speed on this machine: images per hour, one at a time and batched.
 
     PYTHONPATH=$PWD python experiments/bench_dip.py --preset super-resolution \
-        --batches 1,4 --steps 5
+        --batches 1,4 --steps 5 [--lowerings auto,xla,im2col]
 
 For each batch size: compile (not timed), one warm-up step, then ``--steps`` timed steps of
-the vmapped, sharded DIP step (dgp_jax.baselines.dip) on 64 px images. Images per hour are
-extrapolated to the notebook's full schedule (SCHEDULES[preset].iterations steps): a short
-measured run, not a full one.
+the vmapped, sharded DIP step (dgp_jax.baselines.dip) on 64 px images, with each
+convolution lowering of ``--lowerings`` (``auto`` resolves per batch: ``dip.conv_lowering``).
+Images per hour are extrapolated to the notebook's full schedule
+(SCHEDULES[preset].iterations steps): a short measured run, not a full one.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from dgp_jax.baselines import dip
 from dgp_jax.nets import dip_skip
 
 
-def bench(preset: str, batch: int, steps: int, size: int = 64) -> dict:
+def bench(preset: str, batch: int, steps: int, lowering: str = "auto", size: int = 64) -> dict:
     schedule = dip.SCHEDULES[preset]
     spec = dip_skip.PRESETS[schedule.network]
     factor = 4 if preset.startswith("super-resolution") else None
     phi = (degradations.for_mode("SR", size, factor=4) if factor
            else degradations.for_mode("inpainting", size))  # fmt: skip
     mesh = dip._mesh(batch)
-    init, stepper, _ = dip._programs(spec, schedule, phi, factor, mesh, (size, size), "float32")
+    resolved = dip.conv_lowering(lowering, batch // mesh.devices.size)
+    init, stepper, _ = dip._programs(spec, schedule, phi, factor, mesh, (size, size), "float32",
+                                     resolved)  # fmt: skip
     keys = np.stack([np.asarray(jax.random.PRNGKey(i)) for i in range(batch)])
     low = size // factor if factor else size
     target = jnp.zeros((batch, 1, low, low, 3), jnp.float32)
@@ -48,7 +51,8 @@ def bench(preset: str, batch: int, steps: int, size: int = 64) -> dict:
     jax.block_until_ready(loss)
     per_step = (time.perf_counter() - t0) / steps
     per_image_step = per_step / batch
-    return {"preset": preset, "batch": batch, "steps_timed": steps,
+    return {"preset": preset, "batch": batch, "lowering": lowering, "resolved": resolved,
+            "steps_timed": steps,
             "compile_and_first_step_s": round(first, 1), "seconds_per_step": round(per_step, 3),
             "iterations": schedule.iterations,
             "images_per_hour": round(3600 / (per_image_step * schedule.iterations), 3),
@@ -60,9 +64,11 @@ def main() -> None:
     p.add_argument("--preset", default="super-resolution", choices=list(dip.SCHEDULES))
     p.add_argument("--batches", default="1,4")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--lowerings", default="auto", help="comma-separated: auto, xla, im2col")
     args = p.parse_args()
     for b in [int(v) for v in args.batches.split(",")]:
-        print(json.dumps(bench(args.preset, b, args.steps)), flush=True)
+        for lowering in args.lowerings.split(","):
+            print(json.dumps(bench(args.preset, b, args.steps, lowering)), flush=True)
 
 
 if __name__ == "__main__":

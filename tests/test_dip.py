@@ -37,10 +37,11 @@ def test_forward_matches_official_skip(reference, preset):
     np.testing.assert_allclose(out, reference[f"{preset}_out"], rtol=0, atol=1e-10)
 
 
-def test_super_resolution_forward_and_one_adam_step_match_official(reference):
+@pytest.mark.parametrize("lowering", dip_skip.CONV_LOWERINGS)
+def test_super_resolution_forward_and_one_adam_step_match_official(reference, lowering):
     """The notebook's closure (input + noise * reg_noise_std, MSE through the lanczos2
     Downsampler) and one torch Adam step, on the super-resolution network (also the
-    denoising one)."""
+    denoising one), with XLA's convolutions and with the im2col products batched runs use."""
     spec = dip_skip.PRESETS["super-resolution"]
     data = seeded_arrays(spec)
     measure = dip.measure_fn(degradations.super_resolution(4), 4)
@@ -49,10 +50,11 @@ def test_super_resolution_forward_and_one_adam_step_match_official(reference):
 
     @jax.jit
     def run(params):
-        out = dip_skip.apply(params, spec, data["input"])
-        loss, grads = jax.value_and_grad(dip.loss_fn)(params, spec, inp, target, measure)
+        out = dip_skip.apply(params, spec, data["input"], lowering)
+        loss, grads = jax.value_and_grad(dip.loss_fn)(params, spec, inp, target, measure,
+                                                      lowering)  # fmt: skip
         params, _ = dip.adam_step(params, dip._adam().init(params), grads, 0.01)
-        return out, loss, dip_skip.apply(params, spec, data["input"])
+        return out, loss, dip_skip.apply(params, spec, data["input"], lowering)
 
     out, loss, stepped = run(_params(spec))
     np.testing.assert_allclose(np.asarray(out), reference["super-resolution_out"], atol=1e-10)
@@ -82,6 +84,30 @@ def test_inpainting_step_matches_official(reference):
     loss, out = run(_params(spec))
     np.testing.assert_allclose(float(loss), reference["inpainting_step_loss"], rtol=1e-12)
     np.testing.assert_allclose(np.asarray(out), reference["inpainting_step_out"], atol=1e-9)
+
+
+def test_a_batch_is_each_image_alone(one_device_mesh, monkeypatch):
+    """Two images in one program (im2col products batched over the images) give what each
+    gives alone (XLA's convolutions), in float64; its own key per image."""
+    monkeypatch.setattr(dip, "_mesh", lambda batch: one_device_mesh)
+    rng = np.random.default_rng(1)
+    observed = rng.uniform(-1, 1, (2, 64, 64, 3))
+    phi = degradations.inpainting(None, 64, 64)
+    observed = phi.target_fn(observed)
+    keys = common.image_keys(5, 2)
+    config = {"iterations": 2}
+    assert dip.conv_lowering("auto", 1, "cpu") == "im2col"
+    assert dip.conv_lowering("auto", 1, "gpu") == "xla"
+    assert dip.conv_lowering("auto", 2, "gpu") == "im2col"
+    together = dip.restore_with_keys(observed, phi, keys, config)
+    for i in range(2):
+        alone = dip.restore_with_keys(observed[i : i + 1], phi, keys[i : i + 1],
+                                      {**config, "lowering": "xla"})  # fmt: skip
+        # 1e-9, the official step's tolerance above: the conv biases that batch norm
+        # cancels get rounding-noise gradients, which Adam's first steps scale to its rate.
+        np.testing.assert_allclose(together[i], alone[0], rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="lowering must be one of"):
+        dip.restore_with_keys(observed, phi, keys, {"lowering": "grouped"})
 
 
 def test_key_table_and_errors():

@@ -65,9 +65,25 @@ SCHEDULES: dict[str, Schedule] = {
     "denoising": Schedule("denoising", 3000, 1.0 / 30, final_input="noisy"),
 }
 
-SETTINGS = ("preset", "iterations", "reg_noise_std", "lr", "factor", "progress")
+SETTINGS = ("preset", "iterations", "reg_noise_std", "lr", "factor", "lowering", "progress")
 """Settings: the notebook (a key of SCHEDULES, default by task), its step count, input noise
-and learning rate, the SR factor, and a progress callable (step, total)."""
+and learning rate, the SR factor, how the per-image convolutions are lowered (``auto``,
+``xla`` or ``im2col``: :func:`conv_lowering`), and a progress callable (step, total)."""
+
+LOWERINGS = ("auto",) + dip_skip.CONV_LOWERINGS
+
+
+def conv_lowering(name: str, images_per_device: int, backend: str | None = None) -> str:
+    """``auto``: im2col matrix products, which batch over the images where XLA would make
+    grouped convolutions (10x slower per image on a CPU) and which XLA:CPU also runs faster
+    than its convolutions for one image (BENCHMARKS.md, "Deep Image Prior"); XLA's
+    convolutions for one image per device on other backends (not measured there)."""
+    if name not in LOWERINGS:
+        raise ValueError(f"dip: lowering must be one of {list(LOWERINGS)}, got {name!r}")
+    if name != "auto":
+        return name
+    backend = backend or jax.default_backend()
+    return "xla" if images_per_device == 1 and backend != "cpu" else "im2col"
 
 
 def default_preset(degradation, factor: int | None) -> str:
@@ -91,9 +107,9 @@ def measure_fn(degradation, factor: int | None) -> Callable[[jax.Array], jax.Arr
     return lambda out: degradation.generator_fn(out * 2 - 1)
 
 
-def loss_fn(params, spec, net_input, target, measure) -> jax.Array:
+def loss_fn(params, spec, net_input, target, measure, lowering: str = "xla") -> jax.Array:
     """DIP's MSE in [0, 1] units: mean(((measure(net(input)) - target) / 2)^2)."""
-    out = dip_skip.apply(params, spec, net_input)
+    out = dip_skip.apply(params, spec, net_input, lowering)
     return jnp.mean(jnp.square((measure(out) - target) / 2))
 
 
@@ -120,17 +136,18 @@ def adam_step(params, opt_state, grads, lr):
     return jax.tree.map(jnp.add, params, updates), opt_state
 
 
-def step(state, target, t, hp, *, spec, measure):
+def step(state, target, t, hp, *, spec, measure, lowering="xla"):
     """One notebook closure plus ``optimizer.step()``: returns (state, loss)."""
     inp = noisy_input(state, t, hp["reg_noise_std"])
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], spec, inp, target, measure)
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], spec, inp, target, measure,
+                                              lowering)  # fmt: skip
     params, opt = adam_step(state["params"], state["opt"], grads, hp["lr"])
     return {**state, "params": params, "opt": opt}, loss
 
 
-def render(state, t_last, hp, *, spec, noisy: bool):
+def render(state, t_last, hp, *, spec, noisy: bool, lowering="xla"):
     inp = noisy_input(state, t_last, hp["reg_noise_std"]) if noisy else state["input"]
-    return dip_skip.apply(state["params"], spec, inp)
+    return dip_skip.apply(state["params"], spec, inp, lowering)
 
 
 # --------------------------------------------------------------------------- batched
@@ -141,7 +158,7 @@ def _mesh(batch: int) -> Mesh:
 
 
 @functools.lru_cache(maxsize=16)
-def _programs(spec, schedule, degradation, factor, mesh, shape, dtype_name):
+def _programs(spec, schedule, degradation, factor, mesh, shape, dtype_name, lowering):
     """The jitted init, step and render over a sharded batch (cached: one compile per
     network, φ, mesh and image size)."""
     data, rep = PartitionSpec("data"), PartitionSpec()
@@ -153,9 +170,11 @@ def _programs(spec, schedule, degradation, factor, mesh, shape, dtype_name):
                              check_vma=False)  # fmt: skip
 
     init = shard(jax.vmap(lambda k: init_state(k, spec, schedule, h, w, dtype)), (data,), data)
-    one = functools.partial(step, spec=spec, measure=measure_fn(degradation, factor))
+    one = functools.partial(step, spec=spec, measure=measure_fn(degradation, factor),
+                            lowering=lowering)  # fmt: skip
     many = shard(jax.vmap(one, in_axes=(0, 0, None, None)), (data, data, rep, rep), (data, data))
-    final = functools.partial(render, spec=spec, noisy=schedule.final_input == "noisy")
+    final = functools.partial(render, spec=spec, noisy=schedule.final_input == "noisy",
+                              lowering=lowering)  # fmt: skip
     renderer = shard(jax.vmap(final, in_axes=(0, None, None)), (data, rep, rep), data)
     return jax.jit(init), jax.jit(many, donate_argnums=(0,)), jax.jit(renderer)
 
@@ -195,8 +214,9 @@ def restore_with_keys(observed, degradation, keys, config: Mapping[str, Any]):
     keys = np.concatenate([keys, keys[-1:].repeat(pad, 0)]) if pad else keys
     target = np.concatenate([target, target[-1:].repeat(pad, 0)]) if pad else target
     shard = NamedSharding(mesh, PartitionSpec("data"))
+    lowering = conv_lowering(config.get("lowering", "auto"), len(keys) // n_dev)
     init, stepper, renderer = _programs(spec, schedule, degradation, factor, mesh, (h, w),
-                                        np.dtype(dtype).name)  # fmt: skip
+                                        np.dtype(dtype).name, lowering)  # fmt: skip
     hp_arr = {k: jnp.asarray(v, dtype) for k, v in hp.items()}
     state = init(jax.device_put(keys, shard))
     # Targets carry the network's leading batch axis of one.

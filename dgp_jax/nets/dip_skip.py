@@ -20,6 +20,7 @@ Only ``downsample_mode='stride'`` is implemented: every published setting uses i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -198,7 +199,31 @@ def check_params(params: dict[str, Any], spec: SkipSpec) -> None:
 
 
 # --------------------------------------------------------------------------- forward
-def _conv(params: Params, name: str, x: Array, spec: SkipSpec, stride: int = 1) -> Array:
+CONV_LOWERINGS = ("xla", "im2col")
+
+
+def _im2col_conv(x: Array, w: Array, stride: int, padding) -> Array:
+    """The convolution as one matrix product of the k*k (strided) shifted views side by side
+    with the kernel: under ``vmap`` with a kernel per image it is a ``dot_general`` with the
+    image axis as a batch dimension, as are its gradients, where XLA's own batching makes
+    grouped convolutions (see :mod:`dgp_jax.nets.per_image`)."""
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out_ch, in_ch, k, _ = w.shape
+    h = (x.shape[1] - k) // stride + 1
+    w_ = (x.shape[2] - k) // stride + 1
+    if k == 1 and stride == 1:
+        patches = x
+    else:
+        patches = jnp.concatenate([
+            x[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w_ - 1) + 1 : stride]
+            for i in range(k) for j in range(k)], axis=-1)  # fmt: skip
+    kernel = jnp.transpose(w, (2, 3, 1, 0)).reshape(k * k * in_ch, out_ch)
+    return jax.lax.dot_general(patches, kernel.astype(x.dtype), (((3,), (0,)), ((), ())),
+                               precision=jax.lax.Precision.HIGHEST)  # fmt: skip
+
+
+def _conv(params: Params, name: str, x: Array, spec: SkipSpec, stride: int = 1,
+          lowering: str = "xla") -> Array:  # fmt: skip
     w = params[f"{name}.weight"]
     k = w.shape[-1]
     p = (k - 1) // 2
@@ -207,10 +232,13 @@ def _conv(params: Params, name: str, x: Array, spec: SkipSpec, stride: int = 1) 
         padding = ((0, 0), (0, 0))
     else:
         padding = ((p, p), (p, p))
-    y = jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), (stride, stride), padding,
-        dimension_numbers=("NHWC", "OIHW", "NHWC"), precision=jax.lax.Precision.HIGHEST,
-    )  # fmt: skip
+    if lowering == "im2col":
+        y = _im2col_conv(x, w, stride, padding)
+    else:
+        y = jax.lax.conv_general_dilated(
+            x, w.astype(x.dtype), (stride, stride), padding,
+            dimension_numbers=("NHWC", "OIHW", "NHWC"), precision=jax.lax.Precision.HIGHEST,
+        )  # fmt: skip
     return y + params[f"{name}.bias"].astype(x.dtype)
 
 
@@ -243,20 +271,22 @@ def _concat(a: Array, b: Array) -> Array:
     return jnp.concatenate([crop(a), crop(b)], axis=-1)
 
 
-def _level(params: Params, spec: SkipSpec, i: int, x: Array, prefix: str) -> Array:
+def _level(params: Params, spec: SkipSpec, i: int, x: Array, prefix: str,
+           lowering: str) -> Array:  # fmt: skip
+    conv = functools.partial(_conv, lowering=lowering)
     skip_p, deep_p = _level_prefixes(spec, i, prefix)
-    d = _act(_bn(params, f"{deep_p}2", _conv(params, _conv_key(spec, f"{deep_p}1"), x, spec, 2)))
-    d = _act(_bn(params, f"{deep_p}5", _conv(params, _conv_key(spec, f"{deep_p}4"), d, spec)))
+    d = _act(_bn(params, f"{deep_p}2", conv(params, _conv_key(spec, f"{deep_p}1"), x, spec, 2)))
+    d = _act(_bn(params, f"{deep_p}5", conv(params, _conv_key(spec, f"{deep_p}4"), d, spec)))
     if i < spec.scales - 1:
-        d = _level(params, spec, i + 1, d, f"{deep_p}7.")
+        d = _level(params, spec, i + 1, d, f"{deep_p}7.", lowering)
     d = _upsample(d, spec.upsample_mode)
     if spec.channels_skip[i]:
-        s = _act(_bn(params, f"{skip_p}2", _conv(params, _conv_key(spec, f"{skip_p}1"), x, spec)))
+        s = _act(_bn(params, f"{skip_p}2", conv(params, _conv_key(spec, f"{skip_p}1"), x, spec)))
         d = _concat(s, d)
     y = _bn(params, f"{prefix}2", d)
-    y = _act(_bn(params, f"{prefix}4", _conv(params, _conv_key(spec, f"{prefix}3"), y, spec)))
+    y = _act(_bn(params, f"{prefix}4", conv(params, _conv_key(spec, f"{prefix}3"), y, spec)))
     if spec.need1x1_up:
-        y = _act(_bn(params, f"{prefix}7", _conv(params, _conv_key(spec, f"{prefix}6"), y, spec)))
+        y = _act(_bn(params, f"{prefix}7", conv(params, _conv_key(spec, f"{prefix}6"), y, spec)))
     return y
 
 
@@ -278,7 +308,7 @@ def check_size(spec: SkipSpec, height: int, width: int) -> None:
         )
 
 
-def apply(params: Params, spec: SkipSpec, x: Array) -> Array:
+def apply(params: Params, spec: SkipSpec, x: Array, lowering: str = "xla") -> Array:
     """The network on (N, H, W, input_depth) input; returns (N, H, W, output_channels),
     in (0, 1) with the sigmoid. N > 1 shares batch statistics, as torch's batch would."""
     if x.ndim != 4 or x.shape[-1] != spec.input_depth:
@@ -286,8 +316,11 @@ def apply(params: Params, spec: SkipSpec, x: Array) -> Array:
             f"DIP skip input must have shape (N, H, W, {spec.input_depth}), got {tuple(x.shape)}"
         )
     check_size(spec, x.shape[1], x.shape[2])
-    y = _level(params, spec, 0, x, "")
-    y = _conv(params, _conv_key(spec, "9" if spec.need1x1_up else "6"), y, spec)
+    if lowering not in CONV_LOWERINGS:
+        raise ValueError(f"lowering must be one of {list(CONV_LOWERINGS)}, got {lowering!r}")
+    y = _level(params, spec, 0, x, "", lowering)
+    y = _conv(params, _conv_key(spec, "9" if spec.need1x1_up else "6"), y, spec,
+              lowering=lowering)  # fmt: skip
     return jax.nn.sigmoid(y) if spec.need_sigmoid else y
 
 
