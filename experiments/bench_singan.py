@@ -10,6 +10,7 @@ the other jobs than wall-clock seconds.
 
     python experiments/bench_singan.py --size 256 --batch 1 --json
     python experiments/bench_singan.py --size 256 --batch 4 --scales 9 --json
+    python experiments/bench_singan.py --size 64 --batch 1 --scales 0 5 --lowering xla --json
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--scales", type=int, nargs="*", help="only these scales (default: all)")
+    p.add_argument("--lowering", default="im2col", choices=nets.LOWERINGS)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    settings = singan.Settings()
+    settings = singan.Settings(lowering=args.lowering)
     the_plan = singan.plan(args.size, args.size)
     scales = args.scales if args.scales else range(the_plan.num_scales)
     rows = []
@@ -86,7 +88,8 @@ def main() -> None:
                      "load_average": os.getloadavg()[0]})  # fmt: skip
         print(json.dumps(rows[-1]) if args.json else rows[-1], flush=True)
     total = sum(r["s_per_epoch"] for r in rows) * settings.iterations
-    summary = {"size": args.size, "batch": args.batch, "scales_timed": [r["scale"] for r in rows],
+    summary = {"size": args.size, "batch": args.batch, "lowering": args.lowering,
+               "scales_timed": [r["scale"] for r in rows],
                "num_scales": the_plan.num_scales,
                "hours_per_batch_timed_scales": total / 3600,
                "images_per_hour_timed_scales": args.batch * 3600 / total}  # fmt: skip

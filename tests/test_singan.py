@@ -85,20 +85,22 @@ def test_state_keys_and_channels():
         nets.from_state_dict({"head.conv.kernel": np.zeros(3)})
 
 
-generator = jax.jit(nets.generator, static_argnames="train")
-discriminator = jax.jit(nets.discriminator, static_argnames="train")
+generator = jax.jit(nets.generator, static_argnames=("train", "lowering"))
+discriminator = jax.jit(nets.discriminator, static_argnames=("train", "lowering"))
 
 
-def test_forward_matches_official():
+@pytest.mark.parametrize("lowering", nets.LOWERINGS)
+def test_forward_matches_official(lowering):
     ref = load("nets.npz")
     noise = ref["noise_amp"] * ref["noise_"] + ref["prev"]
     for mode, train in (("train", True), ("eval", False)):
         g, gs = drawn(32, 3, 10)
         d, ds = drawn(32, 1, 11)
-        y, gs2 = generator(g, gs, jnp.asarray(noise), jnp.asarray(ref["prev"]), train=train)
+        y, gs2 = generator(g, gs, jnp.asarray(noise), jnp.asarray(ref["prev"]), train=train,
+                           lowering=lowering)  # fmt: skip
         np.testing.assert_allclose(y, ref[f"g_out_{mode}"], atol=2e-5, err_msg=mode)
         assert_tree({}, gs2, ref, f"g_stats_{mode}/", atol=1e-5)
-        s, ds2 = discriminator(d, ds, jnp.asarray(ref["real"]), train=train)
+        s, ds2 = discriminator(d, ds, jnp.asarray(ref["real"]), train=train, lowering=lowering)
         assert s.shape == (1, 12, 16, 1)
         np.testing.assert_allclose(s, ref[f"d_out_{mode}"], atol=2e-5, err_msg=mode)
         assert_tree({}, ds2, ref, f"d_stats_{mode}/", atol=1e-5)
@@ -202,6 +204,41 @@ def test_plans_match_official():
     assert singan.sr_settings(4)[1:] == (pytest.approx(4 ** (1 / 6)), 6)
 
 
+def test_a_batched_epoch_is_each_image_alone():
+    """One training epoch (3 D steps with the gradient penalty's second derivatives, 3 G
+    steps) vmapped over two images, each with its own networks, against each image alone,
+    in float64: the im2col products batch over the images without changing the values."""
+    shapes, settings = ((14, 14),), singan.Settings()
+    rng = np.random.default_rng(0)
+
+    def one(seed):
+        g, gs = nets.init(jax.random.PRNGKey(seed), 32, out_channels=3, dtype=jnp.float64)
+        d, ds = nets.init(jax.random.PRNGKey(seed + 1), 32, out_channels=1, dtype=jnp.float64)
+        state = {"g": g, "g_stats": gs, "d": d, "d_stats": ds, "g_opt": singan.adam_init(g),
+                 "d_opt": singan.adam_init(d), "z_opt": jnp.zeros((24, 24, 3))}  # fmt: skip
+        consts = {"real": jnp.asarray(rng.uniform(-1, 1, (14, 14, 3))),
+                  "z_prev": jnp.zeros((24, 24, 3)), "noise_amp": jnp.float64(1.0),
+                  "coarser": []}  # fmt: skip
+        return state, consts
+
+    states, consts = zip(*(one(s) for s in (0, 2)), strict=True)
+    keys = jax.random.split(jax.random.PRNGKey(7), 2)
+    hp = (jnp.float64(5e-4), jnp.float64(5e-4), jnp.bool_(False))
+    epoch = singan._epoch_fn(0, shapes, settings, 0.75)
+    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
+    batched, losses = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None, None)))(
+        stack(states), stack(consts), keys, *hp
+    )
+    for i in range(2):
+        alone, loss = jax.jit(epoch)(states[i], consts[i], keys[i], *hp)
+        np.testing.assert_allclose(losses["d_loss"][i], loss["d_loss"], rtol=1e-12)
+        np.testing.assert_allclose(losses["g_loss"][i], loss["g_loss"], rtol=1e-12)
+        ours = nets.flatten_state_dict(jax.tree.map(lambda a, i=i: a[i], batched["g"]), {})
+        for k, v in nets.flatten_state_dict(alone["g"], {}).items():
+            # 1e-9: weights whose gradient batch norm cancels take Adam steps of rounding.
+            np.testing.assert_allclose(ours[k], v, rtol=0, atol=1e-9, err_msg=k)
+
+
 def test_restore_errors():
     restore = baselines.get("singan")
     x = np.zeros((1, 32, 32, 3), np.float32)
@@ -209,6 +246,8 @@ def test_restore_errors():
         restore(x, degradations.grayscale(), seed=0, config={})
     with pytest.raises(ValueError, match="unknown config key 'iters'"):
         restore(x, degradations.identity(), seed=0, config={"iters": 2})
+    with pytest.raises(ValueError, match=r"lowering must be one of \['im2col', 'xla'\]"):
+        restore(x, degradations.identity(), seed=0, config={"lowering": "grouped"})
     with pytest.raises(ValueError, match=r"uint8 of shape \(B, H, W, 3\)"):
         singan.train(np.zeros((1, 32, 32, 3)), key=jax.random.PRNGKey(0))
 

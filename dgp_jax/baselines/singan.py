@@ -5,7 +5,11 @@ samples). This module trains one SinGAN per image, many images at once: every im
 pyramid of generators and discriminators is one slice of a batched parameter tree, each
 training epoch is one jitted step ``vmap``-ped over the images and sharded over a
 ('data',) device mesh (``shard_map``, as :mod:`dgp_jax.solve`). The reference trains one
-image per process.
+image per process. The convolutions run as im2col matrix products
+(:func:`dgp_jax.nets.per_image.im2col_conv`, ``Settings.lowering``): under ``vmap`` with
+each image's own kernels XLA would make grouped convolutions, and on a CPU its own
+convolutions are 15x slower than the products at SinGAN's shapes even for one image
+(the gradient penalty's second derivatives; BENCHMARKS.md).
 
 What is reproduced (reference file in brackets):
 
@@ -105,6 +109,14 @@ class Settings:
     max_size: int = 250
     scale_factor: float = 0.75
     nfc: int = 32
+    # Not the reference's: how the convolutions run (dgp_jax.nets.singan.LOWERINGS).
+    lowering: str = "im2col"
+
+    def __post_init__(self):
+        if self.lowering not in nets.LOWERINGS:
+            raise ValueError(
+                f"singan: lowering must be one of {list(nets.LOWERINGS)}, got {self.lowering!r}"
+            )
 
 
 def sr_settings(factor: float = 4, **overrides) -> tuple[Settings, float, int]:
@@ -311,17 +323,18 @@ def _noise(key, shape: tuple[int, int], single_channel: bool, dtype):
     return jax.random.normal(key, shape + (3,), dtype)
 
 
-def _g(params, stats, noise, prev, train):
-    y, s = nets.generator(params, stats, noise[None], prev[None], train=train)
+def _g(params, stats, noise, prev, train, lowering="im2col"):
+    y, s = nets.generator(params, stats, noise[None], prev[None], train=train, lowering=lowering)
     return y[0], s
 
 
-def _d(params, stats, x, train=True):
-    y, s = nets.discriminator(params, stats, x[None], train=train)
+def _d(params, stats, x, train=True, lowering="im2col"):
+    y, s = nets.discriminator(params, stats, x[None], train=train, lowering=lowering)
     return y[0], s
 
 
-def cascade(coarser: list[dict], shapes, scale_factor: float, key=None, dtype=jnp.float32):
+def cascade(coarser: list[dict], shapes, scale_factor: float, key=None, dtype=jnp.float32,
+            lowering: str = "im2col"):  # fmt: skip
     """The coarser scales' generators (BatchNorm in eval mode) run from a zero image:
     training.py ``draw_concat`` and manipulate.py ``SinGAN_generate``. Scale k gets noise
     ``coarser[k]["noise_amp"] * z``: z fresh Gaussian noise (``key`` given; single-channel at
@@ -339,7 +352,8 @@ def cascade(coarser: list[dict], shapes, scale_factor: float, key=None, dtype=jn
         else:
             z = _pad(_noise(keys[k], (h, w), k == 0, dtype))
         g_z = _pad(g_z[:h, :w])
-        g_z, _ = _g(scale["g"], scale["g_stats"], scale["noise_amp"] * z + g_z, g_z, False)
+        g_z, _ = _g(scale["g"], scale["g_stats"], scale["noise_amp"] * z + g_z, g_z, False,
+                    lowering)  # fmt: skip
         if k + 1 < len(shapes):
             g_z = imresize(g_z, 1 / scale_factor)
             nh, nw = shapes[k + 1]
@@ -368,11 +382,11 @@ def adam_init(params) -> dict:
     return {"step": jnp.zeros((), jnp.int32), "m": zeros, "v": jax.tree.map(jnp.zeros_like, params)}
 
 
-def gradient_penalty(d, d_stats, real, fake, mix, lambda_grad):
+def gradient_penalty(d, d_stats, real, fake, mix, lambda_grad, lowering="im2col"):
     """functions.py ``calc_gradient_penalty``: ``lambda * mean_pixels((|grad_x D(x)|_channels
     - 1)^2)`` at ``x = mix * real + (1 - mix) * fake`` (fake detached)."""
     x = mix * real + (1 - mix) * jax.lax.stop_gradient(fake)
-    _, vjp, stats = jax.vjp(lambda x: _d(d, d_stats, x), x, has_aux=True)
+    _, vjp, stats = jax.vjp(lambda x: _d(d, d_stats, x, True, lowering), x, has_aux=True)
     (grad,) = vjp(jnp.ones((x.shape[0] - 2 * PAD, x.shape[1] - 2 * PAD, 1), x.dtype))
     sq = jnp.sum(jnp.square(grad), axis=-1)
     safe = jnp.where(sq > 0, sq, 1)
@@ -385,9 +399,10 @@ def d_step(state, real, fake, mix, lr, settings: Settings):
     updated by the three D passes in the reference's order."""
 
     def loss_fn(d):
-        out_real, s = _d(d, state["d_stats"], real)
-        out_fake, s = _d(d, s, jax.lax.stop_gradient(fake))
-        gp, s = gradient_penalty(d, s, real, fake, mix, settings.lambda_grad)
+        low = settings.lowering
+        out_real, s = _d(d, state["d_stats"], real, True, low)
+        out_fake, s = _d(d, s, jax.lax.stop_gradient(fake), True, low)
+        gp, s = gradient_penalty(d, s, real, fake, mix, settings.lambda_grad, low)
         err_real, err_fake = -jnp.mean(out_real), jnp.mean(out_fake)
         return err_real + err_fake + gp, (s, jnp.stack([err_real, err_fake, gp]))
 
@@ -403,10 +418,11 @@ def g_step(state, real, noise, prev, z_rec, z_prev, lr, settings: Settings):
     pass update them as in the reference."""
 
     def loss_fn(g):
-        fake, _ = _g(g, state["g_stats"], noise, prev, True)
-        out, d_stats = _d(state["d"], state["d_stats"], fake)
+        low = settings.lowering
+        fake, _ = _g(g, state["g_stats"], noise, prev, True, low)
+        out, d_stats = _d(state["d"], state["d_stats"], fake, True, low)
         err_g = -jnp.mean(out)
-        rec, g_stats = _g(g, state["g_stats"], z_rec, z_prev, True)
+        rec, g_stats = _g(g, state["g_stats"], z_rec, z_prev, True, low)
         rec_loss = settings.alpha * jnp.mean(jnp.square(rec - real))
         return err_g + rec_loss, (g_stats, d_stats, jnp.stack([err_g, rec_loss]))
 
@@ -437,8 +453,10 @@ def _epoch_fn(n: int, shapes, settings: Settings, scale_factor: float):
             if first:
                 prev = jnp.zeros((h + 2 * PAD, w + 2 * PAD, 3), dtype)
             else:
-                prev = _pad(cascade(consts["coarser"], shapes, scale_factor, prev_key, dtype))
-            fake, g_stats = _g(state["g"], state["g_stats"], amp * noise_ + prev, prev, True)
+                prev = _pad(cascade(consts["coarser"], shapes, scale_factor, prev_key, dtype,
+                                    settings.lowering))  # fmt: skip
+            fake, g_stats = _g(state["g"], state["g_stats"], amp * noise_ + prev, prev, True,
+                               settings.lowering)  # fmt: skip
             state = {**state, "g_stats": g_stats}
             state, loss, _ = d_step(state, real, fake, mix, lr_d, settings)
             return (state, prev), loss
@@ -454,7 +472,7 @@ def _epoch_fn(n: int, shapes, settings: Settings, scale_factor: float):
 
         state, g_losses = jax.lax.scan(g_body, state, None, length=settings.g_steps)
         # The reference's preview image (epoch % 500 == 0, last epoch) is a train-mode pass.
-        _, previewed = _g(state["g"], state["g_stats"], z_rec, z_prev, True)
+        _, previewed = _g(state["g"], state["g_stats"], z_rec, z_prev, True, settings.lowering)
         g_stats = jax.tree.map(lambda a, b: jnp.where(preview, a, b), previewed, state["g_stats"])
         state = {**state, "g_stats": g_stats}
         return state, {"d_loss": d_losses[-1], "g_loss": g_losses[-1]}

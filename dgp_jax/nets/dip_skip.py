@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgp_jax.degradations import upsample_bilinear
+from dgp_jax.nets.per_image import im2col_conv
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -199,27 +200,7 @@ def check_params(params: dict[str, Any], spec: SkipSpec) -> None:
 
 
 # --------------------------------------------------------------------------- forward
-CONV_LOWERINGS = ("xla", "im2col")
-
-
-def _im2col_conv(x: Array, w: Array, stride: int, padding) -> Array:
-    """The convolution as one matrix product of the k*k (strided) shifted views side by side
-    with the kernel: under ``vmap`` with a kernel per image it is a ``dot_general`` with the
-    image axis as a batch dimension, as are its gradients, where XLA's own batching makes
-    grouped convolutions (see :mod:`dgp_jax.nets.per_image`)."""
-    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    out_ch, in_ch, k, _ = w.shape
-    h = (x.shape[1] - k) // stride + 1
-    w_ = (x.shape[2] - k) // stride + 1
-    if k == 1 and stride == 1:
-        patches = x
-    else:
-        patches = jnp.concatenate([
-            x[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w_ - 1) + 1 : stride]
-            for i in range(k) for j in range(k)], axis=-1)  # fmt: skip
-    kernel = jnp.transpose(w, (2, 3, 1, 0)).reshape(k * k * in_ch, out_ch)
-    return jax.lax.dot_general(patches, kernel.astype(x.dtype), (((3,), (0,)), ((), ())),
-                               precision=jax.lax.Precision.HIGHEST)  # fmt: skip
+CONV_LOWERINGS = ("xla", "im2col")  # im2col: dgp_jax.nets.per_image.im2col_conv
 
 
 def _conv(params: Params, name: str, x: Array, spec: SkipSpec, stride: int = 1,
@@ -233,7 +214,7 @@ def _conv(params: Params, name: str, x: Array, spec: SkipSpec, stride: int = 1,
     else:
         padding = ((p, p), (p, p))
     if lowering == "im2col":
-        y = _im2col_conv(x, w, stride, padding)
+        y = im2col_conv(x, w, stride, padding)
     else:
         y = jax.lax.conv_general_dilated(
             x, w.astype(x.dtype), (stride, stride), padding,

@@ -86,6 +86,31 @@ def conv2d(x: Array, w: Array) -> Array:
     return _lowered_conv(name)(x, w)
 
 
+def im2col_conv(x: Array, w: Array, stride: int = 1, padding=((0, 0), (0, 0))) -> Array:
+    """Any 2-D convolution (NHWC input, OIHW kernel, zero ``padding`` per spatial axis) as one
+    matrix product of its k*k (strided) shifted views side by side with the kernel.
+
+    Plain jnp ops, no custom rule: under ``vmap`` with a kernel per image the product, its
+    gradients and their gradients (SinGAN's gradient penalty) are ``dot_general``s with the
+    image axis as a batch dimension, where XLA's own batching makes grouped convolutions.
+    The networks of the baselines (DIP, SinGAN) use it; on XLA:CPU it is also faster than
+    XLA's convolutions for one image at their shapes (BENCHMARKS.md).
+    """
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out_ch, in_ch, k, _ = w.shape
+    h = (x.shape[1] - k) // stride + 1
+    w_ = (x.shape[2] - k) // stride + 1
+    if k == 1 and stride == 1:
+        patches = x
+    else:
+        patches = jnp.concatenate([
+            x[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w_ - 1) + 1 : stride]
+            for i in range(k) for j in range(k)], axis=-1)  # fmt: skip
+    kernel = jnp.transpose(w, (2, 3, 1, 0)).reshape(k * k * in_ch, out_ch)
+    return lax.dot_general(patches, kernel.astype(x.dtype), (((3,), (0,)), ((), ())),
+                           precision=lax.Precision.HIGHEST)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- choice
 def auto_lowering(backend: str, height: int, width: int, in_ch: int, out_ch: int, k: int) -> str:
     """The lowering ``auto`` uses for one layer (per backend and shape).

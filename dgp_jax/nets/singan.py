@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from dgp_jax.nets.per_image import im2col_conv
+
 Array = jax.Array
 Params = dict[str, Any]
 
@@ -110,11 +112,19 @@ def is_generator(params: Params) -> bool:
     return "0" in params["tail"]
 
 
-def _conv(x: Array, conv: dict) -> Array:
-    y = lax.conv_general_dilated(
-        x, conv["weight"].astype(x.dtype), (1, 1), "VALID",
-        dimension_numbers=("NHWC", "OIHW", "NHWC"), precision=lax.Precision.HIGHEST,
-    )  # fmt: skip
+LOWERINGS = ("im2col", "xla")
+
+
+def _conv(x: Array, conv: dict, lowering: str) -> Array:
+    if lowering == "im2col":
+        y = im2col_conv(x, conv["weight"])
+    elif lowering == "xla":
+        y = lax.conv_general_dilated(
+            x, conv["weight"].astype(x.dtype), (1, 1), "VALID",
+            dimension_numbers=("NHWC", "OIHW", "NHWC"), precision=lax.Precision.HIGHEST,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"lowering must be one of {list(LOWERINGS)}, got {lowering!r}")
     return y + conv["bias"].astype(x.dtype)
 
 
@@ -134,12 +144,13 @@ def _batch_norm(x: Array, norm: dict, stats: dict, train: bool) -> tuple[Array, 
     return y, new_stats
 
 
-def _body(params: Params, stats: Params, x: Array, train: bool) -> tuple[Array, Params]:
+def _body(params: Params, stats: Params, x: Array, train: bool,
+          lowering: str) -> tuple[Array, Params]:  # fmt: skip
     new_stats: Params = {}
     for name in BLOCKS:
         path = _block_path(name)
         block = _get(params, path)
-        x = _conv(x, block["conv"])
+        x = _conv(x, block["conv"], lowering)
         x, s = _batch_norm(x, block["norm"], _get(stats, path)["norm"], train)
         _set(new_stats, path + ("norm",), s)
         x = jnp.where(x >= 0, x, LEAK * x)
@@ -147,29 +158,40 @@ def _body(params: Params, stats: Params, x: Array, train: bool) -> tuple[Array, 
 
 
 def generator(
-    params: Params, stats: Params, noise: Array, prev: Array, *, train: bool
+    params: Params,
+    stats: Params,
+    noise: Array,
+    prev: Array,
+    *,
+    train: bool,
+    lowering: str = "im2col",
 ) -> tuple[Array, Params]:
     """``GeneratorConcatSkip2CleanAdd.forward(noise, prev)``.
 
     Args:
       noise: (N, H + 10, W + 10, 3), the padded noisy input ``noise_amp * z + prev``.
       prev: (N, H + 10, W + 10, 3), the padded previous-scale image.
+      lowering: the convolutions as im2col matrix products (``"im2col"``, the default:
+        15x faster than XLA's own on a CPU at SinGAN's shapes, gradient penalty included,
+        and batched over images as matrix products; BENCHMARKS.md) or ``"xla"``.
 
     Returns:
       ((N, H, W, 3) image, updated stats). As the reference, the crop of ``prev`` is
       computed from the heights and applied to both axes.
     """
-    x, new_stats = _body(params, stats, noise, train)
-    x = jnp.tanh(_conv(x, params["tail"]["0"]))
+    x, new_stats = _body(params, stats, noise, train, lowering)
+    x = jnp.tanh(_conv(x, params["tail"]["0"], lowering))
     ind = (prev.shape[1] - x.shape[1]) // 2
     prev = prev[:, ind : prev.shape[1] - ind, ind : prev.shape[2] - ind]
     return x + prev, new_stats
 
 
-def discriminator(params: Params, stats: Params, x: Array, *, train: bool) -> tuple[Array, Params]:
-    """``WDiscriminator.forward``: (N, H, W, 3) -> ((N, H - 10, W - 10, 1) scores, stats)."""
-    x, new_stats = _body(params, stats, x, train)
-    return _conv(x, params["tail"]), new_stats
+def discriminator(params: Params, stats: Params, x: Array, *, train: bool,
+                  lowering: str = "im2col") -> tuple[Array, Params]:  # fmt: skip
+    """``WDiscriminator.forward``: (N, H, W, 3) -> ((N, H - 10, W - 10, 1) scores, stats);
+    ``lowering`` as :func:`generator`'s."""
+    x, new_stats = _body(params, stats, x, train, lowering)
+    return _conv(x, params["tail"], lowering), new_stats
 
 
 def flatten_state_dict(params: Params, stats: Params) -> dict[str, np.ndarray]:
