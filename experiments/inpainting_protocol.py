@@ -246,7 +246,8 @@ def write_tables(out: Path, rows: list[dict], bucket_names: list[str], methods: 
                     cells.append("-")
                 else:
                     scale = 100 if metric in PERCENT else 1
-                    digits = 4 if "ssim" in metric else 2
+                    # dB, percent and FID to 2 decimals; SSIM, LPIPS, P-IDS and the like to 4
+                    digits = 2 if "psnr" in metric or metric in PERCENT or metric == "fid" else 4
                     cells.append(f"{value * scale:.{digits}f}")
             lines.append(f"| {HEADS.get(metric, metric)} | {method} | " + " | ".join(cells) + " |")
     markdown = "\n".join(lines) + "\n"

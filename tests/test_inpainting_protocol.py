@@ -141,6 +141,10 @@ def test_protocol_on_three_photos_and_two_buckets(tmp_path, shipped_model, one_d
     markdown = (out / "table.md").read_text().splitlines()
     assert markdown[0] == "| metric | method | 10-20 | 40-50 |"
     assert len(markdown) == 2 + 6 * 3 and markdown[2].startswith("| hole PSNR | dgp | ")
+    # dB to 2 decimals; fractions (SSIM, LPIPS, P-IDS, this set metric) to 4.
+    for head, digits in (("hole PSNR", 2), ("hole SSIM", 4), ("set_hole_ratio", 4)):
+        row = next(line for line in markdown if line.startswith(f"| {head} | dgp | "))
+        assert [len(c.split(".")[1]) for c in row.strip("| ").split(" | ")[2:]] == [digits] * 2, row
     csv_lines = (out / "table.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,bucket,images,mean_hole_ratio") and len(csv_lines) == 7
     sheet = np.asarray(Image.open(out / "sheet_40-50.png"))
