@@ -246,6 +246,13 @@ def test_restore_errors():
         restore(x, degradations.grayscale(), seed=0, config={})
     with pytest.raises(ValueError, match="unknown config key 'iters'"):
         restore(x, degradations.identity(), seed=0, config={"iters": 2})
+    # compare's φ for --task SR is named 'SR' (degradations.for_mode) and gives the factor
+    # as the setting it passes to every method declaring one.
+    assert "factor" in singan.SETTINGS
+    assert singan._task(degradations.for_mode("SR", 64), {"factor": 4}) == ("SR", 4)
+    assert singan._task(degradations.super_resolution(2), {}) == ("SR", 2)
+    with pytest.raises(ValueError, match="'SR' is super-resolution: pass the setting factor"):
+        restore(x, degradations.for_mode("SR", 32), seed=0, config={})
     with pytest.raises(ValueError, match=r"lowering must be one of \['im2col', 'xla'\]"):
         restore(x, degradations.identity(), seed=0, config={"lowering": "grouped"})
     with pytest.raises(ValueError, match=r"uint8 of shape \(B, H, W, 3\)"):

@@ -69,7 +69,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -78,6 +77,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dgp_jax.baselines.common import sr_factor
 from dgp_jax.nets import singan as nets
 
 Array = Any
@@ -684,13 +684,16 @@ def super_resolve(trained: Trained, factor: float, key, mesh: Mesh | None = None
 # ---------------------------------------------------------------------------------------------
 
 _SETTING_KEYS = {f.name for f in dataclasses.fields(Settings)}
+SETTINGS = (*sorted(_SETTING_KEYS), "factor", "progress")
+"""Settings: the :class:`Settings` fields, the SR factor (``dgp-jax compare`` passes its
+``--factor``; φ named 'SR<f>' gives it too) and ``progress`` (bool)."""
 
 
-def _task(degradation) -> tuple[str, int | None]:
+def _task(degradation, config: Mapping[str, Any]) -> tuple[str, int | None]:
     name = getattr(degradation, "name", None)
-    match = re.fullmatch(r"SR(\d+)", name or "")
-    if match:
-        return "SR", int(match.group(1))
+    factor = sr_factor(degradation, config) if name else None
+    if factor is not None:
+        return "SR", factor
     if name == "identity":
         return "random_samples", None
     raise ValueError(
@@ -739,15 +742,17 @@ def restore(observed, degradation, *, seed, config: Mapping[str, Any]):
     own seed (:func:`restore_keys`), so ``dgp-jax compare --batch`` does not change it.
 
     config keys: the :class:`Settings` fields (``iterations`` to shorten the schedule),
-    ``progress`` (bool, default False)."""
+    ``factor`` (SR, needed when φ is named 'SR' without it, as ``degradations.for_mode``
+    names it), ``progress`` (bool, default False)."""
     config = dict(config or {})
     progress = config.pop("progress", False)
+    task, factor = _task(degradation, config)
+    config.pop("factor", None)
     unknown = sorted(set(config) - _SETTING_KEYS)
     if unknown:
         raise ValueError(
             f"singan: unknown config key {unknown[0]!r}; known: {sorted(_SETTING_KEYS)}"
         )
-    task, factor = _task(degradation)
     observed = np.asarray(observed)
     if observed.ndim != 4 or observed.shape[-1] != 3:
         raise ValueError(f"singan: observed must be (B, H, W, 3), got shape {observed.shape}")
