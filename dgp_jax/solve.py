@@ -39,7 +39,7 @@ from dgp_jax.config import SolverConfig
 from dgp_jax.model import BigGAN
 from dgp_jax.nets import vgg as vgg_lib
 from dgp_jax.nets.biggan import Discriminator, Generator
-from dgp_jax.nets.layers import BUFFERS, INSTANCE_NORM, PARAMS
+from dgp_jax.nets.layers import BUFFERS, INSTANCE_NORM, PARAMS, freeze_spectral_norm
 from dgp_jax.nets.per_image import check_lowering, per_image_lowering
 from dgp_jax.optim import FROZEN, StageHparams, group_index, label_tree, make_optimizer
 
@@ -392,6 +392,18 @@ def _cached_features(model_config, ftr_type="Discriminator", style_weight=0.0):
     return jax.jit(lambda x, params: loss.features(params, x))
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_freeze(model_config):
+    """D's variables with its spectrally normalised weights computed once, jitted."""
+
+    def freeze(d_vars):
+        dtype = jax.tree.leaves(d_vars)[0].dtype
+        x = jnp.zeros((1, model_config.resolution, model_config.resolution, 3), dtype)
+        return freeze_spectral_norm(Discriminator(model_config), d_vars, x)
+
+    return jax.jit(freeze)
+
+
 @functools.lru_cache(maxsize=32)
 def default_degradation(mode: str, resolution: int, factor: int | None):
     """The mode's φ, one object per setting so that compiled programs can be reused."""
@@ -558,8 +570,12 @@ def restore(
             compute_dtype=compute_dtype, lowering=lowering, ftr_type=config.ftr_type,
             style_weight=float(config.style_weight), per_image_data=aux is not None,
         )  # fmt: skip
-        # the feature network's variables: D's, or VGG16's params for a VGG loss
-        d_vars = put_r(model.discriminator if config.ftr_type == "Discriminator" else vgg)
+        # the feature network's variables: D's (its spectrally normalised weights computed
+        # once: D is frozen), or VGG16's params for a VGG loss
+        if config.ftr_type == "Discriminator":
+            d_vars = put_r(_cached_freeze(cfg)(model.discriminator))
+        else:
+            d_vars = put_r(vgg)
         g_params, table = _split_generator(model.generator[PARAMS])
         rows = stage_table(config, cfg.num_g_blocks + 1, cfg.num_d_features)
         g_trained, g_fixed = _split_shared(g_params, rows["group_lr"], prog)

@@ -30,6 +30,10 @@ from dgp_jax.nets.per_image import attention, conv2d
 
 PARAMS = "params"
 BUFFERS = "buffers"
+# A frozen network's spectrally normalised weights, computed once (``freeze_spectral_norm``)
+# instead of at every call: the solver's discriminator never changes, and at 128 px its
+# power iterations and kernel copies were a large share of a step (BENCHMARKS.md).
+SPECTRAL_NORMALIZED = "spectral_normalized"
 INSTANCE_NORM = "instance_norm"
 
 Array = jax.Array
@@ -64,6 +68,15 @@ def spectral_normalize(weight: Array, u: Array, eps: float) -> Array:
     return weight / sigma
 
 
+def freeze_spectral_norm(module: nn.Module, variables: dict, *args, **kwargs) -> dict:
+    """``variables`` plus, under ``SPECTRAL_NORMALIZED``, every spectrally normalised weight that
+    ``module.apply(variables, *args, **kwargs)`` (evaluation mode) uses, computed once:
+    applied with the result, the module skips the power iterations and reads convolution
+    kernels in XLA's HWIO layout. Same values as recomputing them (the same function)."""
+    _, state = module.apply(variables, *args, mutable=[SPECTRAL_NORMALIZED], **kwargs)
+    return {**variables, SPECTRAL_NORMALIZED: state[SPECTRAL_NORMALIZED]}
+
+
 def orthogonal_init(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
     """torch.nn.init.orthogonal_ on the (out, rest) view of a PyTorch-layout weight."""
     flat = (shape[0], math.prod(shape[1:]))
@@ -84,14 +97,20 @@ class _SNWeight(nn.Module):
 
     eps: float
 
-    def normalized_weight(self, shape: tuple[int, ...], dtype, train: bool = False) -> Array:
+    def normalized_weight(self, shape: tuple[int, ...], dtype, train: bool = False,
+                          store: bool = True) -> Array:  # fmt: skip
+        if not train and self.has_variable(SPECTRAL_NORMALIZED, "weight"):
+            return self.get_variable(SPECTRAL_NORMALIZED, "weight")
         weight = self.param("weight", orthogonal_init, shape, dtype)
         u = self.variable(
             BUFFERS, "u0", lambda: _unit_row(self.make_rng(PARAMS), (1, shape[0]), dtype)
         )
         sv = self.variable(BUFFERS, "sv0", lambda: jnp.ones((1,), dtype))
         if not train:
-            return spectral_normalize(weight, u.value, self.eps)
+            normalized = spectral_normalize(weight, u.value, self.eps)
+            if store and self.is_mutable_collection(SPECTRAL_NORMALIZED):
+                self.put_variable(SPECTRAL_NORMALIZED, "weight", normalized)
+            return normalized
         # Training mode: the power iteration advances, as SN.W_() under .train().
         u_next, sigma = power_iteration(weight, u.value, self.eps)
         if not self.is_initializing():
@@ -110,10 +129,22 @@ class SNConv2d(_SNWeight):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         k = self.kernel_size
-        w = self.normalized_weight((self.features, x.shape[-1], k, k), x.dtype, train)
-        # Under the solver's vmap with a per-image kernel, dgp_jax.nets.per_image picks
-        # how this is lowered; elsewhere it is lax.conv_general_dilated.
-        y = conv2d(x, w.astype(x.dtype))
+        if not train and self.has_variable(SPECTRAL_NORMALIZED, "weight_hwio"):
+            # Frozen: stored in the kernel layout XLA's convolutions use, so a step does
+            # not copy every kernel into it.
+            kernel = self.get_variable(SPECTRAL_NORMALIZED, "weight_hwio").astype(x.dtype)
+            pad = (k - 1) // 2
+            y = lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+        else:
+            w = self.normalized_weight((self.features, x.shape[-1], k, k), x.dtype, train,
+                                       store=False)  # fmt: skip
+            if not train and self.is_mutable_collection(SPECTRAL_NORMALIZED):
+                hwio = jnp.transpose(w, (2, 3, 1, 0))
+                self.put_variable(SPECTRAL_NORMALIZED, "weight_hwio", hwio)
+            # Under the solver's vmap with a per-image kernel, dgp_jax.nets.per_image picks
+            # how this is lowered; elsewhere it is lax.conv_general_dilated.
+            y = conv2d(x, w.astype(x.dtype))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
         return y
