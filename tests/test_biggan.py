@@ -76,6 +76,34 @@ def test_discriminator_matches_reference(case, dtype, tol):
         assert rel_err(f, nhwc(ref[f"D_feat{i}_random"])) < tol, i
 
 
+def test_frozen_discriminator_matches_reference(case):
+    """D with its spectrally normalised weights computed once (the solver's frozen D):
+    every SN layer's W / sigma is stored (conv kernels in HWIO), no raw weight is read,
+    and the features equal the reference's as the recomputing D's do."""
+    from dgp_jax.nets.biggan import Discriminator
+    from dgp_jax.nets.layers import PARAMS, SPECTRAL_NORMALIZED, freeze_spectral_norm
+
+    res, ref = case
+    model = reference_model(res, jnp.float64)
+    x = jnp.asarray(nhwc(ref["D_in_random"]), jnp.float64)
+    disc = Discriminator(model.config)
+    frozen = freeze_spectral_norm(disc, model.discriminator, x[:1])
+    stored = traverse_util.flatten_dict(frozen[SPECTRAL_NORMALIZED], sep=".")
+    weights = [k for k in traverse_util.flatten_dict(model.discriminator[PARAMS], sep=".")
+               if k.endswith(".weight") and "embed" not in k]  # fmt: skip
+    # The class embedding is not used without classes, so it is not frozen either.
+    assert sorted(k.rsplit(".", 1)[0] for k in stored) == sorted(
+        k.rsplit(".", 1)[0] for k in weights)  # fmt: skip
+    w = model.discriminator[PARAMS]["blocks.0.0"]["conv1"]["weight"]
+    assert stored["blocks.0.0.conv1.weight_hwio"].shape == w.shape[2:] + w.shape[1::-1]
+    # The raw weights are not read: zeroing them changes nothing.
+    flat = traverse_util.flatten_dict(frozen[PARAMS])
+    flat = {k: (jnp.zeros_like(v) if k[-1] == "weight" else v) for k, v in flat.items()}
+    _, feats = disc.apply({**frozen, PARAMS: traverse_util.unflatten_dict(flat)}, x)
+    for i, f in enumerate(feats):
+        assert rel_err(f, nhwc(ref[f"D_feat{i}_random"])) < 1e-10, i
+
+
 def test_spectral_norm_gradient_flows_through_sigma_only():
     from dgp_jax.nets.layers import spectral_normalize
 
