@@ -171,6 +171,9 @@ def test_random_biggan_init(init):
     again = dgp_jax.random_biggan(cfg, jax.random.PRNGKey(0), dtype=jnp.float64, init=init)
     other = dgp_jax.random_biggan(cfg, jax.random.PRNGKey(1), dtype=jnp.float64, init=init)
     for net in ("generator", "discriminator"):
+        # Weights and buffers only: no frozen spectral norm (init makes every collection
+        # mutable; one that slipped in made the solver's D all zeros).
+        assert sorted(getattr(model, net)) == ["buffers", "params"]
         flat = traverse_util.flatten_dict(dict(getattr(model, net)), sep=".")
         same = traverse_util.flatten_dict(dict(getattr(again, net)), sep=".")
         assert all(np.array_equal(flat[k], same[k]) for k in flat)

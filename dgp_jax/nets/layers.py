@@ -31,8 +31,9 @@ from dgp_jax.nets.per_image import attention, conv2d
 PARAMS = "params"
 BUFFERS = "buffers"
 # A frozen network's spectrally normalised weights, computed once (``freeze_spectral_norm``)
-# instead of at every call: the solver's discriminator never changes, and at 128 px its
-# power iterations and kernel copies were a large share of a step (BENCHMARKS.md).
+# instead of at every call: the solver's discriminator never changes, and redoing its power
+# iterations and kernel copies in every call cost 26 % of a 128 px selection forward
+# (BENCHMARKS.md).
 SPECTRAL_NORMALIZED = "spectral_normalized"
 INSTANCE_NORM = "instance_norm"
 
@@ -97,6 +98,10 @@ class _SNWeight(nn.Module):
 
     eps: float
 
+    def _freezing(self) -> bool:
+        """Inside ``freeze_spectral_norm`` (not ``init``, where every collection is mutable)."""
+        return self.is_mutable_collection(SPECTRAL_NORMALIZED) and not self.is_initializing()
+
     def normalized_weight(self, shape: tuple[int, ...], dtype, train: bool = False,
                           store: bool = True) -> Array:  # fmt: skip
         if not train and self.has_variable(SPECTRAL_NORMALIZED, "weight"):
@@ -108,7 +113,7 @@ class _SNWeight(nn.Module):
         sv = self.variable(BUFFERS, "sv0", lambda: jnp.ones((1,), dtype))
         if not train:
             normalized = spectral_normalize(weight, u.value, self.eps)
-            if store and self.is_mutable_collection(SPECTRAL_NORMALIZED):
+            if store and self._freezing():
                 self.put_variable(SPECTRAL_NORMALIZED, "weight", normalized)
             return normalized
         # Training mode: the power iteration advances, as SN.W_() under .train().
@@ -139,7 +144,7 @@ class SNConv2d(_SNWeight):
         else:
             w = self.normalized_weight((self.features, x.shape[-1], k, k), x.dtype, train,
                                        store=False)  # fmt: skip
-            if not train and self.is_mutable_collection(SPECTRAL_NORMALIZED):
+            if not train and self._freezing():
                 hwio = jnp.transpose(w, (2, 3, 1, 0))
                 self.put_variable(SPECTRAL_NORMALIZED, "weight_hwio", hwio)
             # Under the solver's vmap with a per-image kernel, dgp_jax.nets.per_image picks
