@@ -92,16 +92,30 @@ def test_frozen_discriminator_matches_reference(case):
     weights = [k for k in traverse_util.flatten_dict(model.discriminator[PARAMS], sep=".")
                if k.endswith(".weight") and "embed" not in k]  # fmt: skip
     # The class embedding is not used without classes, so it is not frozen either.
-    assert sorted(k.rsplit(".", 1)[0] for k in stored) == sorted(
+    assert sorted({k.rsplit(".", 1)[0] for k in stored}) == sorted(
         k.rsplit(".", 1)[0] for k in weights)  # fmt: skip
+    # Convolutions keep their kernel in HWIO and the input gradient's kernel beside it.
+    convs = [k for k in stored if k.endswith(".weight_hwio")]
+    assert len(convs) == len([k for k in stored if k.endswith(".weight_hwio_t")]) > 0
     w = model.discriminator[PARAMS]["blocks.0.0"]["conv1"]["weight"]
-    assert stored["blocks.0.0.conv1.weight_hwio"].shape == w.shape[2:] + w.shape[1::-1]
+    hwio = stored["blocks.0.0.conv1.weight_hwio"]
+    assert hwio.shape == w.shape[2:] + w.shape[1::-1]
+    np.testing.assert_array_equal(stored["blocks.0.0.conv1.weight_hwio_t"],
+                                  np.transpose(hwio, (0, 1, 3, 2))[::-1, ::-1])  # fmt: skip
     # The raw weights are not read: zeroing them changes nothing.
     flat = traverse_util.flatten_dict(frozen[PARAMS])
     flat = {k: (jnp.zeros_like(v) if k[-1] == "weight" else v) for k, v in flat.items()}
-    _, feats = disc.apply({**frozen, PARAMS: traverse_util.unflatten_dict(flat)}, x)
+    zeroed = {**frozen, PARAMS: traverse_util.unflatten_dict(flat)}
+    _, feats = disc.apply(zeroed, x)
     for i, f in enumerate(feats):
         assert rel_err(f, nhwc(ref[f"D_feat{i}_random"])) < 1e-10, i
+
+    # The input gradient (the solver's loss reaches G through it) is the recomputing D's.
+    def loss(variables, images):
+        return sum(jnp.sum(jnp.sin(f)) for f in disc.apply(variables, images)[1])
+
+    expected = jax.grad(loss, argnums=1)(model.discriminator, x)
+    assert rel_err(jax.grad(loss, argnums=1)(zeroed, x), expected) < 1e-12
 
 
 def test_spectral_norm_gradient_flows_through_sigma_only():
