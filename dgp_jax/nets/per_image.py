@@ -230,12 +230,26 @@ def _forward_unrolled(x, w):
     return jnp.stack([_plain_conv(x[b], w[b]) for b in range(x.shape[0])])
 
 
+def _patches(x: Array, k: int) -> Array:
+    """(B, N, H, W, C) -> (B, N*H*W, C*k*k): the k*k taps of each pixel in (C, kh, kw)
+    order, the order of an OIHW kernel's (I, kh, kw) axes, so that the kernel enters every
+    product as the free reshape (O, I*k*k) and is never transposed (a copy of the whole
+    kernel per step, the largest cost of the 128 px step before)."""
+    if k == 1:
+        return _flat(x)
+    return _flat(jnp.stack(_taps(x, k), axis=-1).reshape(x.shape[:-1] + (-1,)))
+
+
 def _forward_im2col(x, w):
-    k = w.shape[-1]
-    patches = jnp.concatenate(_taps(x, k), axis=-1) if k > 1 else x  # (kh, kw, C) order
-    kernel = jnp.transpose(w, (0, 1, 3, 4, 2)).reshape(w.shape[0], w.shape[1], -1)
-    y = _batched_matmul(_flat(patches), kernel)
-    return y.reshape(x.shape[:-1] + (w.shape[1],))
+    b, o = w.shape[:2]
+    # y^T = W patches^T: the kernel is read in its own layout; XLA lays out the patches
+    # (written by a fusion anyway) as the product wants. The barrier keeps XLA from
+    # folding the output's transpose into the product by swapping its operands, which
+    # brings back the kernel's transpose.
+    y_t = lax.dot_general(w.reshape(b, o, -1), _patches(x, w.shape[-1]),
+                          (((2,), (2,)), ((0,), (0,))))  # fmt: skip
+    y_t = lax.optimization_barrier(y_t)
+    return jnp.swapaxes(y_t, 1, 2).reshape(x.shape[:-1] + (o,))
 
 
 def _forward_shifted(x, w):
@@ -261,11 +275,9 @@ def _kernel_grad_unrolled(x, dy, k):
 
 
 def _kernel_grad_im2col(x, dy, k):
-    patches = jnp.concatenate(_taps(x, k), axis=-1) if k > 1 else x
-    # (B, O, P) x (B, P, k*k*C) -> (B, O, k*k*C)
-    g = lax.dot_general(_flat(dy), _flat(patches), (((1,), (1,)), ((0,), (0,))))
-    b, o, c = x.shape[0], dy.shape[-1], x.shape[-1]
-    return jnp.transpose(g.reshape(b, o, k, k, c), (0, 1, 4, 2, 3))
+    # (B, P, O) x (B, P, C*k*k) -> (B, O, C*k*k): already OIHW.
+    g = lax.dot_general(_flat(dy), _patches(x, k), (((1,), (1,)), ((0,), (0,))))
+    return g.reshape(x.shape[0], dy.shape[-1], x.shape[-1], k, k)
 
 
 def _kernel_grad_shifted(x, dy, k):
@@ -273,6 +285,35 @@ def _kernel_grad_shifted(x, dy, k):
     taps = [lax.dot_general(dy_flat, _flat(v), (((1,), (1,)), ((0,), (0,)))) for v in _taps(x, k)]
     b, o, c = x.shape[0], dy.shape[-1], x.shape[-1]
     return jnp.stack(taps, axis=-1).reshape(b, o, c, k, k)
+
+
+# Input gradient: dx[b] = d<conv(x, w[b]), dy[b]>/dx; dy (B, N, H, W, O), w (B, O, C, k, k).
+def _input_grad_im2col(dy, w):
+    """col2im: the product dy W (the kernel in its own layout) gives each pixel's gradient
+    for each of its k*k taps, which are then added back at their shifted positions."""
+    b, o, c, k, _ = w.shape
+    cols = lax.dot_general(_flat(dy), w.reshape(b, o, -1), (((2,), (1,)), ((0,), (0,))))
+    if k == 1:
+        return cols.reshape(dy.shape[:-1] + (c,))
+    cols = cols.reshape(dy.shape[:-1] + (c, k, k))
+    p = (k - 1) // 2
+    h, w_ = dy.shape[2], dy.shape[3]
+    lead = [(0, 0)] * (dy.ndim - 3)
+    padded = sum(
+        jnp.pad(cols[..., i, j], lead + [(i, k - 1 - i), (j, k - 1 - j), (0, 0)])
+        for i in range(k) for j in range(k)
+    )  # fmt: skip
+    return padded[..., p : p + h, p : p + w_, :]
+
+
+def _input_grad_by_forward(name):
+    return lambda dy, w: _FORWARD[name](dy, _transposed_kernel(w))
+
+
+_INPUT_GRAD = {"vmap": _input_grad_by_forward("vmap"),
+               "unrolled": _input_grad_by_forward("unrolled"),
+               "shifted": _input_grad_by_forward("shifted"),
+               "im2col": _input_grad_im2col}  # fmt: skip
 
 
 _KERNEL_GRAD = {"vmap": _kernel_grad_vmap, "unrolled": _kernel_grad_unrolled,
@@ -301,6 +342,21 @@ def _lowered_conv(name: str):
         return _FORWARD[_resolve(name, x.shape, w.shape)](x, w), True
 
     @custom_vmap
+    def input_grad(dy, w):
+        return _plain_conv(dy, _transposed_kernel(w))
+
+    @input_grad.def_vmap
+    def _input_grad_rule(size, in_batched, dy, w):
+        dy_b, w_b = in_batched
+        if not w_b:  # one kernel for every image: a single dense convolution
+            flat = _plain_conv(dy.reshape((-1,) + dy.shape[2:]), _transposed_kernel(w))
+            return flat.reshape(dy.shape[:2] + flat.shape[1:]), True
+        dy = _broadcast(dy_b, dy, size)
+        # The lowering the forward pass of this layer uses (its shapes, not the gradient's).
+        x_shape = dy.shape[:-1] + (w.shape[2],)
+        return _INPUT_GRAD[_resolve(name, x_shape, w.shape)](dy, w), True
+
+    @custom_vmap
     def kernel_grad(x, dy, w):
         return _plain_kernel_grad(x, dy, w.shape[-1])
 
@@ -322,9 +378,8 @@ def _lowered_conv(name: str):
     def conv_bwd(res, dy):
         x, w = res
         # Stride 1, symmetric 'same' padding: the input gradient is the 'same'
-        # convolution of dy with the transposed, flipped kernel.
-        dx = forward(dy, _transposed_kernel(w))
-        return dx, kernel_grad(x, dy, w)
+        # convolution of dy with the transposed, flipped kernel (or im2col's col2im).
+        return input_grad(dy, w), kernel_grad(x, dy, w)
 
     conv.defvjp(conv_fwd, conv_bwd)
     return conv
