@@ -250,7 +250,13 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
             x_map = prog.generator_fn(x, aux) if prog.per_image_data else prog.generator_fn(x)
             # d_vars: the discriminator's variables, or VGG16's params for a VGG loss
             if vgg_loss is None:
-                _, feats = disc.apply(d_vars, x_map.astype(prog.compute_dtype or x_map.dtype))
+                # Inside the context, D's self-attention runs image by image like G's
+                # (per_image.attention; batched, its softmax gradient was the largest op
+                # of a 4-image step); its kernels are shared, so its convolutions stay
+                # dense batched convolutions.
+                x_in = x_map.astype(prog.compute_dtype or x_map.dtype)
+                with per_image_lowering(prog.lowering):
+                    _, feats = disc.apply(d_vars, x_in)
                 feats = _cast_floats(feats, target.dtype)
                 ftr = feature_l1(feats, target_feats, hp["ftr_mask"])[0]
             else:
