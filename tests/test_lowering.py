@@ -204,3 +204,33 @@ def test_layer_benchmark_covers_every_generator_convolution():
     assert shapes[:3] == [(8, 256, 256, 3), (8, 256, 256, 1), (16, 256, 128, 3)]
     assert shapes[-1] == (64, 32, 3, 3)  # the output layer
     assert len(shapes) == 12  # 4 blocks x (conv1, conv2, shortcut), deduplicated, + output
+
+
+def test_solver_step_runs_both_networks_attention_image_by_image(monkeypatch, one_device_mesh):
+    # G attends at 32 x 32 (1024 positions), D at 16 x 16 and 8 x 8 (256, 64): the recorded
+    # sizes tell the two networks apart. D's attention in the step is traced inside the
+    # lowering context (2576322); its features of the targets, outside the step, are not.
+    from dgp_jax.nets import layers
+
+    calls = []
+    original = layers.attention
+
+    def recording(theta, phi, g):
+        calls.append((theta.shape[-2], per_image._ACTIVE.get()))
+        return original(theta, phi, g)
+
+    monkeypatch.setattr(layers, "attention", recording)
+    config_ = BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16,
+                           dim_z=20, G_attn="32", D_attn="16")  # fmt: skip
+    model = dgp_jax.random_biggan(config_, jax.random.PRNGKey(3), dtype=jnp.float32)
+    config = dgp_jax.SolverConfig(
+        dgp_mode="reconstruct", iterations=(1,), ft_num=(1,), lr_ratio=(1.0,), G_lrs=(1e-3,),
+        z_lrs=(1e-2,), w_D_loss=(1.0,), w_mse=(1.0,), w_nll=0.02, ftr_num=(4,),
+        use_in=(False,), update_embed=False, select_num=0,
+    )  # fmt: skip
+    dgp_jax.restore(model, np.zeros((2, 32, 32, 3), np.float32), [1, 2], config,
+                    jax.random.PRNGKey(0), mesh=one_device_mesh, lowering="im2col")  # fmt: skip
+    # G's one attention layer and D's four, all traced in the step with the lowering
+    in_step = [call for call in calls if call[1] is not None]
+    assert in_step == [(1024, "im2col"), (256, "im2col")] + [(64, "im2col")] * 3, calls
+    assert (256, None) in calls  # the targets' features, outside the step
