@@ -2,6 +2,7 @@
 G optimisation step, imresize and the pyramid on a real photo; then the method end to end on
 short schedules."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -298,6 +299,24 @@ def test_restore_errors():
         restore(x, degradations.identity(), seed=0, config={"lowering": "grouped"})
     with pytest.raises(ValueError, match=r"uint8 of shape \(B, H, W, 3\)"):
         singan.train(np.zeros((1, 32, 32, 3)), key=jax.random.PRNGKey(0))
+
+
+def test_a_pyramid_starting_above_the_image_is_warned_about():
+    settings, _, _ = singan.sr_settings(4)
+    small = singan.plan(16, 16, min_size=18, scale_factor=settings.scale_factor, sr=True)
+    assert small.shapes == ((18, 18), (16, 16)) and small.scale_factor == pytest.approx(1.125)
+    assert singan.upscaled_pyramid_warning(small, 16, 16) == (
+        "singan: the 16x16 image is smaller than the pyramid's coarsest scale 18x18 (scales "
+        "18x18, 16x16); SinGAN's official SR.py gives outputs that do not follow the input "
+        "at this size (README)"
+    )
+    big = singan.plan(32, 32, min_size=18, scale_factor=settings.scale_factor, sr=True)
+    assert big.shapes == ((18, 18), (22, 22), (27, 27), (32, 32))
+    assert singan.upscaled_pyramid_warning(big, 32, 32) is None
+    tiny = dataclasses.replace(settings, iterations=0)
+    with pytest.warns(UserWarning, match="16x16 image is smaller than the pyramid's coarsest"):
+        singan.train(np.zeros((1, 16, 16, 3), np.uint8), key=jax.random.PRNGKey(0),
+                     settings=tiny, sr=True)  # fmt: skip
 
 
 def test_one_seed_per_image_gives_each_image_the_keys_it_has_alone():

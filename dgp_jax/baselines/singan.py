@@ -69,6 +69,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -292,6 +293,21 @@ def plan(
         s = math.pow(factor, stop_scale - i)
         shapes.append((resized_length(h1, s), resized_length(w1, s)))
     return Plan(tuple(shapes), scale1, factor)
+
+
+def upscaled_pyramid_warning(the_plan: Plan, height: int, width: int) -> str | None:
+    """The warning for an image smaller than the pyramid's coarsest scale (SR.py's min_size
+    18 exceeds a 16 px input: the pyramid resizes *up*, factor > 1), else None. The official
+    SR.py, run on such inputs, super-resolves into streaks that do not follow the input
+    (README, 'Comparing methods'); on 32 px inputs it follows them."""
+    if the_plan.scale_factor <= 1:
+        return None
+    return (
+        f"singan: the {height}x{width} image is smaller than the pyramid's coarsest scale "
+        f"{the_plan.shapes[0][0]}x{the_plan.shapes[0][1]} (scales "
+        f"{', '.join(f'{h}x{w}' for h, w in the_plan.shapes)}); SinGAN's official SR.py gives "
+        f"outputs that do not follow the input at this size (README)"
+    )
 
 
 def pyramid(image: np.ndarray, the_plan: Plan) -> list[np.ndarray]:
@@ -576,6 +592,9 @@ def train(
     batch, height, width, _ = images.shape
     the_plan = plan(height, width, min_size=settings.min_size, max_size=settings.max_size,
                     scale_factor=settings.scale_factor, sr=sr)  # fmt: skip
+    message = upscaled_pyramid_warning(the_plan, height, width)
+    if message is not None:
+        warnings.warn(message, stacklevel=2)
     mesh = mesh or default_mesh(batch)
     padded = math.ceil(batch / mesh.devices.size) * mesh.devices.size
     images = np.concatenate([images, np.repeat(images[-1:], padded - batch, 0)])
