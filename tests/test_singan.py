@@ -307,8 +307,8 @@ def test_a_pyramid_starting_above_the_image_is_warned_about():
     assert small.shapes == ((18, 18), (16, 16)) and small.scale_factor == pytest.approx(1.125)
     assert singan.upscaled_pyramid_warning(small, 16, 16) == (
         "singan: the 16x16 image is smaller than the pyramid's coarsest scale 18x18 (scales "
-        "18x18, 16x16); SinGAN's official SR.py gives outputs that do not follow the input "
-        "at this size (README)"
+        "18x18, 16x16): the pyramid upsamples it; at such sizes the official SR.py's outputs "
+        "do not follow their input (README)"
     )
     big = singan.plan(32, 32, min_size=18, scale_factor=settings.scale_factor, sr=True)
     assert big.shapes == ((18, 18), (22, 22), (27, 27), (32, 32))

@@ -296,17 +296,17 @@ def plan(
 
 
 def upscaled_pyramid_warning(the_plan: Plan, height: int, width: int) -> str | None:
-    """The warning for an image smaller than the pyramid's coarsest scale (SR.py's min_size
-    18 exceeds a 16 px input: the pyramid resizes *up*, factor > 1), else None. The official
-    SR.py, run on such inputs, super-resolves into streaks that do not follow the input
-    (README, 'Comparing methods'); on 32 px inputs it follows them."""
+    """The warning for an image smaller than the pyramid's coarsest scale (below ``min_size``:
+    the pyramid resizes *up*, factor > 1, as the reference computes it), else None. The
+    official SR.py, run on 16 px inputs (min size 18), super-resolves into streaks that do
+    not follow the input (README, 'Comparing methods'); on 32 px inputs it follows them."""
     if the_plan.scale_factor <= 1:
         return None
     return (
         f"singan: the {height}x{width} image is smaller than the pyramid's coarsest scale "
         f"{the_plan.shapes[0][0]}x{the_plan.shapes[0][1]} (scales "
-        f"{', '.join(f'{h}x{w}' for h, w in the_plan.shapes)}); SinGAN's official SR.py gives "
-        f"outputs that do not follow the input at this size (README)"
+        f"{', '.join(f'{h}x{w}' for h, w in the_plan.shapes)}): the pyramid upsamples it; "
+        f"at such sizes the official SR.py's outputs do not follow their input (README)"
     )
 
 
