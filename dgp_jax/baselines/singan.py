@@ -662,15 +662,21 @@ def random_samples(trained: Trained, key, mesh: Mesh | None = None) -> np.ndarra
     return np.asarray(fn(trained.scales, _image_keys(key, padded)))[: trained.batch]
 
 
+def sr_step(scale, x, z):
+    """One step of SR.py's chain: the finest G on the (upsampled) image ``x`` plus its noise
+    amplitude times ``z``, both padded as in SinGAN_generate."""
+    x = _pad(x)
+    out, _ = _g(scale["g"], scale["g_stats"], scale["noise_amp"] * _pad(z) + x, x, False)
+    return out
+
+
 def _sr_one(scale, start, key, *, steps: int, sizes, up: float):
     keys = jax.random.split(key, steps)
     x = start
     for j in range(steps):
         if j > 0:
             x = imresize(x, up)
-        x = _pad(x)
-        z = _pad(_noise(keys[j], sizes[j], j == 0, x.dtype))
-        x, _ = _g(scale["g"], scale["g_stats"], scale["noise_amp"] * z + x, x, False)
+        x = sr_step(scale, x, _noise(keys[j], sizes[j], j == 0, x.dtype))
     return x
 
 
