@@ -31,6 +31,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "cheap_compiles: compile this test's programs with jax_disable_most_optimizations "
+        "(for tests that compile much and run few steps; tests/_compiling.py)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--reverse-order"):
         items.reverse()
@@ -45,6 +53,17 @@ def release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def cheap_compiles_when_marked(request):
+    if request.node.get_closest_marker("cheap_compiles") is None:
+        yield
+        return
+    from tests._compiling import fast_compiles
+
+    with fast_compiles(None):
+        yield
 
 
 def load_experiment(name: str):

@@ -18,8 +18,9 @@ from PIL import Image
 
 from dgp_jax import cli
 from dgp_jax.pth import read_state_dict
+from tests._compiling import fast_compiles
 from tests.conftest import fixture_path
-from tests.test_runner import fast_compiles, make_photos, session_cache_dir, tiny_model_files
+from tests.test_runner import make_photos, session_cache_dir, tiny_model_files
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--set", "iterations=1", "--set", "select_num=1", "--set", "resolution=none"]

@@ -20,8 +20,9 @@ from dgp_jax import cli, default_model, runner
 from dgp_jax.images import load_image
 from dgp_jax.nets.biggan import BigGANConfig
 from dgp_jax.pth import read_state_dict
+from tests._compiling import fast_compiles
 from tests.conftest import load_experiment
-from tests.test_runner import fast_compiles, session_cache_dir
+from tests.test_runner import session_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = REPO / "examples" / "heldout"

@@ -86,6 +86,7 @@ def test_inpainting_step_matches_official(reference):
     np.testing.assert_allclose(np.asarray(out), reference["inpainting_step_out"], atol=1e-9)
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_a_batch_is_each_image_alone(one_device_mesh, monkeypatch):
     """Two images in one program (im2col products batched over the images) give what each
     gives alone (XLA's convolutions), in float64; its own key per image. The inpainting

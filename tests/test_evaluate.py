@@ -14,8 +14,9 @@ from dgp_jax import cli
 from dgp_jax.images import load_image
 from dgp_jax.metrics import load_resnet50, niqe, psnr, registry, ssim, topk_correct
 from dgp_jax.metrics.niqe_metric import NIQEParams, gaussian_window
+from tests._compiling import fast_compiles
 from tests._resnet import resnet50_weights_folder
-from tests.test_runner import fast_compiles, make_photos, session_cache_dir, tiny_model_files
+from tests.test_runner import make_photos, session_cache_dir, tiny_model_files
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "images" / "others"
 NIQE_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "niqe" / "pristine.npz"

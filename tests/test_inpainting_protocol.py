@@ -21,6 +21,7 @@ EXAMPLES = [f"heldout/{n}.png" for n in ("flora_LadyBird_0", "landscape_EveningG
                                          "objects_ColorfulCups_0")]  # fmt: skip
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_each_image_of_a_batch_is_solved_with_its_own_mask(one_device_mesh):
     model = dgp_jax.random_biggan(TINY, jax.random.PRNGKey(0), dtype=jnp.float64)
     images = np.asarray(jax.random.uniform(jax.random.PRNGKey(3), (2, 32, 32, 3), jnp.float64,

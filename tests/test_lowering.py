@@ -14,6 +14,7 @@ import dgp_jax
 from dgp_jax.nets import per_image
 from dgp_jax.nets.biggan import BigGANConfig
 from dgp_jax.nets.per_image import LOWERINGS, attention, conv2d, per_image_lowering
+from tests._compiling import setting
 from tests.conftest import reference_model
 from tests.test_solver import load_run, rel
 
@@ -144,6 +145,7 @@ def float32_problem(one_device_mesh):
     return model, images, config, z0, exact
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_float32_batch_and_each_image_alone_are_float32_rounding_of_float64(
     float32_problem, one_device_mesh
 ):
@@ -238,3 +240,13 @@ def test_solver_step_runs_both_networks_attention_image_by_image(monkeypatch, on
     in_step = [call for call in calls if call[1] is not None]
     assert in_step == [(1024, "im2col"), (256, "im2col")] + [(64, "im2col")] * 3, calls
     assert (256, None) in calls  # the targets' features, outside the step
+
+
+@pytest.mark.cheap_compiles
+def test_the_cheap_compiles_marker_lowers_the_optimisation_for_its_test():
+    assert setting("jax_disable_most_optimizations") is True
+
+
+def test_tests_without_the_marker_compile_with_full_optimisation():
+    # Also the check that no marked test (or fast_compiles user) leaks the setting.
+    assert setting("jax_disable_most_optimizations") is False

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests._compiling import fast_compiles
 from tests.conftest import load_experiment
-from tests.test_runner import fast_compiles, session_cache_dir, tiny_model_files
+from tests.test_runner import session_cache_dir, tiny_model_files
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO.parent / "shared" / "images" / "imagenet_val"

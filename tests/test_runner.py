@@ -29,6 +29,7 @@ from PIL import Image
 
 from dgp_jax import runner
 from dgp_jax.config import SolverConfig
+from tests._compiling import FAST_COMPILE_SETTINGS, fast_compiles, setting
 
 TINY = {"resolution": 32, "G_ch": 4, "D_ch": 4, "n_classes": 10, "shared_dim": 16,
         "dim_z": 20, "G_attn": "0", "D_attn": "0"}  # fmt: skip
@@ -80,40 +81,6 @@ def session_cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     return tiny_model_files(tmp_path_factory)
-
-
-# The JAX settings fast_compiles changes (configure_compilation_cache sets the first two).
-FAST_COMPILE_SETTINGS = (
-    "jax_compilation_cache_dir",
-    "jax_persistent_cache_min_compile_time_secs",
-    "jax_disable_most_optimizations",
-)
-
-
-def _setting(name: str):
-    # Flags with a context manager are attributes; the others are read with config.read.
-    try:
-        return getattr(jax.config, name)
-    except AttributeError:
-        return jax.config.read(name)
-
-
-@contextlib.contextmanager
-def fast_compiles(cache: Path | None):
-    """The persistent cache at ``cache`` (None: unchanged) and cheap XLA optimisation, for
-    the duration; all three settings as they were after."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    before = {name: _setting(name) for name in FAST_COMPILE_SETTINGS}
-    jax.config.update("jax_disable_most_optimizations", True)
-    if cache is not None:
-        runner.configure_compilation_cache(str(cache))
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            jax.config.update(name, value)
-        cc.reset_cache()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -603,16 +570,16 @@ def test_a_preset_of_another_size_names_this_sizes_preset():
 
 
 def test_fast_compiles_puts_every_setting_back(tmp_path):
-    outer = {name: _setting(name) for name in FAST_COMPILE_SETTINGS}
+    outer = {name: setting(name) for name in FAST_COMPILE_SETTINGS}
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 3.0)
     jax.config.update("jax_disable_most_optimizations", False)
     try:
-        before = {name: _setting(name) for name in FAST_COMPILE_SETTINGS}
+        before = {name: setting(name) for name in FAST_COMPILE_SETTINGS}
         with fast_compiles(tmp_path / "cache"):
-            assert _setting("jax_compilation_cache_dir") == str(tmp_path / "cache")
-            assert _setting("jax_persistent_cache_min_compile_time_secs") == 0
-            assert _setting("jax_disable_most_optimizations") is True
-        assert {name: _setting(name) for name in FAST_COMPILE_SETTINGS} == before
+            assert setting("jax_compilation_cache_dir") == str(tmp_path / "cache")
+            assert setting("jax_persistent_cache_min_compile_time_secs") == 0
+            assert setting("jax_disable_most_optimizations") is True
+        assert {name: setting(name) for name in FAST_COMPILE_SETTINGS} == before
     finally:
         for name, value in outer.items():
             jax.config.update(name, value)

@@ -74,6 +74,7 @@ def assert_tree(ours_params, ours_stats, ref: dict, prefix: str, atol, rtol=1e-4
         np.testing.assert_allclose(ours, ref[k], atol=atol, rtol=rtol, err_msg=k)
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_state_keys_and_channels():
     g, gs = nets.init(jax.random.PRNGKey(0), 32, out_channels=3)
     d, ds = nets.init(jax.random.PRNGKey(1), 64, out_channels=1)
@@ -90,6 +91,7 @@ generator = jax.jit(nets.generator, static_argnames=("train", "lowering"))
 discriminator = jax.jit(nets.discriminator, static_argnames=("train", "lowering"))
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 @pytest.mark.parametrize("lowering", nets.LOWERINGS)
 def test_forward_matches_official(lowering):
     ref = load("nets.npz")
@@ -113,6 +115,7 @@ def test_forward_matches_official(lowering):
     np.testing.assert_allclose(s, ref["d64_out_train"], atol=2e-5)
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_reconstruction_and_super_resolution_match_official_generate():
     """manipulate.py SinGAN_generate, deterministic (make_singan.generate_fixture): the
     cascade from stored noise over two scales, and SR.py's six-step chain of the finest G
@@ -135,7 +138,8 @@ def test_reconstruction_and_super_resolution_match_official_generate():
     ]
     # Each step from the official previous output: imresize's 8-bit quantisation then
     # sees the same values, so the steps agree to float32 rounding.
-    generate = jax.jit(lambda x: singan._g(g, g_stats, singan._pad(x), singan._pad(x), False)[0])
+    quiet = {"g": g, "g_stats": g_stats, "noise_amp": jnp.float32(0)}
+    generate = jax.jit(lambda x: singan.sr_step(quiet, x, jnp.zeros_like(x)))
     resize = jax.jit(lambda x: singan.imresize(x, up))  # (jitted: 14 -> 4 s here)
     x = singan.imresize_host(ref["sr/lr"], up)
     for k in range(1, steps + 1):
@@ -246,6 +250,7 @@ def test_plans_match_official():
     assert singan.sr_settings(4)[1:] == (pytest.approx(4 ** (1 / 6)), 6)
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_a_batched_epoch_is_each_image_alone():
     """One training epoch (3 D steps with the gradient penalty's second derivatives, 3 G
     steps) vmapped over two images, each with its own networks, against each image alone,
@@ -301,6 +306,7 @@ def test_restore_errors():
         singan.train(np.zeros((1, 32, 32, 3)), key=jax.random.PRNGKey(0))
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_a_pyramid_starting_above_the_image_is_warned_about():
     settings, _, _ = singan.sr_settings(4)
     small = singan.plan(16, 16, min_size=18, scale_factor=settings.scale_factor, sr=True)
