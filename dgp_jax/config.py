@@ -40,7 +40,9 @@ class SolverConfig:
     """DGP solver settings (reference flag names; per-stage fields are tuples).
 
     ``factor`` (super-resolution factor; None = the reference's 4, or 2 in hybrid) and
-    ``select_batch`` (candidates scored per forward pass) are dgp_jax additions;
+    ``select_batch`` (start candidates scored per forward pass on each device, shared among
+    that device's images, at least one each; None = by backend,
+    ``dgp_jax.solve.SELECT_BATCH``) are dgp_jax additions;
     ``resolution`` records the model size a preset was written for (None = any).
     ``ftr_type`` is the reference's flag ("Discriminator" or its VGG ablation "VGG"), plus
     "johnson" (Johnson et al.'s feature reconstruction loss, with ``style_weight`` x their
@@ -69,7 +71,7 @@ class SolverConfig:
     adam_eps: float = 1e-8
     warm_up: int = 0
     factor: int | None = None
-    select_batch: int = 16
+    select_batch: int | None = None
     resolution: int | None = None
     ftr_type: str = "Discriminator"
     style_weight: float = 0.0
@@ -95,7 +97,7 @@ class SolverConfig:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if any(int(f) < 1 for f in self.ftr_num):
             raise ValueError(f"ftr_num must be >= 1, got {self.ftr_num}")
-        if self.select_num < 0 or self.select_batch < 1:
+        if self.select_num < 0 or (self.select_batch is not None and self.select_batch < 1):
             raise ValueError(
                 f"select_num must be >= 0 and select_batch >= 1, got {self.select_num}, "
                 f"{self.select_batch}"

@@ -45,6 +45,13 @@ from dgp_jax.optim import FROZEN, StageHparams, group_index, label_tree, make_op
 
 Array = jax.Array
 SELECT_FEATURES = 3  # the reference scores start candidates on the last 3 D features
+# SolverConfig.select_batch's default by backend: candidate images per scoring pass on each
+# device. A CPU is fastest at about 8 at every model size measured (BENCHMARKS.md, "Start
+# candidates"); 16 took 1.3-1.9x as long per candidate at 64 px ch 16 and 128 px ch 32.
+# Elsewhere: 128, what 16 per image gave at the default 8 images per device (not measured
+# on an accelerator yet; bench_accelerator.py reports the selection time).
+SELECT_BATCH = {"cpu": 8}
+SELECT_BATCH_ELSEWHERE = 128
 
 # Counts how often the solver step is traced; a test asserts one trace per schedule.
 TRACE_COUNTS = {"step": 0, "select": 0}
@@ -605,7 +612,7 @@ def restore(
             z0, start_classes, select_loss = _select(
                 model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
                 dtype, pad, put_b, put_r, degradation, _host_target_in_selection(degradation),
-                d_vars, aux_dev,
+                d_vars, aux_dev, padded // n_dev,
             )  # fmt: skip
         embeddings = np.asarray(model.embed(jnp.asarray(start_classes)), dtype)
 
@@ -754,8 +761,21 @@ def _initial_in_state(model: BigGAN, prog: _Program, batch: int, dtype):
     return jax.tree.map(lambda s: jnp.zeros((batch,) + s.shape, s.dtype), shapes)
 
 
+def select_chunk(
+    select_batch: int | None, images_per_device: int, num: int, backend: str | None = None
+) -> int:
+    """Start candidates per image in one scoring pass: ``select_batch`` candidate images per
+    device (None: ``SELECT_BATCH`` for the backend) shared among the device's images, at
+    least one each and at most ``num``. The scores do not depend on it (G is in eval mode:
+    no statistic crosses candidates); a pass's size only sets its speed and memory."""
+    if select_batch is None:
+        select_batch = SELECT_BATCH.get(backend or jax.default_backend(), SELECT_BATCH_ELSEWHERE)
+    return max(1, min(num, select_batch // max(1, images_per_device)))
+
+
 def _select(model, prog, config, keys, classes, target_feats, z_candidates, class_candidates,
-            dtype, pad, put_b, put_r, degradation, host_select, d_vars, aux_dev):  # fmt: skip
+            dtype, pad, put_b, put_r, degradation, host_select, d_vars, aux_dev,
+            images_per_device):  # fmt: skip
     """The reference's select_z: the candidate with the lowest 3-feature distance."""
     cfg = model.config
     batch = classes.shape[0]
@@ -784,7 +804,7 @@ def _select(model, prog, config, keys, classes, target_feats, z_candidates, clas
     table = model.generator[PARAMS]["shared"]["weight"]
     g_vars = put_r({PARAMS: model.generator[PARAMS], BUFFERS: model.generator[BUFFERS]})
     score = _cached_selector(prog, degradation.target_fn if host_select else None)
-    chunk = max(1, min(config.select_batch, num))
+    chunk = select_chunk(config.select_batch, images_per_device, num)
     feats = [f[:, None] for f in target_feats]
     losses = []
     for start in range(0, num, chunk):

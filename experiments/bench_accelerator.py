@@ -295,12 +295,12 @@ def worker_dgp(spec: dict) -> dict:
         row["flops_error"] = f"{type(e).__name__}: {e}"[:300]
     print(RESULT + json.dumps({**row, "partial": "no selection time"}), flush=True)
 
-    # Selection alone: two runs without steps (the first compiles); candidates scored in
-    # chunks of at most select_batch, fewer at large batches (memory).
+    # Selection alone: two runs without steps (the first compiles); select_images candidate
+    # images per pass, shared among the batch (at least one each).
     cands = spec["select"]
-    chunk = max(1, min(cands, spec["select_images"] // batch))
-    sel_cfg = full.replace(iterations=(0,) * n, select_num=cands, select_batch=chunk)
-    row["select_chunk"] = chunk
+    sel_cfg = full.replace(iterations=(0,) * n, select_num=cands,
+                           select_batch=spec["select_images"])  # fmt: skip
+    row["select_chunk"] = solve.select_chunk(spec["select_images"], batch, cands)
     row["s_per_select_per_image"] = None
     try:
         run(sel_cfg)
@@ -745,8 +745,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precisions", help=f"comma-separated, of {','.join(PRECISIONS)}")
     p.add_argument("--steps", type=int, default=4, help="warm steps per row (median of diffs)")
     p.add_argument("--select", type=int, default=4, help="start candidates timed per image")
-    p.add_argument("--select-images", type=int, default=256,
-                   help="at most this many candidate images scored per forward pass")  # fmt: skip
+    p.add_argument("--select-images", type=int, default=None,
+                   help="candidate images scored per pass (select_batch; default: the "
+                   "solver's default for the backend, dgp_jax.solve.SELECT_BATCH)")  # fmt: skip
     p.add_argument("--ref-steps", type=int, default=10)
     p.add_argument("--ref-select", type=int, default=8)
     p.add_argument("--matmul-size", type=int)

@@ -41,10 +41,8 @@ def time_dgp_jax(args) -> dict:
     # The last stage: every group of G fine-tuned, as in the reference's ref_bench.py (and
     # what every step of a full schedule computes: Adam's moments run on for groups whose
     # rate is still 0, so their gradients are needed from the first step).
-    config = full.replace(
-        iterations=(0,) * (n - 1) + (args.steps,), select_num=args.select,
-        select_batch=max(1, args.select),
-    )  # fmt: skip
+    # Candidates are scored in the product's default passes (select_batch by backend).
+    config = full.replace(iterations=(0,) * (n - 1) + (args.steps,), select_num=args.select)
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (args.batch, args.resolution, args.resolution, 3)).astype(
         np.float32

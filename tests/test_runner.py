@@ -687,6 +687,28 @@ def test_other_weights_are_other_settings(tmp_path, tiny, mesh):
         runner.execute(options(tiny, out, photos), model=tuned, mesh=mesh)
 
 
+def test_select_batch_does_not_change_the_fingerprint():
+    import dgp_jax
+    from dgp_jax.run.markers import RunSpec
+
+    # select_batch sets the size of the start-candidate passes, not the results, so any
+    # value resumes the same folder. 870d0b1b246f1ebd is what the code before select_batch
+    # became a per-device pass size (default 16 per image) computed for this spec and model:
+    # folders written then still resume (this suite runs with jax_enable_x64, which the
+    # model's int64 buffers and so its weights_id reflect).
+    model = dgp_jax.random_biggan(dgp_jax.BigGANConfig(**TINY), jax.random.PRNGKey(0),
+                                  init="N02")  # fmt: skip
+    config = runner.build_config("colorization", 32, sets=["iterations=1", "select_num=3",
+                                                            "resolution=none"])  # fmt: skip
+    assert config.select_batch is None
+    for select_batch in (None, 16, 3):
+        spec = RunSpec(kind="restore", label="colorization",
+                       config=config.replace(select_batch=select_batch))  # fmt: skip
+        assert spec.fingerprint(model) == "870d0b1b246f1ebd"
+    other = RunSpec(kind="restore", label="colorization", config=config.replace(select_num=4))
+    assert other.fingerprint(model) != "870d0b1b246f1ebd"
+
+
 def test_resume_from_another_working_directory(tmp_path, tiny, mesh, monkeypatch):
     home = tmp_path / "project"
     make_photos(home / "photos", 2)

@@ -255,6 +255,34 @@ def test_select_num_zero_and_one(tiny_model, one_device_mesh):
     assert one.classes.tolist() == [drawn, 5]
 
 
+def test_select_batch_is_shared_among_a_devices_images():
+    # candidate images per pass on one device -> candidates per image per pass
+    assert solve.select_chunk(16, 1, 500) == 16
+    assert solve.select_chunk(16, 3, 500) == 5
+    assert solve.select_chunk(16, 32, 500) == 1  # at least one candidate per image
+    assert solve.select_chunk(64, 1, 5) == 5  # never more than there are
+    # None: by backend (a CPU is fastest at about 8 images per pass, BENCHMARKS.md)
+    assert solve.select_chunk(None, 1, 500, "cpu") == 8
+    assert solve.select_chunk(None, 4, 500, "cpu") == 2
+    assert solve.select_chunk(None, 8, 500, "gpu") == 16
+    with pytest.raises(ValueError, match="select_batch >= 1"):
+        config(select_batch=0)
+
+
+def test_candidate_scores_do_not_depend_on_the_pass_size(tiny_model, one_device_mesh):
+    kwargs = dict(classes=[1, -1, 3], key=jax.random.PRNGKey(4), mesh=one_device_mesh)
+    results = [
+        dgp_jax.restore(tiny_model, images(3, 6), config=config(
+            iterations=(0, 0, 0), select_num=5, select_batch=select_batch), **kwargs)
+        for select_batch in (1, None, 64)  # one candidate per image per pass; 2; all 5
+    ]  # fmt: skip
+    assert results[0].select_loss.shape == (3, 5)
+    for other in results[1:]:
+        np.testing.assert_allclose(other.select_loss, results[0].select_loss, rtol=1e-13)
+        np.testing.assert_array_equal(other.z, results[0].z)
+        np.testing.assert_array_equal(other.classes, results[0].classes)
+
+
 def test_update_G_false_moves_only_the_latent(tiny_model, one_device_mesh):
     cfg = config(update_G=False)
     result = dgp_jax.restore(tiny_model, images(2), [1, 2], cfg, jax.random.PRNGKey(1),

@@ -15,12 +15,19 @@ from dgp_jax.config import SolverConfig
 from dgp_jax.run.folder import OutputDir
 from dgp_jax.run.settings import RunError
 
-
 # --------------------------------------------------------------------------- run spec
+# SolverConfig fields that set speed and memory, not results (as RunSpec's batch and
+# lowering do): each is fingerprinted at a fixed value, so that another choice resumes the
+# same results. select_batch's value is its default before 2026-11-30 (16 candidates per
+# image), so folders written then still resume.
+SPEED_ONLY_FIELDS = {"select_batch": 16}
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """What a run does; everything here but ``batch`` and ``lowering`` changes the results
-    (those two change only float rounding: see README, "Deterministic").
+    """What a run does; everything here but ``batch`` and ``lowering`` (and the config's
+    SPEED_ONLY_FIELDS) changes the results (those change only float rounding: see README,
+    "Deterministic").
 
     label: the file-name label (the task for restore; "jitter", "morph", "transfer").
     kind: one of KINDS. manipulation: the kind's settings (stds, samples, classes, frames).
@@ -72,7 +79,7 @@ class RunSpec:
         """What results depend on. File paths are left out (weights_id and mask_sha256
         stand for their contents), so a rerun from another folder still resumes."""
         run = {k: v for k, v in self.settings(model).items() if k not in ("weights", "mask")}
-        payload = {"config": self.config.to_dict(), "run": run}
+        payload = {"config": {**self.config.to_dict(), **SPEED_ONLY_FIELDS}, "run": run}
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -116,7 +123,8 @@ def write_run_config(out: OutputDir, spec: RunSpec, model, *, force: bool = Fals
             new_flat = {**spec.config.to_dict(), **settings}
             old_flat = {**{k: v for k, v in old.items() if k != "run"}, **old.get("run", {})}
             differ = sorted(
-                k for k in new_flat if json.dumps(new_flat[k], default=str, sort_keys=True)
+                k for k in new_flat if k not in SPEED_ONLY_FIELDS
+                and json.dumps(new_flat[k], default=str, sort_keys=True)
                 != json.dumps(old_flat.get(k), default=str, sort_keys=True)
             )  # fmt: skip
             raise RunError(
