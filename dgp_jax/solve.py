@@ -766,8 +766,9 @@ def select_chunk(
 ) -> int:
     """Start candidates per image in one scoring pass: ``select_batch`` candidate images per
     device (None: ``SELECT_BATCH`` for the backend) shared among the device's images, at
-    least one each and at most ``num``. The scores do not depend on it (G is in eval mode:
-    no statistic crosses candidates); a pass's size only sets its speed and memory."""
+    least one each and at most ``num``. No statistic crosses candidates (G runs on its
+    stored batch-norm statistics), so the pass size changes scores only by float rounding;
+    it sets the passes' speed and memory."""
     if select_batch is None:
         select_batch = SELECT_BATCH.get(backend or jax.default_backend(), SELECT_BATCH_ELSEWHERE)
     return max(1, min(num, select_batch // max(1, images_per_device)))
