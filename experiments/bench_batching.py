@@ -24,6 +24,18 @@ import dgp_jax
 from dgp_jax.nets.biggan import BigGANConfig
 
 
+def random_setup(resolution: int, ch: int, batches):
+    """The random-weight model (G_ch = D_ch = ``ch``), a one-device mesh, and uniform random
+    float32 images for each batch size."""
+    cfg = BigGANConfig(resolution=resolution, G_ch=ch, D_ch=ch)
+    model = dgp_jax.random_biggan(cfg, jax.random.PRNGKey(0), init="N02")
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    rng = np.random.default_rng(0)
+    images = {b: rng.uniform(-1, 1, (b, resolution, resolution, 3)).astype(np.float32)
+              for b in batches}  # fmt: skip
+    return cfg, model, mesh, images
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--resolution", type=int, default=64)
@@ -37,15 +49,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     lowerings = args.lowerings.split(",")
-    cfg = BigGANConfig(resolution=args.resolution, G_ch=args.ch, D_ch=args.ch)
-    model = dgp_jax.random_biggan(cfg, jax.random.PRNGKey(0), init="N02")
+    cfg, model, mesh, images = random_setup(args.resolution, args.ch, batches)
     full = dgp_jax.SolverConfig.preset(args.preset, resolution=None)
     # The last stage's settings (every group fine-tuned): the costliest steps.
     config = full.replace(iterations=(0,) * (full.num_stages - 1) + (args.steps + 1,), select_num=0)
-    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    rng = np.random.default_rng(0)
-    images = {b: rng.uniform(-1, 1, (b, cfg.resolution, cfg.resolution, 3)).astype(np.float32)
-              for b in batches}  # fmt: skip
 
     def solve(lowering, batch):
         stamps = []

@@ -22,10 +22,11 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+
+# This script's folder is on sys.path when it runs as `python experiments/...`.
+from bench_batching import random_setup
 
 import dgp_jax
-from dgp_jax.nets.biggan import BigGANConfig
 from dgp_jax.solve import select_chunk
 
 
@@ -49,14 +50,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     specs = args.select_batches.split(",")
-    cfg = BigGANConfig(resolution=args.resolution, G_ch=args.ch, D_ch=args.ch)
-    model = dgp_jax.random_biggan(cfg, jax.random.PRNGKey(0), init="N02")
+    cfg, model, mesh, images = random_setup(args.resolution, args.ch, batches)
     full = dgp_jax.SolverConfig.preset(args.preset, resolution=None)
     no_steps = full.replace(iterations=(0,) * full.num_stages)
-    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    rng = np.random.default_rng(0)
-    images = {b: rng.uniform(-1, 1, (b, cfg.resolution, cfg.resolution, 3)).astype(np.float32)
-              for b in batches}  # fmt: skip
 
     def solve(batch, select_batch, num):
         config = no_steps.replace(select_num=num, select_batch=select_batch)
