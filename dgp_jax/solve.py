@@ -802,23 +802,23 @@ def _select(model, prog, config, keys, classes, target_feats, z_candidates, clas
     if num == 1:
         return z_candidates[:, 0], class_candidates[:, 0], np.zeros((batch, 0))
 
-    table = model.generator[PARAMS]["shared"]["weight"]
+    # Every candidate's class embedding at once: one gather, not one per pass.
+    table = np.asarray(model.generator[PARAMS]["shared"]["weight"], dtype)
+    emb_candidates = table[class_candidates]
     g_vars = put_r({PARAMS: model.generator[PARAMS], BUFFERS: model.generator[BUFFERS]})
     score = _cached_selector(prog, degradation.target_fn if host_select else None)
     chunk = select_chunk(config.select_batch, images_per_device, num)
     feats = [f[:, None] for f in target_feats]
-    losses = []
+    scores = []  # left on the device until every pass is dispatched
     for start in range(0, num, chunk):
         zc = z_candidates[:, start : start + chunk]
-        yc = class_candidates[:, start : start + chunk]
+        emb = emb_candidates[:, start : start + chunk]
         n = zc.shape[1]
         if n < chunk:  # keep one compiled shape: pad the last chunk, drop its scores
             zc = np.concatenate([zc, np.repeat(zc[:, -1:], chunk - n, 1)], 1)
-            yc = np.concatenate([yc, np.repeat(yc[:, -1:], chunk - n, 1)], 1)
-        emb = np.asarray(jnp.take(table, jnp.asarray(yc), axis=0), dtype)
-        out = score(put_b(pad(zc)), put_b(pad(emb)), feats, aux_dev, g_vars, d_vars)
-        losses.append(np.asarray(out)[:batch, :n])
-    select_loss = np.concatenate(losses, axis=1)
+            emb = np.concatenate([emb, np.repeat(emb[:, -1:], chunk - n, 1)], 1)
+        scores.append((score(put_b(pad(zc)), put_b(pad(emb)), feats, aux_dev, g_vars, d_vars), n))
+    select_loss = np.concatenate([np.asarray(out)[:batch, :n] for out, n in scores], axis=1)
     best = np.argmin(select_loss, axis=1)  # first minimum, as torch.argmin
     rows = np.arange(batch)
     return z_candidates[rows, best], class_candidates[rows, best], select_loss
