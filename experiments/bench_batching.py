@@ -36,16 +36,21 @@ def random_setup(resolution: int, ch: int, batches):
     return cfg, model, mesh, images
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_common_arguments(p: argparse.ArgumentParser, preset: str) -> None:
+    """The model, preset, batch sizes, rounds and output flags of the rotation benchmarks."""
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--ch", type=int, default=16)
-    p.add_argument("--preset", default="wallpapers_64/colorization")
+    p.add_argument("--preset", default=preset)
     p.add_argument("--batches", default="1,4,8")
-    p.add_argument("--lowerings", default="auto,vmap,im2col,shifted,unrolled")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per solve")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_arguments(p, preset="wallpapers_64/colorization")
+    p.add_argument("--lowerings", default="auto,vmap,im2col,shifted,unrolled")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per solve")
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     lowerings = args.lowerings.split(",")

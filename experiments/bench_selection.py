@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 # This script's folder is on sys.path when it runs as `python experiments/...`.
-from bench_batching import random_setup
+from bench_batching import add_common_arguments, random_setup
 
 import dgp_jax
 from dgp_jax.solve import select_chunk
@@ -38,15 +38,10 @@ def select_batch_for(spec: str, batch: int) -> int:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--ch", type=int, default=16)
-    p.add_argument("--preset", default="colorization")
-    p.add_argument("--batches", default="1,4,8")
+    add_common_arguments(p, preset="colorization")
     p.add_argument("--select-batches", default="8,16,per-image-16",
                    help="candidate images per pass, or per-image-N: N per image")  # fmt: skip
     p.add_argument("--candidates", type=int, default=32, help="select_num")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     specs = args.select_batches.split(",")
