@@ -162,8 +162,6 @@ class _Program:
     model_config: Any
     generator_fn: Callable
     static_use_in: Any
-    stop_mse: float
-    stop_ftr: float
     b1: float
     b2: float
     eps: float
@@ -286,7 +284,7 @@ def _make_step(prog: _Program, tx, mesh: Mesh):
         active = jnp.logical_not(stopped)
         new = {"trainable": trainable, "opt_state": opt_state, "in_state": in_state, "x_last": x}
         new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, _without(state, "stopped"))
-        hit = (mse < prog.stop_mse) | (ftr < prog.stop_ftr)
+        hit = (mse < hp["stop_mse"]) | (ftr < hp["stop_ftr"])
         new["stopped"] = stopped | (active & hit)
         record = {"ftr": ftr, "mse": mse, "nll": nll, "loss": loss, "active": active}
         return new, record
@@ -577,8 +575,8 @@ def restore(
 
         prog = _Program(
             model_config=cfg, generator_fn=degradation.generator_fn,
-            static_use_in=_static_use_in(config), stop_mse=float(config.stop_mse),
-            stop_ftr=float(config.stop_ftr), b1=config.G_B1, b2=config.G_B2, eps=config.adam_eps,
+            static_use_in=_static_use_in(config), b1=config.G_B1, b2=config.G_B2,
+            eps=config.adam_eps,
             update_embed=config.update_embed, update_G=config.update_G,
             compute_dtype=compute_dtype, lowering=lowering, ftr_type=config.ftr_type,
             style_weight=float(config.style_weight), per_image_data=aux is not None,
@@ -636,7 +634,10 @@ def restore(
         }
         state = put_b(state)
 
-        rows["w_nll"] = np.full(len(rows["z_lr"]), config.w_nll)
+        # Run-wide settings as rows too: data, so another value reuses the compiled step.
+        for name, value in (("w_nll", config.w_nll), ("stop_mse", config.stop_mse),
+                            ("stop_ftr", config.stop_ftr)):  # fmt: skip
+            rows[name] = np.full(len(rows["z_lr"]), value, np.float64)
         table_dev = put_r({k: jnp.asarray(v, dtype if v.dtype == np.float64 else v.dtype)
                            for k, v in rows.items() if k != "stage"})  # fmt: skip
         d_step, g_shared_step = d_vars, g_shared

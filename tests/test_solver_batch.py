@@ -83,8 +83,10 @@ def test_early_stop_freezes_one_image_and_leaves_the_others(tiny_model, one_devi
     free = dgp_jax.restore(tiny_model, batch, classes, cfg, keys, mesh=one_device_mesh)
     assert free.history["mse"][0, first] < stop / 10
     assert free.history["mse"][:, others].min() > 10 * stop
+    traces = solve.TRACE_COUNTS["step"]
     stopped = dgp_jax.restore(tiny_model, batch, classes, cfg.replace(stop_mse=stop), keys,
                               mesh=one_device_mesh)  # fmt: skip
+    assert solve.TRACE_COUNTS["step"] == traces  # thresholds are data: the same program
     active = stopped.history["active"]
     assert all(active[:, i].all() for i in others)
     assert active[0, first] and not active[1, first]
