@@ -140,14 +140,14 @@ def traced_step(monkeypatch, run):
     cached, traced = solve._cached_step, []
 
     def tracing(*a):
-        step, tx = cached(*a)
+        step, *others = cached(*a)  # (step, optimiser, state init)
 
         def first(*args):
             if not traced:
                 traced.append(jax.make_jaxpr(step)(*args).jaxpr)
             return step(*args)
 
-        return first, tx
+        return first, *others
 
     monkeypatch.setattr(solve, "_cached_step", tracing)
     result = run()

@@ -71,14 +71,14 @@ def restore_recording_z(monkeypatch, *args, **kwargs):
     cached = solve._cached_step
 
     def recording(*a):
-        step, tx = cached(*a)
+        step, *others = cached(*a)  # (step, optimiser, state init)
 
         def record(state, *rest):
             state, out = step(state, *rest)
             steps.append(np.asarray(state["trainable"]["z"]))
             return state, out
 
-        return record, tx
+        return record, *others
 
     monkeypatch.setattr(solve, "_cached_step", recording)
     result = dgp_jax.restore(*args, **kwargs)
