@@ -67,6 +67,29 @@ def test_eight_devices_give_the_same_result_as_one(tiny_model, one_device_mesh):
         np.testing.assert_allclose(many.history[k], one.history[k], rtol=1e-12)
 
 
+def test_the_fine_tuning_state_is_built_on_each_images_device(tiny_model):
+    """Every image's copy of G's trained part and its Adam state come out of one program,
+    laid out over the mesh's images (not built on one device and moved)."""
+    from jax.sharding import PartitionSpec
+
+    from dgp_jax.optim import label_tree, make_optimizer
+
+    eight = Mesh(np.array(jax.devices()), ("data",))
+    g_trained = {"linear": tiny_model.generator["params"]["linear"]}
+    labels = label_tree({"embedding": 0, "z": 0, "generator": g_trained}, update_embed=True)
+    init = solve._make_state_init(make_optimizer(labels), eight)
+    embeddings, z = np.ones((8, 16)), np.arange(8 * 20.0).reshape(8, 20)
+    trainable, opt_state = init(embeddings, z, g_trained)
+    for leaf in jax.tree.leaves((trainable, opt_state)):
+        assert leaf.shape[0] == 8 and leaf.sharding.spec == PartitionSpec("data")
+        assert len(leaf.addressable_shards) == 8 and leaf.addressable_shards[0].data.shape[0] == 1
+    np.testing.assert_array_equal(trainable["z"], z)
+    for tiled, one in zip(jax.tree.leaves(trainable["generator"]), jax.tree.leaves(g_trained),
+                          strict=True):  # fmt: skip
+        np.testing.assert_array_equal(tiled, np.broadcast_to(one, (8,) + one.shape))
+    assert all(not np.any(a) for a in jax.tree.leaves(opt_state))  # counts and moments 0
+
+
 def test_early_stop_freezes_one_image_and_leaves_the_others(tiny_model, one_device_mesh):
     cfg = config(use_in=(False, False, False))
     batch, classes = np.array(images(3, 4)), [1, 2, 3]
