@@ -53,6 +53,17 @@ def _write_images(root: Path, classes, per_class, seed=0):
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Cheap XLA optimisation and the session's persistent cache (tests/_compiling.py): the
+    train step compiles once per session, not once per xdist worker that runs these tests."""
+    from tests._compiling import fast_compiles
+    from tests.test_runner import session_cache_dir
+
+    with fast_compiles(session_cache_dir(tmp_path_factory)):
+        yield
+
+
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     return _write_images(tmp_path_factory.mktemp("images"), ["a", "b", "c", "d"], 2)
