@@ -37,6 +37,7 @@ def test_forward_matches_official_skip(reference, preset):
     np.testing.assert_allclose(out, reference[f"{preset}_out"], rtol=0, atol=1e-10)
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 @pytest.mark.parametrize("lowering", dip_skip.CONV_LOWERINGS)
 def test_super_resolution_forward_and_one_adam_step_match_official(reference, lowering):
     """The notebook's closure (input + noise * reg_noise_std, MSE through the lanczos2

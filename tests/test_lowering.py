@@ -212,6 +212,7 @@ def test_layer_benchmark_covers_every_generator_convolution():
     assert len(shapes) == 12  # 4 blocks x (conv1, conv2, shortcut), deduplicated, + output
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_solver_step_runs_both_networks_attention_image_by_image(monkeypatch, one_device_mesh):
     # G attends at 32 x 32 (1024 positions), D at 16 x 16 and 8 x 8 (256, 64): the recorded
     # sizes tell the two networks apart. D's attention in the step is traced inside the

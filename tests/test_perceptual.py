@@ -108,6 +108,7 @@ def tiny_without_d():
     )
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_johnson_loss_in_the_solver(tiny_without_d, one_device_mesh):
     """The solver's first feature loss is Johnson's loss of G(z0) against the target."""
     model = tiny_without_d
@@ -129,6 +130,7 @@ def test_johnson_loss_in_the_solver(tiny_without_d, one_device_mesh):
     assert result.history["ftr"][1, 0] < result.history["ftr"][0, 0]
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_dgp_vgg_baseline_on_a_tiny_model(tiny_without_d, tmp_path):
     restore = baselines.get("dgp-vgg")
     phi = degradations.for_mode("SR", 32, factor=2)

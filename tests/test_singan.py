@@ -158,6 +158,7 @@ def test_reconstruction_and_super_resolution_match_official_generate():
     assert np.median(err) < 1e-6 and err.max() < 0.03  # measured: 2.7e-7, 0.018
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
 def test_one_d_step_and_one_g_step_match_official():
     ref = load("nets.npz")
     g, gs = drawn(32, 3, 10)
