@@ -11,6 +11,7 @@ long with it) keep the full optimisation.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import jax
@@ -49,3 +50,17 @@ def fast_compiles(cache: Path | None):
         for name, value in before.items():
             jax.config.update(name, value)
         cc.reset_cache()
+
+
+def shared_root(tmp_path_factory) -> Path:
+    """A folder shared by every xdist worker of this session (their common basetemp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def session_cache_dir(tmp_path_factory) -> Path:
+    """This session's persistent compilation cache: one folder for every xdist worker and
+    every CLI subprocess, so each program compiles once per session."""
+    path = shared_root(tmp_path_factory) / "dgp_jax_cache"
+    path.mkdir(exist_ok=True)
+    return path

@@ -55,6 +55,20 @@ def release_compiled_programs():
     gc.collect()
 
 
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """For a module that compiles much and runs few steps; it opts in with
+    ``pytestmark = pytest.mark.usefixtures("compilation_cache")``. Until the module ends:
+    cheap XLA compiles into the session's persistent cache, and DGP_JAX_CACHE (read by the
+    CLI and its subprocesses) naming that cache. Yields its path; puts everything back."""
+    from tests._compiling import fast_compiles, session_cache_dir
+
+    path = session_cache_dir(tmp_path_factory)
+    with fast_compiles(path), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DGP_JAX_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
 def cheap_compiles_when_marked(request):
     if request.node.get_closest_marker("cheap_compiles") is None:

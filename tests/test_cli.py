@@ -18,31 +18,20 @@ from PIL import Image
 
 from dgp_jax import cli
 from dgp_jax.pth import read_state_dict
-from tests._compiling import fast_compiles
 from tests.conftest import fixture_path
-from tests.test_runner import make_photos, session_cache_dir, tiny_model_files
+from tests.test_runner import make_photos, tiny_model_files
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--set", "iterations=1", "--set", "select_num=1", "--set", "resolution=none"]
 
 
+# Compilation dominates, here and in the CLI subprocesses: one cache for the session.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     return tiny_model_files(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory) -> Path:
-    path = session_cache_dir(tmp_path_factory)
-    with fast_compiles(path):  # see tests/test_runner.py
-        yield path
-
-
-@pytest.fixture(autouse=True)
-def cache_env(monkeypatch, compilation_cache):
-    # cli.main turns the persistent cache on from the environment: the session's folder,
-    # shared with tests/test_runner.py, so each solver program compiles once per session.
-    monkeypatch.setenv("DGP_JAX_CACHE", str(compilation_cache))
 
 
 def test_convert_export_and_restore(tmp_path, tiny, capsys):

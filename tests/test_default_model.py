@@ -20,9 +20,7 @@ from dgp_jax import cli, default_model, runner
 from dgp_jax.images import load_image
 from dgp_jax.nets.biggan import BigGANConfig
 from dgp_jax.pth import read_state_dict
-from tests._compiling import fast_compiles
 from tests.conftest import load_experiment
-from tests.test_runner import session_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = REPO / "examples" / "heldout"
@@ -36,11 +34,8 @@ SHORT = {"iterations": (ITERATIONS,) * 5, "select_num": SELECT_NUM}
 PHOTO, CLASS = HELDOUT / "objects_Wine_by_Jakkub_Mede_0.png", 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    path = session_cache_dir(tmp_path_factory)
-    with fast_compiles(path):
-        yield path
+# Compilation dominates: cheap compiles into the session's cache (conftest.py).
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +175,7 @@ def test_precision_modes(model, photo, float32_run, monkeypatch):
                         precision="float8")  # fmt: skip
 
 
-def test_cli_uses_the_shipped_model_without_weights(tmp_path, compilation_cache, monkeypatch):
-    monkeypatch.setenv("DGP_JAX_CACHE", str(compilation_cache))
+def test_cli_uses_the_shipped_model_without_weights(tmp_path):
     out = tmp_path / "out"
     sets = [f"iterations={ITERATIONS}", f"select_num={SELECT_NUM}"]
     args = ["restore", "--task", TASK, str(PHOTO), "--class", str(CLASS), "--out", str(out),

@@ -14,9 +14,8 @@ from dgp_jax import cli
 from dgp_jax.images import load_image
 from dgp_jax.metrics import load_resnet50, niqe, psnr, registry, ssim, topk_correct
 from dgp_jax.metrics.niqe_metric import NIQEParams, gaussian_window
-from tests._compiling import fast_compiles
 from tests._resnet import resnet50_weights_folder
-from tests.test_runner import make_photos, session_cache_dir, tiny_model_files
+from tests.test_runner import make_photos, tiny_model_files
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "images" / "others"
 NIQE_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "niqe" / "pristine.npz"
@@ -145,16 +144,9 @@ def test_evaluate_errors(tmp_path, photo_sets, nets, capsys, level_metric):
     assert table["metrics"]["images_seen"] == 2.0 and table["set_metrics"] == ["images_seen"]
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    path = session_cache_dir(tmp_path_factory)
-    with fast_compiles(path):  # see tests/test_runner.py
-        yield path
-
-
-def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, compiled, monkeypatch,
-                                             level_metric, nets, capsys):  # fmt: skip
-    monkeypatch.setenv("DGP_JAX_CACHE", str(compiled))
+@pytest.mark.usefixtures("compilation_cache")
+def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, level_metric, nets,
+                                             capsys):  # fmt: skip
     tiny = tiny_model_files(tmp_path_factory)
     photos = tmp_path / "photos"
     make_photos(photos, 2)

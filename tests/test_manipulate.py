@@ -264,10 +264,9 @@ def test_every_preset_renders_faithfully_or_is_refused(tmp_path_factory):
     Presets with the same stages, use_in and update_embed run the same code with other
     numbers: one solve per such group (one step per stage), every preset checked."""
     from dgp_jax import preset_names, runner
-    from tests._compiling import fast_compiles
-    from tests.test_runner import session_cache_dir
+    from tests._compiling import fast_compiles, session_cache_dir
 
-    # Four solver programs: compiled cheaply, and once per session (see tests/test_runner.py).
+    # Four solver programs: compiled cheaply, and once per session (tests/_compiling.py).
     with fast_compiles(session_cache_dir(tmp_path_factory)):
         _every_preset(preset_names, runner)
 

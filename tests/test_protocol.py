@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests._compiling import fast_compiles
+from tests._compiling import fast_compiles, session_cache_dir
 from tests.conftest import load_experiment
-from tests.test_runner import session_cache_dir, tiny_model_files
+from tests.test_runner import tiny_model_files
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO.parent / "shared" / "images" / "imagenet_val"
@@ -24,7 +24,7 @@ def _protocol():
 
 @pytest.fixture(autouse=True)
 def fast_jax():
-    """Cheap XLA optimisation (see tests/test_runner.py); main() turns on the session's
+    """Cheap XLA optimisation (tests/_compiling.py); main() turns on the session's
     compilation cache itself, and the settings are put back after."""
     with fast_compiles(None):
         yield

@@ -29,20 +29,18 @@ from PIL import Image
 
 from dgp_jax import runner
 from dgp_jax.config import SolverConfig
-from tests._compiling import FAST_COMPILE_SETTINGS, fast_compiles, setting
+from tests._compiling import FAST_COMPILE_SETTINGS, fast_compiles, setting, shared_root
 
 TINY = {"resolution": 32, "G_ch": 4, "D_ch": 4, "n_classes": 10, "shared_dim": 16,
         "dim_z": 20, "G_attn": "0", "D_attn": "0"}  # fmt: skip
 FAST = ["iterations=1", "select_num=1", "resolution=none"]
 
 
+# Compilation dominates these tests: each solver program compiles cheaply, once per session.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+
 # --------------------------------------------------------------------------- shared setup
-def shared_root(tmp_path_factory) -> Path:
-    """A folder shared by every xdist worker of this session (their common basetemp)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 @contextlib.contextmanager
 def _locked(path: Path):
     with open(path, "w") as handle:
@@ -72,28 +70,9 @@ def tiny_model_files(tmp_path_factory) -> dict[str, Path]:
     return {"folder": target / "folder", "pth": target / "G_ema_32.pth"}
 
 
-def session_cache_dir(tmp_path_factory) -> Path:
-    path = shared_root(tmp_path_factory) / "dgp_jax_cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     return tiny_model_files(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    path = session_cache_dir(tmp_path_factory)
-    with fast_compiles(path):
-        yield path
-
-
-@pytest.fixture(autouse=True)
-def cache_env(monkeypatch, compilation_cache):
-    # cli.main configures the cache from the environment: keep it on the session folder.
-    monkeypatch.setenv("DGP_JAX_CACHE", str(compilation_cache))
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,8 @@ TINY = BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16, 
                     G_attn="0", D_attn="0")  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Cheap XLA optimisation and the session's persistent cache (tests/_compiling.py): these
-    tests compile a step for a few steps each, and xdist's workers share the programs."""
-    from tests._compiling import fast_compiles
-    from tests.test_runner import session_cache_dir
-
-    with fast_compiles(session_cache_dir(tmp_path_factory)):
-        yield
+# Each test compiles a step for a few steps; xdist's workers share the programs.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(scope="module")

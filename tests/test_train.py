@@ -42,6 +42,10 @@ TC = TrainConfig(
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The train step compiles once per session, not once per xdist worker that runs these.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+
 def _write_images(root: Path, classes, per_class, seed=0):
     rng = np.random.default_rng(seed)
     for c in classes:
@@ -51,17 +55,6 @@ def _write_images(root: Path, classes, per_class, seed=0):
             pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / c / f"{i}.png")
     return root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Cheap XLA optimisation and the session's persistent cache (tests/_compiling.py): the
-    train step compiles once per session, not once per xdist worker that runs these tests."""
-    from tests._compiling import fast_compiles
-    from tests.test_runner import session_cache_dir
-
-    with fast_compiles(session_cache_dir(tmp_path_factory)):
-        yield
 
 
 @pytest.fixture(scope="module")
