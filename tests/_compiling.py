@@ -35,13 +35,14 @@ def setting(name: str):
 
 
 @contextlib.contextmanager
-def fast_compiles(cache: Path | None):
-    """The persistent cache at ``cache`` (None: unchanged) and cheap XLA optimisation, for
-    the duration; all three settings as they were after."""
+def fast_compiles(cache: Path | None, *, cheap: bool = True):
+    """The persistent cache at ``cache`` (None: unchanged) and, with ``cheap``, cheap XLA
+    optimisation, for the duration; all three settings as they were after."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     before = {name: setting(name) for name in FAST_COMPILE_SETTINGS}
-    jax.config.update("jax_disable_most_optimizations", True)
+    if cheap:
+        jax.config.update("jax_disable_most_optimizations", True)
     if cache is not None:
         runner.configure_compilation_cache(str(cache))
     try:

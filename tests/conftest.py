@@ -55,18 +55,30 @@ def release_compiled_programs():
     gc.collect()
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """For a module that compiles much and runs few steps; it opts in with
-    ``pytestmark = pytest.mark.usefixtures("compilation_cache")``. Until the module ends:
-    cheap XLA compiles into the session's persistent cache, and DGP_JAX_CACHE (read by the
-    CLI and its subprocesses) naming that cache. Yields its path; puts everything back."""
+def _session_cache(tmp_path_factory, cheap: bool):
     from tests._compiling import fast_compiles, session_cache_dir
 
     path = session_cache_dir(tmp_path_factory)
-    with fast_compiles(path), pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DGP_JAX_CACHE", str(path))
+    with fast_compiles(path, cheap=cheap), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DGP_JAX_CACHE", str(path))  # read by the CLI and its subprocesses
         yield path
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """The session's persistent compilation cache, shared by both xdist workers and every
+    CLI subprocess, so a program compiles once per session. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("compilation_cache")``. Until it ends, JAX's
+    cache and DGP_JAX_CACHE name that folder; yields its path, puts everything back."""
+    yield from _session_cache(tmp_path_factory, cheap=False)
+
+
+@pytest.fixture(scope="module")
+def cheap_compilation_cache(tmp_path_factory):
+    """``compilation_cache`` and cheap XLA compiles (tests/_compiling.py) for the whole
+    module, its module fixtures included: for modules that compile much and run few
+    steps (measured per module: the others lose more at run time than they gain)."""
+    yield from _session_cache(tmp_path_factory, cheap=True)
 
 
 @pytest.fixture(autouse=True)

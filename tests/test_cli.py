@@ -26,7 +26,7 @@ FAST = ["--set", "iterations=1", "--set", "select_num=1", "--set", "resolution=n
 
 
 # Compilation dominates, here and in the CLI subprocesses: one cache for the session.
-pytestmark = pytest.mark.usefixtures("compilation_cache")
+pytestmark = pytest.mark.usefixtures("cheap_compilation_cache")
 
 
 @pytest.fixture(scope="module")
@@ -275,14 +275,14 @@ def _check_complete(out: Path, names: list[str], killed: bool = False) -> dict[P
     return stamps
 
 
-def test_kill_resume_and_two_processes(tmp_path, tiny, compilation_cache):
+def test_kill_resume_and_two_processes(tmp_path, tiny, cheap_compilation_cache):
     photos = make_photos(tmp_path / "photos", 6)
     names = [p.stem for p in photos]
     out = tmp_path / "out"
     command = [sys.executable, "-m", "dgp_jax.cli", "restore", "--weights", str(tiny["pth"]),
                "--task", "colorization", str(tmp_path / "photos"), "--out", str(out),
                "--batch", "2", "--class", "3", "--quiet", *FAST]  # fmt: skip
-    env = _env(compilation_cache, 8)
+    env = _env(cheap_compilation_cache, 8)
 
     # Kill -9 as soon as the first image is finished.
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
@@ -368,12 +368,12 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_cli_run_with_x64_off(tmp_path, tiny, compilation_cache):
+def test_cli_run_with_x64_off(tmp_path, tiny, cheap_compilation_cache):
     """As users run it (x64 off: float32 weights and arithmetic), next to the x64 run."""
     photos = make_photos(tmp_path / "photos", 1)
     args = ["restore", "--weights", str(tiny["pth"]), "--task", "colorization", str(photos[0]),
             "--class", "3", "--quiet", *FAST]  # fmt: skip
-    env = _env(compilation_cache, 8)
+    env = _env(cheap_compilation_cache, 8)
     del env["JAX_ENABLE_X64"]
     done = subprocess.run([sys.executable, "-c", X64_OFF, *args, "--out", str(tmp_path / "f32")],
                           env=env, cwd=REPO, capture_output=True, text=True,

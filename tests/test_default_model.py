@@ -35,7 +35,7 @@ PHOTO, CLASS = HELDOUT / "objects_Wine_by_Jakkub_Mede_0.png", 2
 
 
 # Compilation dominates: cheap compiles into the session's cache (conftest.py).
-pytestmark = pytest.mark.usefixtures("compilation_cache")
+pytestmark = pytest.mark.usefixtures("cheap_compilation_cache")
 
 
 @pytest.fixture(scope="module")

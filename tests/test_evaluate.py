@@ -144,7 +144,7 @@ def test_evaluate_errors(tmp_path, photo_sets, nets, capsys, level_metric):
     assert table["metrics"]["images_seen"] == 2.0 and table["set_metrics"] == ["images_seen"]
 
 
-@pytest.mark.usefixtures("compilation_cache")
+@pytest.mark.usefixtures("cheap_compilation_cache")
 def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, level_metric, nets,
                                              capsys):  # fmt: skip
     tiny = tiny_model_files(tmp_path_factory)

@@ -37,7 +37,7 @@ FAST = ["iterations=1", "select_num=1", "resolution=none"]
 
 
 # Compilation dominates these tests: each solver program compiles cheaply, once per session.
-pytestmark = pytest.mark.usefixtures("compilation_cache")
+pytestmark = pytest.mark.usefixtures("cheap_compilation_cache")
 
 
 # --------------------------------------------------------------------------- shared setup

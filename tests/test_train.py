@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # The train step compiles once per session, not once per xdist worker that runs these.
-pytestmark = pytest.mark.usefixtures("compilation_cache")
+pytestmark = pytest.mark.usefixtures("cheap_compilation_cache")
 
 
 def _write_images(root: Path, classes, per_class, seed=0):
