@@ -4,8 +4,8 @@ The DGP paper's adversarial defense restores attacked images (``--task defense``
 reconstruction) and classifies the results. The reference ships no attack; this module
 makes the attacked images, white-box, against torchvision's ResNet-50 seen through its
 eval transform, on the images as the solver reads them (after its centre crop and resize,
-in [-1, 1]). The defended pipeline is then: attack -> save -> ``dgp-jax restore --task
-defense`` -> ``dgp-jax evaluate --metrics resnet50``.
+in [-1, 1]). The defended pipeline is then ``dgp-jax attack`` (``dgp_jax/run/attack.py``)
+-> ``dgp-jax restore --task defense`` -> ``dgp-jax evaluate --metrics resnet50``.
 
 ``eps`` and ``step_size`` are in [0, 1] pixel units (8/255 is the usual ImageNet budget);
 an image in [-1, 1] therefore moves by at most ``2 * eps`` per value here.

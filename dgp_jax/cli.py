@@ -74,6 +74,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_attack(args) -> int:
+    from dgp_jax.run.attack import AttackOptions, parse_eps, run_attack
+
+    step_size = None if args.step_size is None else parse_eps(args.step_size, "--step-size")
+    options = AttackOptions(inputs=args.inputs, out=args.out, nets=args.nets,
+                            resolution=args.resolution, method=args.method,
+                            eps=parse_eps(args.eps), steps=args.steps, step_size=step_size,
+                            seed=args.seed, batch=args.batch)  # fmt: skip
+    record = run_attack(options)
+    print(f"{record['images']} images -> {args.out}: ResNet-50 top-1 "
+          f"{record['top1_clean']:.3f} clean, {record['top1_attacked']:.3f} attacked "
+          f"(labels: {args.out}/labels.lst)")  # fmt: skip
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from dgp_jax.evaluate import evaluate
 
@@ -311,6 +326,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "there)")  # fmt: skip
     p.add_argument("--nets", help="folder of the --metrics' weight files, and of VGG16's "
                    "(vgg16-397923af.pth) for --set ftr_type=VGG or johnson")  # fmt: skip
+
+    p = sub.add_parser("attack", help="adversarial copies of images against ResNet-50, for "
+                       "--task defense")  # fmt: skip
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="images, folders or list files ('path [class]' per line), as restore "
+                        "reads them")  # fmt: skip
+    p.add_argument("--out", required=True, help="new folder: <name>.png, labels.lst, attack.json")
+    p.add_argument("--nets", required=True, help="folder holding resnet50-0676ba61.pth")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        required=True,
+        help="the model's resolution: images are attacked as the solver reads them",
+    )
+    p.add_argument("--method", default="pgd", help="pgd (default) or fgsm")
+    p.add_argument("--eps", default="8/255", help="L-infinity budget in [0, 1] pixel units "
+                   "(default 8/255)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    p.add_argument("--step-size", help="PGD step, pixel units (default 2.5 * eps / steps)")
+    p.add_argument("--seed", type=int, default=0, help="PGD's random start (default 0)")
+    p.add_argument("--batch", type=int, default=8, help="images per attack batch (default 8)")
+    p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("evaluate", help="score result images: per-image CSV and a table")
     p.add_argument("results", help="folder of result images, or a dgp-jax restore --out folder")

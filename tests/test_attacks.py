@@ -3,6 +3,8 @@ differentiable ResNet-50 input path against the metric's eval transform."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,3 +133,63 @@ def test_fgsm_on_resnet50_raises_each_images_loss():
         return np.log(np.exp(logits).sum(1)) - logits[np.arange(2), labels]
 
     assert np.all(loss(adv) > loss(images) + 0.01), (loss(images), loss(adv))
+
+
+# --------------------------------------------------------------------------- dgp-jax attack
+def test_attack_command_writes_the_images_their_labels_and_a_record(tmp_path, tmp_path_factory):
+    from dgp_jax import cli
+    from dgp_jax.images import load_image, read_image
+    from tests._resnet import resnet50_weights_folder
+    from tests.test_runner import make_photos
+
+    photos = make_photos(tmp_path / "photos", 2)
+    (tmp_path / "photos" / "list.txt").write_text("p1.png 417\n")  # p0: no class given
+    out, eps = tmp_path / "attacked", "4/255"
+    argv = ["attack", str(tmp_path / "photos"), "--out", str(out), "--resolution", "32",
+            "--nets", str(resnet50_weights_folder(tmp_path_factory)), "--method", "fgsm",
+            "--eps", eps]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["attack.json", "labels.lst", "p0.png",
+                                                     "p1.png"]  # fmt: skip
+    record = json.loads((out / "attack.json").read_text())
+    assert record["method"] == "fgsm" and record["steps"] == 1 and record["images"] == 2
+    assert record["eps"] == 4 / 255 and record["step_size"] == 4 / 255
+    lines = (out / "labels.lst").read_text().splitlines()
+    assert lines[1] == "p1.png 417"  # the input's class; p0's is the clean prediction
+    assert record["top1_clean"] >= 0.5  # p0's label is the clean answer: a hit
+    for photo in photos:
+        clean = load_image(photo, 32)
+        attacked = read_image(out / photo.name)
+        assert attacked.shape == (32, 32, 3)
+        # Within the budget plus one level (the written file truncates to 8 bits, as the
+        # reference saves images), and moved.
+        levels = np.abs(attacked - clean) * 127.5
+        assert levels.max() <= 4 + 1 + 1e-6 and levels.mean() > 1
+    # A second run into the same folder is refused: finished work is never overwritten.
+    assert cli.main(argv) == 2
+
+
+def test_attack_command_refuses_bad_input_before_any_work(tmp_path, capsys):
+    from dgp_jax import cli
+    from tests.test_runner import make_photos
+
+    make_photos(tmp_path / "photos", 1)
+    out = tmp_path / "attacked"
+    base = ["attack", str(tmp_path / "photos"), "--out", str(out), "--resolution", "32",
+            "--nets", str(tmp_path)]  # fmt: skip
+    cases = [
+        (["--eps", "eight"], "--eps must be a number or a fraction such as 8/255, got 'eight'"),
+        (["--eps", "0"], "--eps must be in (0, 1]"),
+        (["--step-size", "2"], "--step-size must be in (0, 1]"),
+        (["--method", "cw"], "--method must be one of pgd, fgsm, got 'cw'"),
+        (["--steps", "0"], "--resolution, --steps and --batch must be positive"),
+        ([], "resnet50-0676ba61.pth"),  # the missing weight file, named
+    ]
+    for extra, message in cases:
+        assert cli.main(base + extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
+        assert not out.exists(), extra  # nothing left behind
+    missing = ["attack", str(tmp_path / "nothing.png"), "--out", str(out), "--resolution", "32",
+               "--nets", str(tmp_path)]  # fmt: skip
+    assert cli.main(missing) == 2
+    assert "no input file or folder at" in capsys.readouterr().err and not out.exists()

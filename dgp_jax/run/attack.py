@@ -1,0 +1,119 @@
+"""``dgp-jax attack``: adversarial copies of input images, for ``--task defense``.
+
+Each input is read as the solver reads it (centre crop, resize to ``resolution``), attacked
+against ResNet-50 (``dgp_jax.attacks``) and written as ``OUT/<name>.png``. The attack's label
+is the input's class where the input gives one (a list file), else the classifier's answer
+on the clean image. ``OUT/labels.lst`` holds ``<name>.png class`` per image for
+``dgp-jax evaluate --labels`` (not ``.txt``: a folder's ``*.txt`` files give classes to
+``dgp-jax restore``, and the defended generator must not be told the answer).
+``OUT/attack.json`` records the settings and the top-1 accuracy on the clean crops and on
+the written (8-bit) attacked images, both through the metric's own eval transform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from dgp_jax.images import ImageError, load_image, read_inputs
+from dgp_jax.run.folder import OutputDir
+from dgp_jax.run.plan import plan_items
+from dgp_jax.run.settings import RunError
+
+METHODS = ("pgd", "fgsm")
+
+
+def parse_eps(text: str, flag: str = "--eps") -> float:
+    """``8/255`` or ``0.03`` -> a positive float (pixel units in [0, 1])."""
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise RunError(
+            f"{flag} must be a number or a fraction such as 8/255, got {text!r}"
+        ) from None
+    if not 0 < value <= 1:
+        raise RunError(f"{flag} must be in (0, 1] (pixel units), got {text}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackOptions:
+    inputs: Sequence[str]
+    out: str
+    nets: str
+    resolution: int
+    method: str = "pgd"
+    eps: float = 8 / 255
+    steps: int = 10
+    step_size: float | None = None
+    seed: int = 0
+    batch: int = 8
+
+
+def run_attack(options: AttackOptions) -> dict:
+    """Attack every input; returns what attack.json holds."""
+    from dgp_jax import attacks
+    from dgp_jax.metrics import load_resnet50
+
+    if options.method not in METHODS:
+        raise RunError(f"--method must be one of {', '.join(METHODS)}, got {options.method!r}")
+    if options.resolution < 1 or options.steps < 1 or options.batch < 1:
+        raise RunError("--resolution, --steps and --batch must be positive")
+    out_root = Path(options.out)
+    if out_root.is_dir() and any(out_root.iterdir()):
+        raise RunError(f"--out {options.out} is not empty: choose a new folder")
+    OutputDir.check_writable(options.out, keep=False)
+    try:
+        items = plan_items(read_inputs(list(options.inputs)))
+    except (OSError, ValueError) as err:
+        raise RunError(str(err)) from None
+    if not items:
+        raise RunError(f"no input images found in {' '.join(options.inputs)}")
+    classifier = load_resnet50(options.nets)  # names the missing file, URL and metric
+    bad = [f"{i.path}: {i.cls}" for i in items if i.cls >= 1000]
+    if bad:
+        raise RunError(f"ImageNet classes are 0-999: {bad[:5]}")
+
+    steps = 1 if options.method == "fgsm" else options.steps
+    step_size = options.eps if options.method == "fgsm" else options.step_size
+    logits_fn = attacks.resnet50_on_images(options.resolution, options.resolution)
+    key = jax.random.PRNGKey(options.seed) if options.method == "pgd" else None
+    out = OutputDir(options.out)
+    rows, clean_hits, attacked_hits = [], 0, 0
+    for start in range(0, len(items), options.batch):
+        chunk = items[start : start + options.batch]
+        try:
+            images = np.stack([load_image(i.path, options.resolution) for i in chunk])
+        except (ImageError, OSError) as err:
+            raise RunError(str(err)) from None
+        clean = classifier.logits(images).argmax(1)
+        labels = np.array([i.cls if i.cls >= 0 else c for i, c in zip(chunk, clean, strict=True)])
+        if key is not None:
+            key, chunk_key = jax.random.split(key)
+        adversarial = attacks.pgd_linf(
+            logits_fn, classifier.params, images, labels, eps=options.eps, steps=steps,
+            step_size=step_size, key=chunk_key if key is not None else None,
+        )  # fmt: skip
+        for item, image in zip(chunk, adversarial, strict=True):
+            out.write_image(f"{item.name}.png", image)
+        # Scored as written: 8-bit, through the metric's PIL eval transform.
+        attacked = classifier.logits(adversarial).argmax(1)
+        clean_hits += int(np.sum(clean == labels))
+        attacked_hits += int(np.sum(attacked == labels))
+        rows += [f"{i.name}.png {int(c)}" for i, c in zip(chunk, labels, strict=True)]
+    out.write_text("labels.lst", "\n".join(rows) + "\n")
+    record = {
+        "method": options.method, "eps": options.eps, "steps": steps,
+        "step_size": step_size if step_size is not None else 2.5 * options.eps / steps,
+        "seed": options.seed if options.method == "pgd" else None,
+        "resolution": options.resolution, "images": len(items),
+        "labels": "input classes, else the clean prediction",
+        "top1_clean": clean_hits / len(items), "top1_attacked": attacked_hits / len(items),
+    }  # fmt: skip
+    out.write_json("attack.json", record)
+    return record
