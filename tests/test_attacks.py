@@ -193,3 +193,7 @@ def test_attack_command_refuses_bad_input_before_any_work(tmp_path, capsys):
                "--nets", str(tmp_path)]  # fmt: skip
     assert cli.main(missing) == 2
     assert "no input file or folder at" in capsys.readouterr().err and not out.exists()
+    # An unreadable image among readable ones: named, and nothing written for the others.
+    (tmp_path / "photos" / "broken.png").write_bytes(b"not a png")
+    assert cli.main(base) == 2
+    assert "broken.png" in capsys.readouterr().err and not out.exists()

@@ -13,6 +13,7 @@ the written (8-bit) attacked images, both through the metric's own eval transfor
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -74,10 +75,16 @@ def run_attack(options: AttackOptions) -> dict:
         raise RunError(str(err)) from None
     if not items:
         raise RunError(f"no input images found in {' '.join(options.inputs)}")
-    classifier = load_resnet50(options.nets)  # names the missing file, URL and metric
     bad = [f"{i.path}: {i.cls}" for i in items if i.cls >= 1000]
     if bad:
         raise RunError(f"ImageNet classes are 0-999: {bad[:5]}")
+    # Every input read before anything is written: an unreadable one stops the run with
+    # its name and leaves no half-written folder.
+    try:
+        crops = [load_image(i.path, options.resolution).astype(np.float32) for i in items]
+    except (ImageError, OSError) as err:
+        raise RunError(str(err)) from None
+    classifier = load_resnet50(options.nets)  # names the missing file, URL and metric
 
     steps = 1 if options.method == "fgsm" else options.steps
     step_size = options.eps if options.method == "fgsm" else options.step_size
@@ -87,10 +94,7 @@ def run_attack(options: AttackOptions) -> dict:
     rows, clean_hits, attacked_hits = [], 0, 0
     for start in range(0, len(items), options.batch):
         chunk = items[start : start + options.batch]
-        try:
-            images = np.stack([load_image(i.path, options.resolution) for i in chunk])
-        except (ImageError, OSError) as err:
-            raise RunError(str(err)) from None
+        images = np.stack(crops[start : start + options.batch])
         clean = classifier.logits(images).argmax(1)
         labels = np.array([i.cls if i.cls >= 0 else c for i, c in zip(chunk, clean, strict=True)])
         if key is not None:
@@ -106,6 +110,7 @@ def run_attack(options: AttackOptions) -> dict:
         clean_hits += int(np.sum(clean == labels))
         attacked_hits += int(np.sum(attacked == labels))
         rows += [f"{i.name}.png {int(c)}" for i, c in zip(chunk, labels, strict=True)]
+        print(f"attack: {len(rows)}/{len(items)} images", file=sys.stderr, flush=True)
     out.write_text("labels.lst", "\n".join(rows) + "\n")
     record = {
         "method": options.method, "eps": options.eps, "steps": steps,
