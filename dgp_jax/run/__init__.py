@@ -8,4 +8,5 @@
 * ``progress``: the progress line.
 * ``solving``: loading and solving batches.
 * ``results``: per-image files and the summaries.
+* ``attack``: ``dgp-jax attack``, adversarial inputs for the defense task.
 """
