@@ -46,12 +46,11 @@ def resnet50_on_images(height: int, width: int) -> LogitsFn:
     new_h, new_w = classification.resized_size(height, width)
     top, left = classification.center_crop_offsets(new_h, new_w)
     crop = classification.CROP_SIZE
-    rows = classification._bilinear_aa_matrix(height, new_h)[top : top + crop]
-    cols = classification._bilinear_aa_matrix(width, new_w)[left : left + crop]
-    if (new_h, new_w) == (height, width):  # the transform does not resize such images
-        rows = np.eye(height)[top : top + crop]
-        cols = np.eye(width)[left : left + crop]
-    rows, cols = rows.astype(np.float32), cols.astype(np.float32)
+    # The transform does not resize an image whose short side is already 256.
+    same = (new_h, new_w) == (height, width)
+    resize = np.eye if same else classification._bilinear_aa_matrix
+    rows = resize(height, new_h)[top : top + crop].astype(np.float32)
+    cols = resize(width, new_w)[left : left + crop].astype(np.float32)
     mean = np.asarray(classification.IMAGENET_MEAN, np.float32)
     std = np.asarray(classification.IMAGENET_STD, np.float32)
 
@@ -62,6 +61,11 @@ def resnet50_on_images(height: int, width: int) -> LogitsFn:
         return resnet.resnet50(params, (cropped - mean) / std)
 
     return logits
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """Madry et al.'s PGD step: ``2.5 * eps / steps``."""
+    return 2.5 * eps / steps
 
 
 def _cross_entropy(logits_fn: LogitsFn, params: dict, images: Array, labels: Array) -> Array:
@@ -117,7 +121,7 @@ def pgd_linf(
         raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
     if not eps > 0 or steps < 1:
         raise ValueError(f"eps must be positive and steps at least 1, got {eps} and {steps}")
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = default_step_size(eps, steps) if step_size is None else step_size
     if key is None:
         start = np.zeros_like(images)
     else:

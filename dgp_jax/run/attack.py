@@ -7,7 +7,7 @@ on the clean image. ``OUT/labels.lst`` holds ``<name>.png class`` per image for
 ``dgp-jax evaluate --labels`` (not ``.txt``: a folder's ``*.txt`` files give classes to
 ``dgp-jax restore``, and the defended generator must not be told the answer).
 ``OUT/attack.json`` records the settings and the top-1 accuracy on the clean crops and on
-the written (8-bit) attacked images, both through the metric's own eval transform.
+the written (8-bit, rounded) attacked images, both through the metric's own eval transform.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dgp_jax.images import ImageError, load_image, read_inputs
+from dgp_jax.images import ImageError, encode_uint8, load_image, read_inputs
 from dgp_jax.run.folder import OutputDir
 from dgp_jax.run.plan import plan_items
 from dgp_jax.run.settings import RunError
@@ -59,7 +59,7 @@ class AttackOptions:
 def run_attack(options: AttackOptions) -> dict:
     """Attack every input; returns what attack.json holds."""
     from dgp_jax import attacks
-    from dgp_jax.metrics import load_resnet50
+    from dgp_jax.metrics import classification, load_resnet50
 
     if options.method not in METHODS:
         raise RunError(f"--method must be one of {', '.join(METHODS)}, got {options.method!r}")
@@ -87,7 +87,12 @@ def run_attack(options: AttackOptions) -> dict:
     classifier = load_resnet50(options.nets)  # names the missing file, URL and metric
 
     steps = 1 if options.method == "fgsm" else options.steps
-    step_size = options.eps if options.method == "fgsm" else options.step_size
+    if options.method == "fgsm":
+        step_size = options.eps
+    elif options.step_size is None:
+        step_size = attacks.default_step_size(options.eps, steps)
+    else:
+        step_size = options.step_size
     logits_fn = attacks.resnet50_on_images(options.resolution, options.resolution)
     key = jax.random.PRNGKey(options.seed) if options.method == "pgd" else None
     out = OutputDir(options.out)
@@ -103,10 +108,13 @@ def run_attack(options: AttackOptions) -> dict:
             logits_fn, classifier.params, images, labels, eps=options.eps, steps=steps,
             step_size=step_size, key=chunk_key if key is not None else None,
         )  # fmt: skip
-        for item, image in zip(chunk, adversarial, strict=True):
-            out.write_image(f"{item.name}.png", image)
-        # Scored as written: 8-bit, through the metric's PIL eval transform.
-        attacked = classifier.logits(adversarial).argmax(1)
+        # Rounded to 8 bits (not truncated, as results are saved): the file stays within
+        # the budget to half a level, and is scored as written, through the metric's PIL
+        # eval transform.
+        pixels = classification.to_uint8(adversarial)
+        for item, image in zip(chunk, pixels, strict=True):
+            out.write_bytes(f"{item.name}.png", encode_uint8(image))
+        attacked = classifier.logits(pixels / 127.5 - 1).argmax(1)
         clean_hits += int(np.sum(clean == labels))
         attacked_hits += int(np.sum(attacked == labels))
         rows += [f"{i.name}.png {int(c)}" for i, c in zip(chunk, labels, strict=True)]
@@ -114,7 +122,7 @@ def run_attack(options: AttackOptions) -> dict:
     out.write_text("labels.lst", "\n".join(rows) + "\n")
     record = {
         "method": options.method, "eps": options.eps, "steps": steps,
-        "step_size": step_size if step_size is not None else 2.5 * options.eps / steps,
+        "step_size": step_size,
         "seed": options.seed if options.method == "pgd" else None,
         "resolution": options.resolution, "images": len(items),
         "labels": "input classes, else the clean prediction",
