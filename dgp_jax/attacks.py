@@ -48,7 +48,7 @@ def resnet50_on_images(height: int, width: int) -> LogitsFn:
     crop = classification.CROP_SIZE
     # The transform does not resize an image whose short side is already 256.
     same = (new_h, new_w) == (height, width)
-    resize = np.eye if same else classification._bilinear_aa_matrix
+    resize = np.eye if same else classification.bilinear_antialias_matrix
     rows = resize(height, new_h)[top : top + crop].astype(np.float32)
     cols = resize(width, new_w)[left : left + crop].astype(np.float32)
     mean = np.asarray(classification.IMAGENET_MEAN, np.float32)

@@ -81,7 +81,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(image, np.float64) + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def _bilinear_aa_matrix(in_size: int, out_size: int) -> np.ndarray:
+def bilinear_antialias_matrix(in_size: int, out_size: int) -> np.ndarray:
     """(out, in) resampling matrix of torch's antialiased bilinear interpolation
     (``_upsample_bilinear2d_aa``, align_corners=False): a triangle filter widened by the
     scale when downsampling, each row normalised to sum 1."""
@@ -104,8 +104,8 @@ def resize_bilinear_antialias(image: np.ndarray, height: int, width: int) -> np.
     """(H, W, C) floats -> (height, width, C) as torch's
     ``interpolate(mode="bilinear", antialias=True, align_corners=False)`` (float64)."""
     image = np.asarray(image, np.float64)
-    rows = _bilinear_aa_matrix(image.shape[0], height)
-    cols = _bilinear_aa_matrix(image.shape[1], width)
+    rows = bilinear_antialias_matrix(image.shape[0], height)
+    cols = bilinear_antialias_matrix(image.shape[1], width)
     vertical = np.tensordot(rows, image, axes=(1, 0))  # (height, W, C)
     return np.moveaxis(np.tensordot(cols, vertical, axes=(1, 1)), 0, 1)
 
