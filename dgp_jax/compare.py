@@ -40,7 +40,7 @@ import numpy as np
 from dgp_jax import baselines
 from dgp_jax.run.folder import OutputDir
 from dgp_jax.run.markers import done_marker, is_done
-from dgp_jax.run.plan import Item, image_key, plan_items
+from dgp_jax.run.plan import Item, image_key, plan_inputs
 from dgp_jax.run.settings import RunError, canonical_task
 
 LABEL = "compare"
@@ -172,7 +172,7 @@ def _load(items: Sequence[Item], resolution: int) -> tuple[list[Item], np.ndarra
 
 def execute(options: CompareOptions) -> CompareReport:
     from dgp_jax import degradations
-    from dgp_jax.images import ImageError, image_grid, load_mask, read_inputs, save_image
+    from dgp_jax.images import ImageError, image_grid, load_mask, save_image
 
     task = canonical_task(options.task)
     methods = list(dict.fromkeys(options.methods))
@@ -206,13 +206,7 @@ def execute(options: CompareOptions) -> CompareReport:
 
     # Per method: its settings, with the task's factor and the inputs' classes where taken.
     OutputDir.check_writable(options.out, keep=False)
-    try:
-        entries = read_inputs(options.inputs)
-    except (OSError, ValueError) as err:
-        raise RunError(str(err)) from None
-    items = plan_items(entries)
-    if not items:
-        raise RunError(f"no input images found in {' '.join(options.inputs)}")
+    items = plan_inputs(options.inputs)
     configs: dict[str, dict[str, Any]] = {}
     for m in methods:
         module = baselines.module_of(m)

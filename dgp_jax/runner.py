@@ -44,10 +44,17 @@ from pathlib import Path
 
 from dgp_jax.config import SolverConfig
 from dgp_jax.default_model import DEFAULT_MODEL
-from dgp_jax.images import ImageError, image_sheet, load_mask, read_inputs
+from dgp_jax.images import ImageError, image_sheet, load_mask
 from dgp_jax.run.folder import OutputDir
 from dgp_jax.run.markers import RunSpec, done_marker, is_done, weights_id, write_run_config
-from dgp_jax.run.plan import Item, check_classes, image_key, plan_items, take_share
+from dgp_jax.run.plan import (
+    Item,
+    check_classes,
+    image_key,
+    plan_inputs,
+    plan_items,
+    take_share,
+)
 from dgp_jax.run.progress import Progress, _batch_size, _progress
 from dgp_jax.run.results import write_solved, write_summary
 from dgp_jax.run.settings import (
@@ -369,19 +376,11 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     task = canonical_task(options.task)
     # Every check before the folder is made: a refused run leaves nothing behind.
     OutputDir.check_writable(options.out, keep=False)
-    try:
-        entries = read_inputs(options.inputs)
-    except (OSError, ValueError) as err:
-        raise RunError(str(err)) from None
-    if options.class_index is not None:
-        entries = [(p, options.class_index) for p, _ in entries]
     # Results written into an input folder would become inputs of the next (resumed) run.
     out_root = Path(options.out).resolve()
     if any(Path(i).is_dir() and Path(i).resolve() == out_root for i in options.inputs):
         raise RunError(f"--out {options.out} is an input folder: choose another folder")
-    items = plan_items(entries)
-    if not items:
-        raise RunError(f"no input images found in {' '.join(options.inputs)}")
+    items = plan_inputs(options.inputs, options.class_index)
     if options.kind == "morph" and len(items) < 2:
         raise RunError("morph needs at least two input images")
 

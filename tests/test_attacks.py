@@ -189,11 +189,13 @@ def test_attack_command_refuses_bad_input_before_any_work(tmp_path, capsys):
         assert cli.main(base + extra) == 2, extra
         assert message in capsys.readouterr().err, extra
         assert not out.exists(), extra  # nothing left behind
-    # A class the classifier does not have is named with its file.
-    (tmp_path / "photos" / "list.txt").write_text("p0.png 1000\n")
-    assert cli.main(base) == 2
-    err = capsys.readouterr().err
-    assert "ImageNet classes are 0-999" in err and "p0.png: 1000" in err and not out.exists()
+    # A class the classifier does not have is named with its file (-1 alone means unknown).
+    for cls in (1000, -2):
+        (tmp_path / "photos" / "list.txt").write_text(f"p0.png {cls}\n")
+        assert cli.main(base) == 2
+        err = capsys.readouterr().err
+        assert f"p0.png (class {cls}): ResNet-50 has 1000 classes" in err, cls
+        assert not out.exists()
     (tmp_path / "photos" / "list.txt").unlink()
     missing = ["attack", str(tmp_path / "nothing.png"), "--out", str(out), "--resolution", "32",
                "--nets", str(tmp_path)]  # fmt: skip

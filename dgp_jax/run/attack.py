@@ -21,9 +21,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dgp_jax.images import ImageError, encode_uint8, load_image, read_inputs
+from dgp_jax.images import ImageError, encode_uint8, load_image
 from dgp_jax.run.folder import OutputDir
-from dgp_jax.run.plan import plan_items
+from dgp_jax.run.plan import check_classes, plan_inputs
 from dgp_jax.run.settings import RunError
 
 METHODS = ("pgd", "fgsm")
@@ -69,15 +69,8 @@ def run_attack(options: AttackOptions) -> dict:
     if out_root.is_dir() and any(out_root.iterdir()):
         raise RunError(f"--out {options.out} is not empty: choose a new folder")
     OutputDir.check_writable(options.out, keep=False)
-    try:
-        items = plan_items(read_inputs(list(options.inputs)))
-    except (OSError, ValueError) as err:
-        raise RunError(str(err)) from None
-    if not items:
-        raise RunError(f"no input images found in {' '.join(options.inputs)}")
-    bad = [f"{i.path}: {i.cls}" for i in items if i.cls >= 1000]
-    if bad:
-        raise RunError(f"ImageNet classes are 0-999: {bad[:5]}")
+    items = plan_inputs(options.inputs)
+    check_classes(items, 1000, owner="ResNet-50", unknown="labelled by its clean prediction")
     # Every input read before anything is written: an unreadable one stops the run with
     # its name and leaves no half-written folder.
     try:
@@ -102,11 +95,12 @@ def run_attack(options: AttackOptions) -> dict:
         images = np.stack(crops[start : start + options.batch])
         clean = classifier.logits(images).argmax(1)
         labels = np.array([i.cls if i.cls >= 0 else c for i, c in zip(chunk, clean, strict=True)])
+        chunk_key = None
         if key is not None:
             key, chunk_key = jax.random.split(key)
         adversarial = attacks.pgd_linf(
             logits_fn, classifier.params, images, labels, eps=options.eps, steps=steps,
-            step_size=step_size, key=chunk_key if key is not None else None,
+            step_size=step_size, key=chunk_key,
         )  # fmt: skip
         # Rounded to 8 bits (not truncated, as results are saved): the file stays within
         # the budget to half a level, and is scored as written, through the metric's PIL

@@ -48,6 +48,24 @@ def plan_items(entries: Sequence[tuple[Path, int]]) -> list[Item]:
     return items
 
 
+def plan_inputs(inputs: Sequence[str], class_index: int | None = None) -> list[Item]:
+    """The Items of a command's INPUT arguments (images, folders, list files), or a
+    RunError naming the input that is missing or unreadable, or saying that none holds an
+    image. ``class_index`` replaces every input's class."""
+    from dgp_jax.images import read_inputs
+
+    try:
+        entries = read_inputs(list(inputs))
+    except (OSError, ValueError) as err:
+        raise RunError(str(err)) from None
+    if class_index is not None:
+        entries = [(path, class_index) for path, _ in entries]
+    items = plan_items(entries)
+    if not items:
+        raise RunError(f"no input images found in {' '.join(inputs)}")
+    return items
+
+
 def take_share(items: Sequence[Any], count: int, index: int) -> list[Any]:
     """Process ``index`` of ``count`` takes items index, index + count, ..."""
     return list(items[index::count])
@@ -61,13 +79,19 @@ def image_key(seed: int, name: str) -> np.ndarray:
     return np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), data), np.uint32)
 
 
-def check_classes(items: Sequence[Item], n_classes: int) -> None:
-    """Every class in [-1, n_classes), else a RunError naming the images."""
+def check_classes(
+    items: Sequence[Item],
+    n_classes: int,
+    owner: str = "the model",
+    unknown: str = "chosen by the solver",
+) -> None:
+    """Every class in [-1, n_classes), else a RunError naming the images; ``owner`` has
+    the classes and ``unknown`` says what becomes of -1, for the message."""
     bad = [it for it in items if not -1 <= it.cls < n_classes]
     if bad:
         listed = ", ".join(f"{it.path} (class {it.cls})" for it in bad[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise RunError(
-            f"class out of range [-1, {n_classes}) for {listed}{more}: the model has "
-            f"{n_classes} classes (-1 = unknown, chosen by the solver)"
+            f"class out of range [-1, {n_classes}) for {listed}{more}: {owner} has "
+            f"{n_classes} classes (-1 = unknown, {unknown})"
         )
