@@ -180,6 +180,24 @@ def test_orthogonal_weight_is_torch_orthogonal_of_the_same_draw(shape):
     assert np.all(np.diag(r) > 0)
 
 
+def test_layer_orthogonal_init_draws_narrow_dtypes_in_float32():
+    # QR has no bfloat16 kernel; flax evaluates a layer's initialiser (abstractly) on every
+    # apply to check a stored weight's shape, which jax 0.11 refused at bfloat16 precision
+    # (the solver's step on an H200). The draw is float32's, cast.
+    from dgp_jax.nets.layers import orthogonal_init
+
+    key = jax.random.PRNGKey(3)
+    wide = orthogonal_init(key, (8, 4, 3, 3), jnp.float32)
+    narrow = orthogonal_init(key, (8, 4, 3, 3), jnp.bfloat16)
+    assert narrow.dtype == jnp.bfloat16 and narrow.shape == (8, 4, 3, 3)
+    np.testing.assert_array_equal(np.asarray(narrow), np.asarray(wide.astype(jnp.bfloat16)))
+    abstract = jax.eval_shape(lambda k: orthogonal_init(k, (5, 7), jnp.bfloat16), key)
+    assert abstract.dtype == jnp.bfloat16 and abstract.shape == (5, 7)
+    flat = np.asarray(orthogonal_init(key, (6, 2), jnp.float64))  # float64 stays float64
+    assert flat.dtype == np.float64
+    np.testing.assert_allclose(flat.T @ flat, np.eye(2), rtol=0, atol=1e-14)
+
+
 @pytest.mark.parametrize("init", ["ortho", "N02"])
 def test_random_biggan_init(init):
     cfg = BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16, dim_z=20)

@@ -120,9 +120,16 @@ frozen_conv.defvjp(_frozen_conv_fwd, _frozen_conv_bwd)
 
 
 def orthogonal_init(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
-    """torch.nn.init.orthogonal_ on the (out, rest) view of a PyTorch-layout weight."""
+    """torch.nn.init.orthogonal_ on the (out, rest) view of a PyTorch-layout weight.
+
+    QR has no bfloat16 kernel, and jax 0.11 refuses the dtype even abstractly, where flax
+    checks a stored parameter's shape against its initialiser (every ``apply`` of a layer
+    run at ``--precision bfloat16``: seen on an H200). A weight of a narrower dtype is
+    drawn in float32 and cast.
+    """
     flat = (shape[0], math.prod(shape[1:]))
-    return nn.initializers.orthogonal()(key, flat, dtype).reshape(shape)
+    wide = jnp.dtype(dtype) if jnp.dtype(dtype) in (jnp.float32, jnp.float64) else jnp.float32
+    return nn.initializers.orthogonal()(key, flat, wide).astype(dtype).reshape(shape)
 
 
 def _unit_row(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
