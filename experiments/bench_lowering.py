@@ -5,16 +5,26 @@
 For every convolution shape of the generator at this size (3x3 and 1x1, at each block's
 resolution and channels) and every lowering in ``dgp_jax.nets.per_image.LOWERINGS``, it
 times one vmapped forward pass plus both gradients (what a solver step does with each
-layer) for ``--batch`` images with their own kernels, float32 at full precision, and
-prints milliseconds per layer, the fastest lowering, and what ``auto`` picks on this
-backend. The lowerings are timed in rotation (a, b, c, d, a, b, ...), so a machine whose
-load drifts affects each of them alike; the median of ``--repeats`` rounds is reported.
+layer) for ``--batch`` images with their own kernels, and prints milliseconds per layer,
+the fastest lowering, and what ``auto`` picks on this backend. The lowerings are timed in
+rotation (a, b, c, d, a, b, ...), so a machine whose load drifts affects each of them
+alike; the median of ``--repeats`` rounds is reported.
+
+``--precision`` is the solver's (float32: full precision, the default; tf32: float32
+arrays, TensorFloat-32 products; bfloat16: bfloat16 arrays). ``--batch`` takes several
+batches (``8,32``) and ``--precision`` several precisions, measured in that order in one
+process; ``--out FILE`` writes every table as JSON lines; ``--budget-s`` starts no new
+(batch, precision) table after that many seconds (for a leased accelerator)::
+
+    python experiments/bench_lowering.py --resolution 128 --ch 96 --batch 32 \
+        --precision float32,bfloat16 --out lowering.jsonl --budget-s 120
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import jax
@@ -37,7 +47,13 @@ def generator_conv_shapes(config: BigGANConfig) -> list[tuple[int, int, int, int
     return list(dict.fromkeys(shapes))
 
 
-def layer_program(lowering: str, size: int, cin: int, cout: int, k: int, batch: int):
+# The solver's precisions (dgp_jax.solve.PRECISIONS): matmul precision and array dtype.
+PRECISIONS = {"float32": ("float32", jnp.float32), "tf32": ("tensorfloat32", jnp.float32),
+              "bfloat16": ("bfloat16", jnp.bfloat16)}  # fmt: skip
+
+
+def layer_program(lowering: str, size: int, cin: int, cout: int, k: int, batch: int,
+                  dtype=jnp.float32):  # fmt: skip
     """A compiled forward + input and kernel gradient for ``batch`` per-image kernels."""
 
     def loss(x, w, ct):
@@ -48,31 +64,27 @@ def layer_program(lowering: str, size: int, cin: int, cout: int, k: int, batch: 
             return jax.vmap(jax.value_and_grad(loss, argnums=(0, 1)))(x, w, ct)
 
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, 1, size, size, cin)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((batch, cout, cin, k, k)), jnp.float32)
-    ct = jnp.asarray(rng.standard_normal((batch, 1, size, size, cout)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((batch, 1, size, size, cin)), dtype)
+    w = jnp.asarray(rng.standard_normal((batch, cout, cin, k, k)), dtype)
+    ct = jnp.asarray(rng.standard_normal((batch, 1, size, size, cout)), dtype)
     compiled = jax.jit(step)
     jax.block_until_ready(compiled(x, w, ct))
     return lambda: jax.block_until_ready(compiled(x, w, ct))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--ch", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    config = BigGANConfig(resolution=args.resolution, G_ch=args.ch, D_ch=args.ch)
+def measure(config: BigGANConfig, batch: int, precision: str, lowerings, repeats: int,
+            on_row=None) -> dict:  # fmt: skip
+    """One table: ms per layer for each lowering, at one batch and precision (``on_row``
+    is called with each layer's row as it is measured)."""
     backend = jax.default_backend()
+    matmul_precision, dtype = PRECISIONS[precision]
     rows = []
-    with jax.default_matmul_precision("float32"):
+    with jax.default_matmul_precision(matmul_precision):
         for size, cin, cout, k in generator_conv_shapes(config):
-            programs = {name: layer_program(name, size, cin, cout, k, args.batch)
-                        for name in LOWERINGS}  # fmt: skip
-            times = {name: [] for name in LOWERINGS}
-            for _ in range(args.repeats):
+            programs = {name: layer_program(name, size, cin, cout, k, batch, dtype)
+                        for name in lowerings}  # fmt: skip
+            times = {name: [] for name in lowerings}
+            for _ in range(repeats):
                 for name, run in programs.items():
                     start = time.perf_counter()
                     run()
@@ -83,19 +95,81 @@ def main(argv=None) -> None:
                 "fastest": min(ms, key=ms.get),
                 "auto": auto_lowering(backend, size, size, cin, cout, k),
             })  # fmt: skip
-    if args.json:
-        print(json.dumps({"backend": backend, "batch": args.batch, "rows": rows}))
-        return
-    print(f"backend {backend}, batch {args.batch}, ms per layer (forward + both gradients)")
-    print(f"{'layer':<24}" + "".join(f"{n:>10}" for n in LOWERINGS) + "   fastest    auto")
-    for row in rows:
-        cells = "".join(f"{row['ms'][n]:>10.2f}" for n in LOWERINGS)
-        print(f"{row['shape']:<24}{cells}   {row['fastest']:<10} {row['auto']}")
-    totals = {n: sum(r["ms"][n] for r in rows) for n in LOWERINGS}
-    best = sum(min(r["ms"].values()) for r in rows)
-    auto = sum(r["ms"][r["auto"]] for r in rows)
+            if on_row:
+                on_row(rows[-1])
+    return {"backend": backend, "device": jax.devices()[0].device_kind, "batch": batch,
+            "precision": precision, "resolution": config.resolution, "ch": config.G_ch,
+            "rows": rows}  # fmt: skip
+
+
+def print_header(batch: int, precision: str, lowerings) -> None:
+    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), batch {batch}, "
+          f"{precision}, ms per layer (forward + both gradients)")  # fmt: skip
+    print(f"{'layer':<24}" + "".join(f"{n:>10}" for n in lowerings) + "   fastest    auto")
+
+
+def print_row(row: dict) -> None:
+    cells = "".join(f"{v:>10.2f}" for v in row["ms"].values())
+    print(f"{row['shape']:<24}{cells}   {row['fastest']:<10} {row['auto']}", flush=True)
+
+
+def print_totals(table: dict) -> None:
+    names = list(table["rows"][0]["ms"])
+    totals = {n: sum(r["ms"][n] for r in table["rows"]) for n in names}
+    best = sum(min(r["ms"].values()) for r in table["rows"])
+    auto = [r["ms"].get(r["auto"]) for r in table["rows"]]
+    auto_text = f"{sum(auto):.1f}" if None not in auto else "- (not all its lowerings timed)"
     print("total: " + ", ".join(f"{n} {v:.1f}" for n, v in totals.items())
-          + f", per-layer best {best:.1f}, auto {auto:.1f} ms")  # fmt: skip
+          + f", per-layer best {best:.1f}, auto {auto_text} ms", flush=True)  # fmt: skip
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--ch", type=int, default=16)
+    parser.add_argument("--batch", default="4", help="images, or several: 8,32")
+    parser.add_argument("--precision", default="float32",
+                        help=f"of {','.join(PRECISIONS)}, or several")  # fmt: skip
+    parser.add_argument("--lowerings", default=",".join(LOWERINGS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON lines, no tables")
+    parser.add_argument("--out", help="also write the tables here, as JSON lines")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new table after this many seconds")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        parser.error(f"--batch: expected integers like 8,32, got {args.batch!r}")
+    precisions = args.precision.split(",")
+    lowerings = args.lowerings.split(",")
+    for flag, values, allowed in (("--precision", precisions, PRECISIONS),
+                                  ("--lowerings", lowerings, LOWERINGS)):  # fmt: skip
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            parser.error(f"{flag}: unknown {bad}; choose from {list(allowed)}")
+    config = BigGANConfig(resolution=args.resolution, G_ch=args.ch, D_ch=args.ch)
+    start = time.perf_counter()
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115 - written as tables finish
+    for batch in batches:
+        for precision in precisions:
+            if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+                print(f"budget: batch {batch} {precision} not measured", file=sys.stderr)
+                continue
+            if not args.json:
+                print_header(batch, precision, lowerings)
+            on_row = None if args.json else print_row
+            table = measure(config, batch, precision, lowerings, args.repeats, on_row)
+            table["seconds"] = time.perf_counter() - start
+            if out:
+                out.write(json.dumps(table) + "\n")
+                out.flush()
+            if args.json:
+                print(json.dumps(table), flush=True)
+            else:
+                print_totals(table)
+    if out:
+        out.close()
 
 
 if __name__ == "__main__":
