@@ -37,15 +37,27 @@ directory comes from fetching github:XingangPan/deep-generative-prior)::
     ../shared/reference_tools/checkout_reference.sh \
         /work/.mirror/XingangPan+deep-generative-prior/repo .ref/dgp
 
-(``/.ref/`` is in .gitignore: nothing of the reference is committed), then one run with
-``carry: [".ref"]`` and ``timeout_s: 540``::
+(``/.ref/`` is in .gitignore: nothing of the reference is committed). The grid does not fit
+in one lease: on an H200 (2026-11-30, jax 0.11.2; BENCHMARKS.md "GPU") XLA compiled the
+128 px step in 126 s at batch 1 and had not finished after 292 s at batch 32 (float32),
+mostly autotuning, and each worker also compiles the selection program. What a 15-minute
+lease holds is the reference and one or two batch rows, an explicit ``--rows`` list, with
+the matmul rates of that run (``--matmul-from``; its files are in
+experiments/results/h200-2026-11-30/) and the FLOPs of the step from XLA:CPU's cost
+analysis (the GPU's gave none): one call with ``carry: [".ref"]`` and ``timeout_s: 560``::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_accelerator.py \
-        --reference .ref/dgp --out $OUT
+        --reference .ref/dgp --out $OUT --budget-s 540 --config-timeout-s 540 \
+        --partial-ok --first-estimate-s 200 --flops-per-image-step 1.697e11 \
+        --matmul-from experiments/results/h200-2026-11-30/run1_results.jsonl \
+        --rows auto:32:bfloat16,auto:32:float32
 
-It stops starting measurements after ``--budget-s`` (450 s) and returns within about 8
-minutes; ``$OUT`` holds three files. A worker killed by its timeout or an OOM keeps the
-numbers it had printed (steps first, then FLOPs, then selection), marked partial.
+``$OUT`` then holds three files. A worker killed by its timeout or an OOM keeps the
+numbers it had printed (steps first, then FLOPs, then selection), marked partial. XLA_FLAGS
+set for the command reach every worker (and are recorded in its row): e.g.
+``--xla_gpu_autotune_level=0`` trades XLA's kernel search for compile time (not measured
+yet). ``experiments/accelerator_run.sh`` is the whole first call of 2026-11-30 (environment,
+a smoke run, the per-layer lowering table, then this benchmark).
 
 On a CPU, the same code path with a tiny model::
 
@@ -88,9 +100,33 @@ def parse_batches(text: str) -> list:
     return out
 
 
+def parse_rows(text: str) -> list[tuple]:
+    """``--rows``: ``lowering:batch:precision,...`` (batch a number or ``largest``)."""
+    rows = []
+    for part in text.split(","):
+        fields = part.strip().split(":")
+        if len(fields) != 3:
+            raise ValueError(f"{part!r} is not lowering:batch:precision")
+        lowering, batch, precision = fields
+        if lowering not in LOWERINGS:
+            raise ValueError(f"{part!r}: lowering {lowering!r} is not one of {list(LOWERINGS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"{part!r}: precision {precision!r} is not one of {list(PRECISIONS)}")
+        try:
+            batch = parse_batches(batch)[0]
+        except ValueError:
+            raise ValueError(f"{part!r}: batch {batch!r} is neither a number nor largest") from None
+        rows.append((lowering, batch, precision))
+    return rows
+
+
 def plan(args) -> list[dict]:
     """Every measurement, in priority order (the budget cuts from the end)."""
     rows = [{"kind": "matmul"}, {"kind": "reference", "batch": 1}]
+    if args.rows:  # an explicit priority list instead of the grid
+        rows += [{"kind": "dgp", "lowering": lo, "batch": b, "precision": p}
+                 for lo, b, p in args.rows]  # fmt: skip
+        return rows
     numeric = [b for b in args.batches if b != LARGEST]
     dgp = [
         (lowering, b, p)
@@ -280,6 +316,7 @@ def worker_dgp(spec: dict) -> dict:
         "param_bytes_per_image": _tree_bytes(state["trainable"]) / padded,
         "adam_bytes_per_image": _tree_bytes(state["opt_state"]) / padded,
         "tfds_imported": "tensorflow_datasets" in sys.modules,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     print(RESULT + json.dumps({**row, "partial": "steps only"}), flush=True)
 
@@ -428,8 +465,18 @@ def worker_reference(spec: dict) -> dict:
 
     # As published: the loop computes PSNR/SSIM (scikit-image, on the host) every step.
     per_step = timed_steps()
-    # Without those per-step metrics (pure logging): the faster, conservative baseline.
-    dgp.get_metrics = lambda x: ({}, x)
+    row = {
+        "device": f"cuda:{torch.cuda.get_device_name(0)}" if cuda else "cpu (reference stubs)",
+        "torch": torch.__version__,
+        "s_per_step_with_metrics": per_step,
+        "s_per_select_per_image": per_select,
+    }
+    print(RESULT + json.dumps({**row, "partial": "with per-step metrics only"}), flush=True)
+    # Without those per-step metrics (pure logging): the faster, conservative baseline. The
+    # loop still concatenates the colorized image (on the host in the original) to its sheet
+    # at the first step: a host placeholder stands in, with no copy or sync per step.
+    sheet_image = torch.zeros(1, 3, res, res)
+    dgp.get_metrics = lambda x: ({}, sheet_image)
     per_step_bare = timed_steps()
     return {
         "device": f"cuda:{torch.cuda.get_device_name(0)}" if cuda else "cpu (reference stubs)",
@@ -589,7 +636,8 @@ def schedule_numbers(preset: str) -> dict:
     }
 
 
-def add_derived(row: dict, schedule: dict, matmul: dict | None, reference: dict | None):
+def add_derived(row: dict, schedule: dict, matmul: dict | None, reference: dict | None,
+                flops_per_image: float | None = None):  # fmt: skip
     if row["kind"] == "matmul" or "s_per_step_per_image" not in row:
         return row  # (a killed worker may have left partial numbers: those are shown)
     row["images_per_hour"] = None
@@ -600,6 +648,9 @@ def add_derived(row: dict, schedule: dict, matmul: dict | None, reference: dict 
         )
         row["images_per_hour"] = 3600 / per_image
     if row["kind"] == "dgp":
+        if not row.get("flops_per_step") and flops_per_image:
+            row["flops_per_step"] = flops_per_image * row["batch"]
+            row["flops_source"] = "--flops-per-image-step"
         if row.get("flops_per_step"):
             row["tflops"] = row["flops_per_step"] / row["s_per_step"] / 1e12
             rate = (matmul or {}).get("tflops", {}).get(row["precision"])
@@ -666,13 +717,18 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
         f"{schedule['select_num']} candidates x s/candidate + {schedule['total_steps']} steps "
         "x s/step/image. x ref: images/hour over the reference's (the reference timed "
         "without its per-step PSNR/SSIM logging: the faster baseline). compile: first step "
-        "minus a warm one. % matmul: the step's FLOPs (XLA cost analysis) per second over the "
-        "measured matmul rate of the same precision.",
+        "minus a warm one. % matmul: the step's FLOPs (XLA cost analysis, or "
+        "--flops-per-image-step) per second over the measured matmul rate of the same "
+        "precision.",
         "",
     ]
+    flags = sorted({r["xla_flags"] for r in rows if r.get("xla_flags")})
+    if flags:
+        out += [f"XLA_FLAGS of the dgp_jax rows: {'; '.join(f'`{f}`' for f in flags)}.", ""]
     if matmul:
         rates = ", ".join(f"{p} {v:.1f}" for p, v in matmul["tflops"].items())
-        out += [f"Measured matmul rate ({matmul['size']}^3), TFLOP/s: {rates}.", ""]
+        source = f", from {matmul['from']}" if matmul.get("from") else ""
+        out += [f"Measured matmul rate ({matmul['size']}^3{source}), TFLOP/s: {rates}.", ""]
     out += [
         "| impl | lowering | precision | batch | s/step/image | s/candidate | compile s "
         "| peak GB/image | images/hour | x ref | TFLOP/s | % matmul |",
@@ -742,6 +798,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--focus-batches", default="8,32",
                    help="batches at which the other lowerings go first")  # fmt: skip
     p.add_argument("--lowerings", help=f"comma-separated, of {','.join(LOWERINGS)}")
+    p.add_argument(
+        "--rows",
+        help="instead of the grid, these rows in this order: "
+        "lowering:batch:precision,... (e.g. auto:64:bfloat16,vmap:largest:float32)",
+    )
     p.add_argument("--precisions", help=f"comma-separated, of {','.join(PRECISIONS)}")
     p.add_argument("--steps", type=int, default=4, help="warm steps per row (median of diffs)")
     p.add_argument("--select", type=int, default=4, help="start candidates timed per image")
@@ -751,8 +812,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ref-steps", type=int, default=10)
     p.add_argument("--ref-select", type=int, default=8)
     p.add_argument("--matmul-size", type=int)
+    p.add_argument("--matmul-from", help="take the matmul rates from this results.jsonl of an "
+                   "earlier run on the same device instead of measuring them")  # fmt: skip
+    p.add_argument("--partial-ok", action="store_true",
+                   help="start a row whenever --first-estimate-s is left (not only when a "
+                   "similar row's time is); a row cut short keeps what it printed")  # fmt: skip
+    p.add_argument("--flops-per-image-step", type=float,
+                   help="the step's FLOPs per image, where the device's cost analysis gives "
+                   "none (XLA:CPU's of the same step, e.g.)")  # fmt: skip
     p.add_argument("--budget-s", type=float, default=450.0)
-    p.add_argument("--config-timeout-s", type=float, default=180.0)
+    p.add_argument("--config-timeout-s", type=float, default=540.0,
+                   help="one measurement's limit (a GPU compiled the 128 px step at batch 32 "
+                   "in more than 292 s)")  # fmt: skip
     p.add_argument("--first-estimate-s", type=float, default=20.0,
                    help="assumed duration of a measurement of a kind not yet run")  # fmt: skip
     p.add_argument("--fit-fraction", type=float, default=0.9)
@@ -768,6 +839,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.precisions = args.precisions or ("float32,bfloat16" if tiny else ",".join(PRECISIONS))
     args.precisions = args.precisions.split(",")
     args.matmul_size = args.matmul_size or (512 if tiny else 8192)
+    if args.rows:
+        try:
+            args.rows = parse_rows(args.rows)
+        except ValueError as e:
+            p.error(f"--rows: {e}")
+        # the matmul rates of the precisions the rows use
+        args.precisions = [q for q in PRECISIONS if q in {r[2] for r in args.rows}]
     for name, allowed in (("lowerings", LOWERINGS), ("precisions", PRECISIONS)):
         bad = [v for v in getattr(args, name) if v not in allowed]
         if bad:
@@ -812,7 +890,7 @@ def main(argv=None) -> int:
     matmul = reference = None
 
     def record(row: dict):
-        add_derived(row, schedule, matmul, reference)
+        add_derived(row, schedule, matmul, reference, args.flops_per_image_step)
         rows.append(row)
         with open(results, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -832,6 +910,8 @@ def main(argv=None) -> int:
     def measure(spec: dict) -> dict:
         left = args.budget_s - (time.perf_counter() - t0)
         guess = estimate(spec, rows, args.first_estimate_s)
+        if args.partial_ok:
+            guess = min(guess, args.first_estimate_s)
         if guess > left:
             return {**spec, "status": "skipped",
                     "reason": f"budget: {left:.0f} s left, about {guess:.0f} s needed"}  # fmt: skip
@@ -853,6 +933,14 @@ def main(argv=None) -> int:
         return row
 
     for spec in specs:
+        if spec["kind"] == "matmul" and args.matmul_from:
+            earlier = [json.loads(line) for line in Path(args.matmul_from).read_text().splitlines()]
+            found = [r for r in earlier if r.get("kind") == "matmul" and r.get("status") == "ok"]
+            if not found:
+                raise SystemExit(f"--matmul-from {args.matmul_from}: no measured matmul row")
+            matmul = {**found[0], "from": args.matmul_from, "wall_s": 0.0}
+            record(matmul)
+            continue
         if spec["kind"] == "reference" and not args.reference:
             record({**spec, "status": "skipped", "reason": "no --reference given"})
             continue
@@ -887,7 +975,7 @@ def main(argv=None) -> int:
         if spec["kind"] == "reference" and row["status"] == "ok":
             reference = row
             for r in rows:  # (none yet in priority order, but keep the rows consistent)
-                add_derived(r, schedule, matmul, reference)
+                add_derived(r, schedule, matmul, reference, args.flops_per_image_step)
     table = write_table(out / "table.md", rows, args, schedule, started)
     log("\n" + table)
     skipped = [r for r in rows if r["status"] != "ok"]

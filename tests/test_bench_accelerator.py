@@ -184,3 +184,71 @@ def test_plan_priority(bench):
     others = [i for i, s in enumerate(order) if "dgp_jax" in s and " auto " not in s]
     assert len(auto) == 15 and len(others) == 60 and max(auto) < min(others)
     assert order[max(auto) + 1] == "dgp_jax vmap batch 8 float32"
+
+
+def test_explicit_rows_replace_the_grid(bench):
+    args = bench.parse_args(["--out", "x", "--rows", "auto:1:float32,vmap:largest:bfloat16"])
+    order = [bench.describe(s) for s in bench.plan(args)]
+    assert order == [
+        "matmul rates",
+        "reference (PyTorch) batch 1",
+        "dgp_jax auto batch 1 float32",
+        "dgp_jax vmap batch largest bfloat16",
+    ]
+    assert args.precisions == ["float32", "bfloat16"]  # the matmul rates measured
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("auto:1", "'auto:1' is not lowering:batch:precision"),
+        ("fast:1:float32", "lowering 'fast' is not one of"),
+        ("auto:1:float16", "precision 'float16' is not one of"),
+        ("auto:big:float32", "batch 'big' is neither a number nor largest"),
+    ],
+)
+def test_explicit_rows_refuse_bad_entries(bench, capsys, rows, message):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--out", "x", "--rows", rows])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--rows: " in err and message in err
+
+
+def test_earlier_matmul_rates_partial_rows_and_given_flops(bench, tmp_path, monkeypatch):
+    """--matmul-from reuses an earlier run's rates (no matmul worker), --partial-ok starts a
+    row that a similar one's time says will not fit (and keeps what it printed before the
+    budget cut it), and --flops-per-image-step fills in FLOPs a worker did not report."""
+    fake_workers(bench, monkeypatch, sleep=0.3, hang_at=8)
+    earlier = tmp_path / "earlier.jsonl"
+    rate = {"kind": "matmul", "status": "ok", "size": 8192, "device": "gpu:fake",
+            "tflops": {"float32": 50.0, "bfloat16": 500.0}}  # fmt: skip
+    earlier.write_text(json.dumps({"kind": "reference", "status": "failed"}) + "\n"
+                       + json.dumps(rate) + "\n")  # fmt: skip
+    monkeypatch.setattr(bench, "worker_matmul", lambda spec: pytest.fail("measured again"))
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--rows", "auto:1:float32,auto:8:float32",
+            "--matmul-from", str(earlier), "--partial-ok", "--budget-s", "4",
+            "--config-timeout-s", "30", "--first-estimate-s", "0.1",
+            "--flops-per-image-step", "2e12"]  # fmt: skip
+    assert bench.main(argv) == 0
+    rows = read_rows(out)
+    assert rows[0]["tflops"] == rate["tflops"] and rows[0]["from"] == str(earlier)
+    hung = next(r for r in rows if key(r) == ("dgp", "auto", 8, "float32"))
+    assert hung["status"] == "timeout" and hung["partial"] == "steps only"
+    assert hung["reason"].startswith("killed after")  # cut at the budget, not at 30 s
+    ok = next(r for r in rows if key(r) == ("dgp", "auto", 1, "float32"))
+    # the stand-in reports 1e12 FLOPs per image: a worker's own count is kept
+    assert ok["flops_per_step"] == 1e12 and "flops_source" not in ok
+    assert ok["matmul_fraction"] == pytest.approx(ok["tflops"] / 50.0)
+
+
+def test_given_flops_fill_in_what_the_device_did_not_count(bench):
+    row = {"kind": "dgp", "batch": 4, "precision": "bfloat16", "s_per_step": 0.5,
+           "s_per_step_per_image": 0.125, "s_per_select_per_image": 0.01}  # fmt: skip
+    schedule = {"select_num": 500, "total_steps": 1400}
+    bench.add_derived(row, schedule, {"tflops": {"bfloat16": 400.0}}, None, 3e12)
+    assert row["flops_per_step"] == 12e12 and row["flops_source"] == "--flops-per-image-step"
+    assert row["tflops"] == pytest.approx(24.0)
+    assert row["matmul_fraction"] == pytest.approx(0.06)
+    assert row["images_per_hour"] == pytest.approx(3600 / (500 * 0.01 + 1400 * 0.125))
