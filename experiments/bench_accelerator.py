@@ -11,9 +11,10 @@ subprocess (clean peak memory; an OOM or a hang kills only that row):
 3. dgp_jax for each lowering x batch (1, 8, 32, 64 and the largest that fits) x precision:
    seconds per solver step per image (the colorization preset's last stage, median of
    warm steps), selection seconds per candidate per image, compile seconds (first step
-   minus a warm one), peak device memory per image, the step's FLOPs (XLA's cost analysis
-   of the jitted step) and so achieved TFLOP/s and the fraction of the measured matmul
-   rate of that precision.
+   minus a warm one), peak device memory per image, and, from the executable the steps ran
+   (compiled ahead from their arguments, so nothing compiles twice), XLA's buffer
+   assignment of the step and its FLOPs (cost analysis), so achieved TFLOP/s and the
+   fraction of the measured matmul rate of that precision.
 
 "Largest that fits": from the peak memory of the batches that ran (a line through
 fixed + per-image bytes), the batch that fills ``--fit-fraction`` (0.9) of the memory
@@ -43,8 +44,9 @@ in one lease: on an H200 (2026-11-30, jax 0.11.2; BENCHMARKS.md "GPU") XLA compi
 mostly autotuning, and each worker also compiles the selection program. What a 15-minute
 lease holds is the reference and one or two batch rows, an explicit ``--rows`` list, with
 the matmul rates of that run (``--matmul-from``; its files are in
-experiments/results/h200-2026-11-30/) and the FLOPs of the step from XLA:CPU's cost
-analysis (the GPU's gave none): one call with ``carry: [".ref"]`` and ``timeout_s: 560``::
+experiments/results/h200-2026-11-30/) and, should the GPU's cost analysis again give no
+FLOPs, XLA:CPU's count of the same step: one call with ``carry: [".ref"]`` and
+``timeout_s: 560``::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_accelerator.py \
         --reference .ref/dgp --out $OUT --budget-s 540 --config-timeout-s 540 \
@@ -217,10 +219,16 @@ def _tree_bytes(tree) -> int:
     return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
-def capturing_make_step(make_step, captured: dict):
+def capturing_make_step(make_step, captured: dict, compile_ahead: bool = False):
     """``solve._make_step`` that also records the first step's jitted function and argument
     shapes in ``captured`` ("fn", "shapes"), for XLA's cost and memory analyses (the state
-    argument is donated: its shapes are taken before the call)."""
+    argument is donated: its shapes are taken before the call).
+
+    ``compile_ahead``: the first call compiles the step ahead of time from its real
+    arguments (``fn.lower(*args).compile()``, kept as "compiled") and every call runs that
+    executable, so its analyses need no second compile (minutes on a GPU). The compile
+    still happens in the first step, as with ``jit``.
+    """
     import jax
 
     def wrapped(prog, tx, mesh):
@@ -232,6 +240,10 @@ def capturing_make_step(make_step, captured: dict):
                 captured["shapes"] = jax.tree.map(
                     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args
                 )
+                if compile_ahead:
+                    captured["compiled"] = fn.lower(*args).compile()
+            if "compiled" in captured:
+                return captured["compiled"](*args)
             return fn(*args)
 
         return step
@@ -270,7 +282,7 @@ def worker_dgp(spec: dict) -> dict:
         select_times.append(time.perf_counter() - t)
         return out
 
-    solve._make_step = capturing_make_step(make_step, captured)
+    solve._make_step = capturing_make_step(make_step, captured, compile_ahead=True)
     solve._select = timed_select
 
     def run(config):
@@ -320,16 +332,25 @@ def worker_dgp(spec: dict) -> dict:
     }
     print(RESULT + json.dumps({**row, "partial": "steps only"}), flush=True)
 
+    # The executable the steps ran (compiled ahead from their arguments): its FLOPs (XLA's
+    # cost analysis; a GPU's lowered step gave none, jax 0.11) and its buffer assignment, the
+    # device memory the step needs without the autotuner's scratch that the peak includes.
     row["flops_per_step"] = None
     try:
-        matmul_precision = solve.PRECISIONS[precision][0]
-        with jax.default_matmul_precision(matmul_precision):
-            cost = captured["fn"].lower(*captured["shapes"]).cost_analysis()
+        compiled = captured["compiled"]
+        cost = compiled.cost_analysis()
         if isinstance(cost, list | tuple):
             cost = cost[0]
         row["flops_per_step"] = float(cost["flops"]) if cost and "flops" in cost else None
+        mem = compiled.memory_analysis()
+        row["program_argument_bytes"] = int(mem.argument_size_in_bytes)
+        row["program_temp_bytes"] = int(mem.temp_size_in_bytes)
+        row["program_bytes"] = int(
+            mem.argument_size_in_bytes + mem.temp_size_in_bytes
+            + mem.output_size_in_bytes - mem.alias_size_in_bytes
+        )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - reported, not fatal
-        row["flops_error"] = f"{type(e).__name__}: {e}"[:300]
+        row["analysis_error"] = f"{type(e).__name__}: {e}"[:300]
     print(RESULT + json.dumps({**row, "partial": "no selection time"}), flush=True)
 
     # Selection alone: two runs without steps (the first compiles); select_images candidate
@@ -345,6 +366,7 @@ def worker_dgp(spec: dict) -> dict:
         row["s_per_select_per_image"] = select_times[-1] / cands / batch
     except Exception as e:  # noqa: BLE001 - an OOM here keeps the step's numbers
         row["select_error"] = f"{type(e).__name__}: {e}"[:300]
+
     return row
 
 
@@ -572,9 +594,18 @@ def _log_tail(log, spec, err):
         log(f"--- stderr of {describe(spec)} (last 3000 chars)\n{err[-3000:]}")
 
 
+def memory_key(rows: list[dict]) -> str:
+    """The memory figure of these rows: XLA's buffer assignment of the compiled step where
+    every row has it, else the device's peak (which includes the autotuner's scratch)."""
+    if rows and all(r.get("program_bytes") for r in rows):
+        return "program_bytes"
+    return "peak_bytes"
+
+
 def fit_memory(rows: list[dict]) -> tuple[float, float] | None:
-    """(fixed bytes, bytes per image) through the peak memory of finished batches."""
-    points = sorted({(r["batch"], r["peak_bytes"]) for r in rows if r.get("peak_bytes")})
+    """(fixed bytes, bytes per image) through the memory of finished batches."""
+    key = memory_key(rows)
+    points = sorted({(r["batch"], r[key]) for r in rows if r.get(key)})
     if not points:
         return None
     if len(points) == 1:
@@ -672,17 +703,22 @@ def memory_lines(rows: list[dict], args) -> list[str]:
     lines = []
     groups = {}
     for r in rows:
-        if r.get("kind") == "dgp" and r.get("status") == "ok" and r.get("peak_bytes"):
+        if (
+            r.get("kind") == "dgp"
+            and r.get("status") == "ok"
+            and (r.get("peak_bytes") or r.get("program_bytes"))
+        ):
             groups.setdefault((r["lowering"], r["precision"]), []).append(r)
     for (lowering, precision), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["batch"])
         fixed, per = fit_memory(rs)
+        source = "XLA" if memory_key(rs) == "program_bytes" else "peak"
         limit = max(r.get("bytes_limit") or 0 for r in rs)
         big = max(rs, key=lambda r: r["batch"])
         params, adam = big["param_bytes_per_image"], big["adam_bytes_per_image"]
         fits = int((limit - fixed) // per) if limit else None
         lines.append(
-            f"| {lowering} | {precision} | {', '.join(str(r['batch']) for r in rs)} "
+            f"| {lowering} | {precision} | {', '.join(str(r['batch']) for r in rs)} | {source} "
             f"| {fixed / 1e9:.2f} | {per / 1e9:.3f} | {params / 1e9:.3f} | {adam / 1e9:.3f} "
             f"| {max(0.0, per - params - adam) / 1e9:.3f} | {_fmt(fits)} |"
         )
@@ -691,15 +727,17 @@ def memory_lines(rows: list[dict], args) -> list[str]:
     limit = max(r.get("bytes_limit") or 0 for r in rows if r.get("kind") == "dgp")
     return [
         f"Images in flight in {limit / 1e9:.1f} GB (what JAX may allocate: "
-        f"XLA_PYTHON_CLIENT_MEM_FRACTION of the device), from a line through the peak memory of "
-        "the largest batches that ran (fixed + per image). Per image: parameters (the "
+        "XLA_PYTHON_CLIENT_MEM_FRACTION of the device), from a line through the memory of the "
+        "largest batches that ran (fixed + per image): XLA's buffer assignment of the compiled "
+        "step (source XLA), or else the device's peak, which includes the autotuner's scratch "
+        "(source peak). Per image: parameters (the "
         "per-image generator, float32), the optimiser's state (Adam; the presets' beta1 = 0 keeps "
         "no first moment), and the rest (gradients, "
         "activations, workspace).",
         "",
-        "| lowering | precision | batches | fixed GB | GB/image | params GB | Adam GB "
+        "| lowering | precision | batches | source | fixed GB | GB/image | params GB | Adam GB "
         "| rest GB | images that fit |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ] + lines
 
 

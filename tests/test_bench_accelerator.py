@@ -76,6 +76,10 @@ def test_tiny_run_end_to_end(bench, tmp_path, monkeypatch):
     assert 0.5 * row["param_bytes_per_image"] < row["adam_bytes_per_image"]
     assert row["adam_bytes_per_image"] <= 2 * row["param_bytes_per_image"]
     assert row["tfds_imported"] is False  # importing dgp_jax does not import tfds
+    # the buffer assignment of the executable the steps ran (compiled ahead, not twice)
+    assert "analysis_error" not in row
+    assert row["program_bytes"] >= row["program_argument_bytes"] > 0
+    assert row["program_argument_bytes"] > row["param_bytes_per_image"] * 2  # G copies, Adam
     assert row["device"].startswith("cpu")
 
     oom = by[("dgp", "auto", 2, "bfloat16")]
@@ -144,7 +148,8 @@ def test_largest_batch_and_oom_halving(bench, tmp_path, monkeypatch):
     table = (out / "table.md").read_text()
     assert "| reference | - |" in table
     # the memory section: 1 GB/image above 4 GB fixed; 96 fit in 100 GB
-    assert "| auto | float32 | 1, 8, 32, 59 | 4.00 | 1.000 | 0.200 | 0.400 | 0.400 | 96 |" in table
+    line = "| auto | float32 | 1, 8, 32, 59 | peak | 4.00 | 1.000 | 0.200 | 0.400 | 0.400 | 96 |"
+    assert line in table
 
 
 def test_budget_skips_and_timeouts_are_rows(bench, tmp_path, monkeypatch):
@@ -252,3 +257,17 @@ def test_given_flops_fill_in_what_the_device_did_not_count(bench):
     assert row["tflops"] == pytest.approx(24.0)
     assert row["matmul_fraction"] == pytest.approx(0.06)
     assert row["images_per_hour"] == pytest.approx(3600 / (500 * 0.01 + 1400 * 0.125))
+
+
+def test_memory_fit_prefers_the_compiled_steps_buffers(bench):
+    # The peak includes the autotuner's scratch; XLA's buffer assignment of the step does not.
+    rows = [
+        {"batch": 1, "peak_bytes": 8e9, "program_bytes": 1.5e9},
+        {"batch": 4, "peak_bytes": 9e9, "program_bytes": 3.0e9},
+    ]
+    assert bench.memory_key(rows) == "program_bytes"
+    assert bench.fit_memory(rows) == pytest.approx((1.0e9, 0.5e9))
+    rows[0].pop("program_bytes")  # one row without it: the peak, for every row
+    assert bench.memory_key(rows) == "peak_bytes"
+    fixed, per = bench.fit_memory(rows)
+    assert (fixed, per) == pytest.approx((8e9 - 1e9 / 3, 1e9 / 3))
