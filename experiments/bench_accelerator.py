@@ -16,9 +16,10 @@ subprocess (clean peak memory; an OOM or a hang kills only that row):
    assignment of the step and its FLOPs (cost analysis), so achieved TFLOP/s and the
    fraction of the measured matmul rate of that precision.
 
-"Largest that fits": from the peak memory of the batches that ran (a line through
-fixed + per-image bytes), the batch that fills ``--fit-fraction`` (0.9) of the memory
-JAX may use; on OOM the gap to the largest batch that ran is halved (twice at most).
+"Largest that fits": from the memory of the batches that ran (XLA's buffer assignment of
+the step where every row has it, else the device's peak; a line through fixed + per-image
+bytes), the batch that fills ``--fit-fraction`` (0.9) of the memory JAX may use; on OOM
+the gap to the largest batch that ran is halved (twice at most).
 
 Priority within ``--budget-s`` (checked before each measurement against the time the most
 similar finished one took; a row that does not fit is skipped and listed): the matmul
