@@ -13,7 +13,8 @@ alike; the median of ``--repeats`` rounds is reported.
 ``--precision`` is the solver's (float32: full precision, the default; tf32: float32
 arrays, TensorFloat-32 products; bfloat16: bfloat16 arrays). ``--batch`` takes several
 batches (``8,32``) and ``--precision`` several precisions, measured in that order in one
-process; ``--out FILE`` writes every table as JSON lines; ``--budget-s`` starts no new
+process; ``--out FILE`` writes one JSON line per layer as it is measured (with its batch,
+precision and device: a run cut short keeps what it measured); ``--budget-s`` starts no new
 (batch, precision) table after that many seconds (for a leased accelerator)::
 
     python experiments/bench_lowering.py --resolution 128 --ch 96 --batch 32 \
@@ -133,7 +134,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lowerings", default=",".join(LOWERINGS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON lines, no tables")
-    parser.add_argument("--out", help="also write the tables here, as JSON lines")
+    parser.add_argument("--out", help="also write each layer here as it is measured (JSON lines)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no new table after this many seconds")  # fmt: skip
     args = parser.parse_args(argv)
@@ -150,7 +151,9 @@ def main(argv=None) -> None:
             parser.error(f"{flag}: unknown {bad}; choose from {list(allowed)}")
     config = BigGANConfig(resolution=args.resolution, G_ch=args.ch, D_ch=args.ch)
     start = time.perf_counter()
-    out = open(args.out, "w") if args.out else None  # noqa: SIM115 - written as tables finish
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115 - written row by row
+    context = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+               "resolution": config.resolution, "ch": config.G_ch}  # fmt: skip
     for batch in batches:
         for precision in precisions:
             if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
@@ -158,12 +161,16 @@ def main(argv=None) -> None:
                 continue
             if not args.json:
                 print_header(batch, precision, lowerings)
-            on_row = None if args.json else print_row
+
+            def on_row(row, batch=batch, precision=precision):
+                if out:
+                    line = {**context, "batch": batch, "precision": precision, **row}
+                    out.write(json.dumps(line) + "\n")
+                    out.flush()
+                if not args.json:
+                    print_row(row)
+
             table = measure(config, batch, precision, lowerings, args.repeats, on_row)
-            table["seconds"] = time.perf_counter() - start
-            if out:
-                out.write(json.dumps(table) + "\n")
-                out.flush()
             if args.json:
                 print(json.dumps(table), flush=True)
             else:

@@ -5,6 +5,8 @@ and both gradients, float64), a whole reference trajectory in float64, and batch
 image solved alone in float32 against float64.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -210,6 +212,37 @@ def test_layer_benchmark_covers_every_generator_convolution():
     assert shapes[:3] == [(8, 256, 256, 3), (8, 256, 256, 1), (16, 256, 128, 3)]
     assert shapes[-1] == (64, 32, 3, 3)  # the output layer
     assert len(shapes) == 12  # 4 blocks x (conv1, conv2, shortcut), deduplicated, + output
+
+
+def test_layer_benchmark_writes_each_layer_as_it_is_measured(tmp_path, capsys):
+    from tests.conftest import load_experiment
+
+    bench = load_experiment("bench_lowering")
+    out = tmp_path / "layers.jsonl"
+    bench.main(["--resolution", "32", "--ch", "4", "--batch", "1", "--lowerings",
+                "vmap,im2col", "--repeats", "1", "--out", str(out)])  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 7  # 32 px: 3 blocks x (conv1, conv2, shortcut), deduplicated, + output
+    assert rows[0]["shape"] == "8x8 16->16 k3" and rows[-1]["shape"] == "32x32 16->3 k3"
+    assert all(r["batch"] == 1 and r["precision"] == "float32" for r in rows)
+    assert all(sorted(r["ms"]) == ["im2col", "vmap"] and r["fastest"] in r["ms"] for r in rows)
+    assert "8x8 16->16 k3" in capsys.readouterr().out  # the table, row by row
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch", "8,x"], "--batch: expected integers like 8,32, got '8,x'"),
+        (["--precision", "float16"], "--precision: unknown ['float16']"),
+        (["--lowerings", "im2col,fast"], "--lowerings: unknown ['fast']"),
+    ],
+)
+def test_layer_benchmark_refuses_bad_flags(argv, message, capsys):
+    from tests.conftest import load_experiment
+
+    with pytest.raises(SystemExit) as exit_info:
+        load_experiment("bench_lowering").main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
