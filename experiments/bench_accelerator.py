@@ -51,7 +51,7 @@ FLOPs, XLA:CPU's count of the same step: one call with ``carry: [".ref"]`` and
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_accelerator.py \
         --reference .ref/dgp --out $OUT --budget-s 540 --config-timeout-s 540 \
-        --partial-ok --first-estimate-s 200 --flops-per-image-step 1.697e11 \
+        --partial-ok --first-estimate-s 200 --flops-per-image-step 1.678e11 \
         --matmul-from experiments/results/h200-2026-11-30/run1_results.jsonl \
         --rows auto:32:bfloat16,auto:32:float32
 
@@ -502,16 +502,13 @@ def worker_reference(spec: dict) -> dict:
     dgp.get_metrics = lambda x: ({}, sheet_image)
     per_step_bare = timed_steps()
     return {
-        "device": f"cuda:{torch.cuda.get_device_name(0)}" if cuda else "cpu (reference stubs)",
-        "torch": torch.__version__,
+        **row,
         "resolution": res,
         "ch": ch,
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
         "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "s_per_step_with_metrics": per_step,
         "s_per_step": per_step_bare,
         "s_per_step_per_image": per_step_bare,
-        "s_per_select_per_image": per_select,
         "steps_timed": steps,
         "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "threads": torch.get_num_threads(),
@@ -821,6 +818,19 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
     return text
 
 
+def read_matmul_row(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The measured matmul row of an earlier run's results.jsonl (else a usage error)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+        earlier = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as err:
+        parser.error(f"--matmul-from {path}: not a readable results.jsonl ({err})")
+    found = [r for r in earlier if r.get("kind") == "matmul" and r.get("status") == "ok"]
+    if not found:
+        parser.error(f"--matmul-from {path}: no measured matmul row")
+    return found[0]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line, with --tiny's and the full run's defaults filled in."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -878,6 +888,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.precisions = args.precisions or ("float32,bfloat16" if tiny else ",".join(PRECISIONS))
     args.precisions = args.precisions.split(",")
     args.matmul_size = args.matmul_size or (512 if tiny else 8192)
+    if args.matmul_from:
+        args.earlier_matmul = read_matmul_row(args.matmul_from, p)
     if args.rows:
         try:
             args.rows = parse_rows(args.rows)
@@ -973,11 +985,7 @@ def main(argv=None) -> int:
 
     for spec in specs:
         if spec["kind"] == "matmul" and args.matmul_from:
-            earlier = [json.loads(line) for line in Path(args.matmul_from).read_text().splitlines()]
-            found = [r for r in earlier if r.get("kind") == "matmul" and r.get("status") == "ok"]
-            if not found:
-                raise SystemExit(f"--matmul-from {args.matmul_from}: no measured matmul row")
-            matmul = {**found[0], "from": args.matmul_from, "wall_s": 0.0}
+            matmul = {**args.earlier_matmul, "from": args.matmul_from, "wall_s": 0.0}
             record(matmul)
             continue
         if spec["kind"] == "reference" and not args.reference:

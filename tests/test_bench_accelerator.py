@@ -271,3 +271,22 @@ def test_memory_fit_prefers_the_compiled_steps_buffers(bench):
     assert bench.memory_key(rows) == "peak_bytes"
     fixed, per = bench.fit_memory(rows)
     assert (fixed, per) == pytest.approx((8e9 - 1e9 / 3, 1e9 / 3))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "not a readable results.jsonl"),
+        ("{not json\n", "not a readable results.jsonl"),
+        ('{"kind": "matmul", "status": "failed"}\n', "no measured matmul row"),
+    ],
+)
+def test_earlier_matmul_rates_must_be_there(bench, tmp_path, capsys, content, message):
+    path = tmp_path / "earlier.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--out", str(tmp_path / "out"), "--matmul-from", str(path)])
+    assert exit_info.value.code == 2
+    assert f"--matmul-from {path}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
