@@ -43,24 +43,29 @@ directory comes from fetching github:XingangPan/deep-generative-prior)::
 in one lease: on an H200 (2026-11-30, jax 0.11.2; BENCHMARKS.md "GPU") XLA compiled the
 128 px step in 126 s at batch 1 and had not finished after 292 s at batch 32 (float32),
 mostly autotuning, and each worker also compiles the selection program. What a 15-minute
-lease holds is the reference and one or two batch rows, an explicit ``--rows`` list, with
+lease holds is the reference and a few batch rows, an explicit ``--rows`` list, with
 the matmul rates of that run (``--matmul-from``; its files are in
 experiments/results/h200-2026-11-30/) and, should the GPU's cost analysis again give no
-FLOPs, XLA:CPU's count of the same step: one call with ``carry: [".ref"]`` and
-``timeout_s: 560``::
+FLOPs, XLA:CPU's count of the same step. A row's optional fourth field adds a set of XLA
+flags to its worker (``XLA_PRESETS``): ``cublas`` leaves matrix products to cuBLAS instead
+of tuning Triton kernels for each (XLA:GPU compiles and times many tilings per product),
+``noautotune`` picks kernels without timing any, ``fastcompile`` does both. None of them is
+measured yet. The command below runs the rows with ``cublas``, batch 8 first (a smaller
+program to tune, so the likeliest batched figure), then batch 32 in bfloat16 and float32;
+batch 1 with XLA's defaults (20.4 ms/step, 126 s to compile) is what they are weighed
+against. One call with ``carry: [".ref"]`` and ``timeout_s: 560``::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_accelerator.py \
         --reference .ref/dgp --out $OUT --budget-s 540 --config-timeout-s 540 \
-        --partial-ok --first-estimate-s 200 --flops-per-image-step 1.678e11 \
+        --partial-ok --first-estimate-s 150 --flops-per-image-step 1.678e11 \
         --matmul-from experiments/results/h200-2026-11-30/run1_results.jsonl \
-        --rows auto:32:bfloat16,auto:32:float32
+        --rows auto:8:bfloat16:cublas,auto:32:bfloat16:cublas,auto:32:float32:cublas
 
 ``$OUT`` then holds three files. A worker killed by its timeout or an OOM keeps the
 numbers it had printed (steps first, then FLOPs, then selection), marked partial. XLA_FLAGS
-set for the command reach every worker (and are recorded in its row): e.g.
-``--xla_gpu_autotune_level=0`` trades XLA's kernel search for compile time (not measured
-yet). ``experiments/accelerator_run.sh`` is the whole first call of 2026-11-30 (environment,
-a smoke run, the per-layer lowering table, then this benchmark).
+set for the command reach every worker, before the row's own, and each row records the
+flags it ran with. ``experiments/accelerator_run.sh`` is the whole first call of 2026-11-30
+(environment, a smoke run, the per-layer lowering table, then this benchmark).
 
 On a CPU, the same code path with a tiny model::
 
@@ -92,6 +97,17 @@ MATMUL_PRECISION = {"float32": "highest", "tf32": "tensorfloat32", "bfloat16": "
 LARGEST = "largest"
 RESULT = "RESULT "
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OutOfMemory", "OOM")
+# XLA flag sets a row may add to its worker's XLA_FLAGS (the fourth field of a --rows entry),
+# to weigh compile time against kernel speed on a GPU. XLA:GPU tunes each matrix product by
+# compiling and timing Triton kernels in many tilings, and on the H200 the batch-32 step had
+# not compiled after 292 s; cuBLAS alone (no Triton GEMMs) or no autotuning at all are the
+# two cheaper searches. XLA:CPU accepts and ignores these flags.
+XLA_PRESETS = {
+    "default": (),
+    "cublas": ("--xla_gpu_enable_triton_gemm=false",),
+    "noautotune": ("--xla_gpu_autotune_level=0",),
+    "fastcompile": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"),
+}
 
 
 # =========================================================================== plan
@@ -104,13 +120,16 @@ def parse_batches(text: str) -> list:
 
 
 def parse_rows(text: str) -> list[tuple]:
-    """``--rows``: ``lowering:batch:precision,...`` (batch a number or ``largest``)."""
+    """``--rows``: ``lowering:batch:precision[:xla],...`` (batch a number or ``largest``;
+    xla one of XLA_PRESETS, default ``default``)."""
     rows = []
     for part in text.split(","):
         fields = part.strip().split(":")
-        if len(fields) != 3:
-            raise ValueError(f"{part!r} is not lowering:batch:precision")
-        lowering, batch, precision = fields
+        if len(fields) not in (3, 4):
+            raise ValueError(f"{part!r} is not lowering:batch:precision[:xla]")
+        lowering, batch, precision, xla = (fields + ["default"])[:4]
+        if xla not in XLA_PRESETS:
+            raise ValueError(f"{part!r}: xla {xla!r} is not one of {list(XLA_PRESETS)}")
         if lowering not in LOWERINGS:
             raise ValueError(f"{part!r}: lowering {lowering!r} is not one of {list(LOWERINGS)}")
         if precision not in PRECISIONS:
@@ -119,7 +138,7 @@ def parse_rows(text: str) -> list[tuple]:
             batch = parse_batches(batch)[0]
         except ValueError:
             raise ValueError(f"{part!r}: batch {batch!r} is neither a number nor largest") from None
-        rows.append((lowering, batch, precision))
+        rows.append((lowering, batch, precision, xla))
     return rows
 
 
@@ -127,8 +146,8 @@ def plan(args) -> list[dict]:
     """Every measurement, in priority order (the budget cuts from the end)."""
     rows = [{"kind": "matmul"}, {"kind": "reference", "batch": 1}]
     if args.rows:  # an explicit priority list instead of the grid
-        rows += [{"kind": "dgp", "lowering": lo, "batch": b, "precision": p}
-                 for lo, b, p in args.rows]  # fmt: skip
+        rows += [{"kind": "dgp", "lowering": lo, "batch": b, "precision": p, "xla": x}
+                 for lo, b, p, x in args.rows]  # fmt: skip
         return rows
     numeric = [b for b in args.batches if b != LARGEST]
     dgp = [
@@ -165,7 +184,9 @@ def describe(spec: dict) -> str:
         return "matmul rates"
     if spec["kind"] == "reference":
         return "reference (PyTorch) batch 1"
-    return f"dgp_jax {spec['lowering']} batch {spec['batch']} {spec['precision']}"
+    xla = spec.get("xla", "default")
+    extra = "" if xla == "default" else f" [{xla}]"
+    return f"dgp_jax {spec['lowering']} batch {spec['batch']} {spec['precision']}{extra}"
 
 
 # =========================================================================== workers
@@ -531,7 +552,7 @@ def worker_command(spec: dict) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
 
 
-def worker_env() -> dict:
+def worker_env(spec: dict | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
@@ -540,9 +561,10 @@ def worker_env() -> dict:
     env.setdefault("PYTHONUNBUFFERED", "1")
     # One device, as the benchmark measures (tests set 8 host devices for themselves).
     flags = env.get("XLA_FLAGS", "").split()
-    env["XLA_FLAGS"] = " ".join(
-        f for f in flags if not f.startswith("--xla_force_host_platform_device_count")
-    )
+    flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
+    added = XLA_PRESETS[(spec or {}).get("xla", "default")]
+    # the row's set last: XLA takes the last value of a flag given twice
+    env["XLA_FLAGS"] = " ".join(flags + list(added))
     return env
 
 
@@ -550,7 +572,7 @@ def run_worker(spec: dict, timeout: float, log) -> tuple[str, dict, float, str]:
     """(status, result, wall seconds, reason): status ok / oom / failed / timeout."""
     start = time.perf_counter()
     proc = subprocess.Popen(worker_command(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=worker_env(), cwd=str(REPO),
+                            text=True, env=worker_env(spec), cwd=str(REPO),
                             start_new_session=True)  # fmt: skip
     try:
         out, err = proc.communicate(timeout=max(1.0, timeout))
@@ -779,6 +801,7 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
             order.get(r.get("lowering"), -1),
             precision_order.get(r.get("precision"), -1),
             r["batch"],
+            r.get("xla", "default"),
         )
     )
     for r in measured:
@@ -791,7 +814,8 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
         else:
             prec = r["precision"]
         out.append(
-            f"| {'dgp_jax' if r['kind'] == 'dgp' else 'reference'} | {r.get('lowering', '-')} "
+            f"| {'dgp_jax' if r['kind'] == 'dgp' else 'reference'} | {r.get('lowering', '-')}"
+            f"{'' if r.get('xla', 'default') == 'default' else ' [' + r['xla'] + ']'} "
             f"| {prec} | {r['batch']}{'' if r['status'] == 'ok' else ' (' + r['status'] + ')'} "
             f"| {r['s_per_step_per_image']:.4g} "
             f"| {_fmt(r.get('s_per_select_per_image'))} | {_fmt(r.get('compile_s'), '{:.1f}')} "
@@ -831,6 +855,10 @@ def read_matmul_row(path: str, parser: argparse.ArgumentParser) -> dict:
     return found[0]
 
 
+def _presets_help() -> str:
+    return "; ".join(f"{name} {' '.join(flags) or '(none)'}" for name, flags in XLA_PRESETS.items())
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line, with --tiny's and the full run's defaults filled in."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -849,8 +877,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lowerings", help=f"comma-separated, of {','.join(LOWERINGS)}")
     p.add_argument(
         "--rows",
-        help="instead of the grid, these rows in this order: "
-        "lowering:batch:precision,... (e.g. auto:64:bfloat16,vmap:largest:float32)",
+        help="instead of the grid, these rows in this order: lowering:batch:precision[:xla],"
+        "... (e.g. auto:64:bfloat16,vmap:largest:float32:cublas); xla adds XLA flags to the "
+        "row's worker: " + _presets_help(),
     )
     p.add_argument("--precisions", help=f"comma-separated, of {','.join(PRECISIONS)}")
     p.add_argument("--steps", type=int, default=4, help="warm steps per row (median of diffs)")

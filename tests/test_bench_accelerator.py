@@ -98,7 +98,7 @@ def test_tiny_run_end_to_end(bench, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- stand-ins
 FAKE = r"""
-import json, sys, time
+import json, os, sys, time
 spec = json.loads(sys.argv[1])
 behaviour = json.loads(sys.argv[2])
 time.sleep(behaviour.get("sleep", 0.0))
@@ -114,7 +114,7 @@ else:
            "peak_bytes": 4e9 + 1e9 * b, "peak_bytes_per_image": (4e9 + 1e9 * b) / b,
            "param_bytes_per_image": 0.2e9, "adam_bytes_per_image": 0.4e9,
            "flops_per_step": 1e12 * b, "s_per_step_with_metrics": 0.02, "torch": "fake",
-           "cudnn_allow_tf32": True}
+           "cudnn_allow_tf32": True, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 if spec["kind"] == "dgp" and b == behaviour.get("hang_at"):
     print("RESULT " + json.dumps({**row, "partial": "steps only"}), flush=True)
     time.sleep(60)
@@ -203,10 +203,47 @@ def test_explicit_rows_replace_the_grid(bench):
     assert args.precisions == ["float32", "bfloat16"]  # the matmul rates measured
 
 
+def test_rows_add_their_xla_flags_to_their_own_worker(bench, tmp_path, monkeypatch):
+    """A fourth field names a set of XLA flags for that row's worker alone, after the
+    command's own XLA_FLAGS (XLA takes the last value of a flag given twice)."""
+    fake_workers(bench, monkeypatch)
+    monkeypatch.setenv(
+        "XLA_FLAGS", "--xla_gpu_autotune_level=2 --xla_force_host_platform_device_count=8"
+    )
+    out = tmp_path / "out"
+    argv = [
+        "--out",
+        str(out),
+        "--rows",
+        "auto:1:float32,auto:1:float32:fastcompile,im2col:2:bfloat16:cublas",
+    ]
+    args = bench.parse_args(argv)
+    assert args.rows == [("auto", 1, "float32", "default"), ("auto", 1, "float32", "fastcompile"),
+                         ("im2col", 2, "bfloat16", "cublas")]  # fmt: skip
+    assert [bench.describe(s) for s in bench.plan(args)][2:] == [
+        "dgp_jax auto batch 1 float32",
+        "dgp_jax auto batch 1 float32 [fastcompile]",
+        "dgp_jax im2col batch 2 bfloat16 [cublas]",
+    ]
+    assert bench.main(argv) == 0
+    flags = [r["xla_flags"] for r in read_rows(out) if r["kind"] == "dgp"]
+    assert flags == [
+        "--xla_gpu_autotune_level=2",
+        "--xla_gpu_autotune_level=2 --xla_gpu_enable_triton_gemm=false --xla_gpu_autotune_level=0",
+        "--xla_gpu_autotune_level=2 --xla_gpu_enable_triton_gemm=false",
+    ]
+    table = (out / "table.md").read_text()
+    assert "| dgp_jax | auto | float32 | 1 |" in table
+    assert "| dgp_jax | auto [fastcompile] | float32 | 1 |" in table
+    assert "| dgp_jax | im2col [cublas] | bfloat16 | 2 |" in table
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ("auto:1", "'auto:1' is not lowering:batch:precision"),
+        ("auto:1", "'auto:1' is not lowering:batch:precision[:xla]"),
+        ("auto:1:float32:turbo", "xla 'turbo' is not one of ['default', 'cublas'"),
+        ("auto:1:float32:cublas:x", "is not lowering:batch:precision[:xla]"),
         ("fast:1:float32", "lowering 'fast' is not one of"),
         ("auto:1:float16", "precision 'float16' is not one of"),
         ("auto:big:float32", "batch 'big' is neither a number nor largest"),
