@@ -137,22 +137,26 @@ def test_fgsm_on_resnet50_raises_each_images_loss():
 
 # --------------------------------------------------------------------------- dgp-jax attack
 def test_attack_command_writes_the_images_their_labels_and_a_record(tmp_path, tmp_path_factory):
-    from dgp_jax import cli
+    from dgp_jax import attacks, cli
     from dgp_jax.images import load_image, read_image
     from tests._resnet import resnet50_weights_folder
     from tests.test_runner import make_photos
 
-    photos = make_photos(tmp_path / "photos", 2)
-    (tmp_path / "photos" / "list.txt").write_text("p1.png 417\n")  # p0: no class given
+    photos = make_photos(tmp_path / "photos", 3)
+    (tmp_path / "photos" / "list.txt").write_text("p1.png 417\n")  # p0, p2: no class given
     out, eps = tmp_path / "attacked", "4/255"
     argv = ["attack", str(tmp_path / "photos"), "--out", str(out), "--resolution", "32",
             "--nets", str(resnet50_weights_folder(tmp_path_factory)), "--method", "fgsm",
-            "--eps", eps]  # fmt: skip
+            "--eps", eps, "--batch", "2"]  # fmt: skip
+    compiled = attacks._pgd._cache_size()
     assert cli.main(argv) == 0
+    # Batches of 2 and 1: the short one ran the program of the full one (no other test
+    # attacks 32 px images, so this run compiled exactly one).
+    assert attacks._pgd._cache_size() == compiled + 1
     assert sorted(p.name for p in out.iterdir()) == ["attack.json", "labels.lst", "p0.png",
-                                                     "p1.png"]  # fmt: skip
+                                                     "p1.png", "p2.png"]  # fmt: skip
     record = json.loads((out / "attack.json").read_text())
-    assert record["method"] == "fgsm" and record["steps"] == 1 and record["images"] == 2
+    assert record["method"] == "fgsm" and record["steps"] == 1 and record["images"] == 3
     assert record["eps"] == 4 / 255 and record["step_size"] == 4 / 255
     lines = (out / "labels.lst").read_text().splitlines()
     assert lines[1] == "p1.png 417"  # the input's class; p0's is the clean prediction
