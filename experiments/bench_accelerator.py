@@ -273,6 +273,28 @@ def capturing_make_step(make_step, captured: dict, compile_ahead: bool = False):
     return wrapped
 
 
+def solve_with_step(wrap, model, config, batch: int, lowering: str) -> None:
+    """One ``dgp_jax.restore`` of ``batch`` random images on one device, with
+    ``solve._make_step`` replaced by ``wrap(solve._make_step)`` (and the step cache cleared
+    before and after, so that the wrapper sees a fresh step and leaves none behind)."""
+    import numpy as np
+
+    import dgp_jax
+    from dgp_jax import solve
+
+    make_step = solve._make_step
+    solve._make_step = wrap(make_step)
+    solve._cached_step.cache_clear()
+    try:
+        shape = (batch, model.config.resolution, model.config.resolution, 3)
+        images = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+        dgp_jax.restore(model, images, np.arange(batch), config, 0, mesh=_one_device_mesh(),
+                        lowering=lowering)  # fmt: skip
+    finally:
+        solve._make_step = make_step
+        solve._cached_step.cache_clear()
+
+
 def worker_dgp(spec: dict) -> dict:
     """One (lowering, batch, precision): step, selection, compile, memory and FLOPs."""
     import jax

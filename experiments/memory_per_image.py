@@ -14,34 +14,23 @@ the real peak there).
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
-import numpy as np
 
 # This script's folder is on sys.path when it runs as `python experiments/...`.
-from bench_accelerator import capturing_make_step
-from jax.sharding import Mesh
+from bench_accelerator import capturing_make_step, solve_with_step
 
 import dgp_jax
-from dgp_jax import solve
 from dgp_jax.nets.biggan import BigGANConfig
 
 
 def step_memory(model, config, batch: int, lowering: str) -> dict:
     """XLA's memory analysis of the compiled step for ``batch`` images."""
     captured = {}
-    make_step = solve._make_step
     # compiled ahead from the step's arguments: the analysis needs no second compile
-    solve._make_step = capturing_make_step(make_step, captured, compile_ahead=True)
-    solve._cached_step.cache_clear()
-    try:
-        shape = (batch, model.config.resolution, model.config.resolution, 3)
-        images = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-        mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-        dgp_jax.restore(model, images, np.arange(batch), config, 0, mesh=mesh, lowering=lowering)
-    finally:
-        solve._make_step = make_step
-        solve._cached_step.cache_clear()
+    wrap = functools.partial(capturing_make_step, captured=captured, compile_ahead=True)
+    solve_with_step(wrap, model, config, batch, lowering)
     analysis = captured["compiled"].memory_analysis()
     return {
         "arguments": analysis.argument_size_in_bytes,

@@ -19,11 +19,11 @@ import collections
 import re
 
 import jax
-import numpy as np
-from jax.sharding import Mesh
+
+# This script's folder is on sys.path when it runs as `python experiments/...`.
+from bench_accelerator import solve_with_step
 
 import dgp_jax
-from dgp_jax import solve
 from dgp_jax.nets.biggan import BigGANConfig
 
 OPS = ("dot_general", "convolution")
@@ -37,29 +37,23 @@ class _Lowered(Exception):
 def lowered_step_text(model, config, batch: int, lowering: str) -> str:
     """The StableHLO text of the solver's step for ``batch`` images."""
     captured = {}
-    make_step = solve._make_step
 
-    def lowering_only(prog, tx, mesh):
-        fn = make_step(prog, tx, mesh)
+    def lowering_only(make_step):
+        def make(prog, tx, mesh):
+            fn = make_step(prog, tx, mesh)
 
-        def step(*args):
-            captured["text"] = fn.lower(*args).as_text()
-            raise _Lowered
+            def step(*args):
+                captured["text"] = fn.lower(*args).as_text()
+                raise _Lowered
 
-        return step
+            return step
 
-    solve._make_step = lowering_only
-    solve._cached_step.cache_clear()
+        return make
+
     try:
-        shape = (batch, model.config.resolution, model.config.resolution, 3)
-        images = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-        mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-        dgp_jax.restore(model, images, np.arange(batch), config, 0, mesh=mesh, lowering=lowering)
+        solve_with_step(lowering_only, model, config, batch, lowering)
     except _Lowered:
         pass
-    finally:
-        solve._make_step = make_step
-        solve._cached_step.cache_clear()
     return captured["text"]
 
 
