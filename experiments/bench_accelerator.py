@@ -53,13 +53,15 @@ of tuning Triton kernels for each (XLA:GPU compiles and times many tilings per p
 measured yet. The command below runs the rows with ``cublas``, batch 8 first (a smaller
 program to tune, so the likeliest batched figure), then batch 32 in bfloat16 and float32;
 batch 1 with XLA's defaults (20.4 ms/step, 126 s to compile) is what they are weighed
-against. One call with ``carry: [".ref"]`` and ``timeout_s: 560``::
+against. Last, batch 32 with XLA's defaults: it starts only if 150 s are left, and so gets
+the lease should the ``cublas`` rows fail at once. One call with ``carry: [".ref"]`` and
+``timeout_s: 560``::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_accelerator.py \
         --reference .ref/dgp --out $OUT --budget-s 540 --config-timeout-s 540 \
         --partial-ok --first-estimate-s 150 --flops-per-image-step 1.678e11 \
         --matmul-from experiments/results/h200-2026-11-30/run1_results.jsonl \
-        --rows auto:8:bfloat16:cublas,auto:32:bfloat16:cublas,auto:32:float32:cublas
+    --rows auto:8:bfloat16:cublas,auto:32:bfloat16:cublas,auto:32:float32:cublas,auto:32:bfloat16
 
 ``$OUT`` then holds three files. A worker killed by its timeout or an OOM keeps the
 numbers it had printed (steps first, then FLOPs, then selection), marked partial. XLA_FLAGS

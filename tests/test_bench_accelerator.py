@@ -327,3 +327,24 @@ def test_earlier_matmul_rates_must_be_there(bench, tmp_path, capsys, content, me
     assert exit_info.value.code == 2
     assert f"--matmul-from {path}: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_the_next_lease_command_in_the_docstring_parses(bench, monkeypatch):
+    """The one command a GPU session is told to run is accepted as written (its
+    --matmul-from file is in the repository), with the rows in the order it promises."""
+    import shlex
+
+    doc = bench.__doc__
+    start = doc.index("PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_accelerator.py")
+    words = shlex.split(doc[start : doc.index("``$OUT``", start)])
+    assert words[:4] == ["PYTHONUNBUFFERED=1", "PYTHONPATH=.", "python3",
+                         "experiments/bench_accelerator.py"]  # fmt: skip
+    monkeypatch.chdir(bench.REPO)
+    args = bench.parse_args([w.replace("$OUT", "out") for w in words[4:]])
+    assert args.earlier_matmul["tflops"]["bfloat16"] > 0
+    assert [bench.describe(s) for s in bench.plan(args)][2:] == [
+        "dgp_jax auto batch 8 bfloat16 [cublas]",
+        "dgp_jax auto batch 32 bfloat16 [cublas]",
+        "dgp_jax auto batch 32 float32 [cublas]",
+        "dgp_jax auto batch 32 bfloat16",
+    ]
