@@ -91,11 +91,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from dgp_jax.nets import per_image
+from dgp_jax.solve import PRECISIONS as SOLVER_PRECISIONS
+
 REPO = Path(__file__).resolve().parents[1]
 REF_TOOLS = REPO.parent / "shared" / "reference_tools"
-LOWERINGS = ("auto", "vmap", "im2col", "shifted", "unrolled")
-PRECISIONS = ("float32", "tf32", "bfloat16")
-MATMUL_PRECISION = {"float32": "highest", "tf32": "tensorfloat32", "bfloat16": "default"}
+LOWERINGS = ("auto",) + per_image.LOWERINGS
+PRECISIONS = tuple(SOLVER_PRECISIONS)
 LARGEST = "largest"
 RESULT = "RESULT "
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OutOfMemory", "OOM")
@@ -224,7 +226,8 @@ def worker_matmul(spec: dict) -> dict:
         ka, kb = jax.random.split(jax.random.PRNGKey(0))
         a = jax.random.normal(ka, (n, n), dtype)
         b = jax.random.normal(kb, (n, n), dtype)
-        with jax.default_matmul_precision(MATMUL_PRECISION[precision]):
+        # the solver's matmul precision for this precision (float32: full, HIGHEST)
+        with jax.default_matmul_precision(SOLVER_PRECISIONS[precision][0]):
             f = jax.jit(lambda x, y: x @ y)
             for _ in range(2):
                 f(a, b).block_until_ready()

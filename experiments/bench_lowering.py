@@ -34,6 +34,7 @@ import numpy as np
 
 from dgp_jax.nets.biggan import BigGANConfig
 from dgp_jax.nets.per_image import LOWERINGS, auto_lowering, conv2d, per_image_lowering
+from dgp_jax.solve import PRECISIONS as SOLVER_PRECISIONS
 
 
 def generator_conv_shapes(config: BigGANConfig) -> list[tuple[int, int, int, int]]:
@@ -48,9 +49,10 @@ def generator_conv_shapes(config: BigGANConfig) -> list[tuple[int, int, int, int
     return list(dict.fromkeys(shapes))
 
 
-# The solver's precisions (dgp_jax.solve.PRECISIONS): matmul precision and array dtype.
-PRECISIONS = {"float32": ("float32", jnp.float32), "tf32": ("tensorfloat32", jnp.float32),
-              "bfloat16": ("bfloat16", jnp.bfloat16)}  # fmt: skip
+# The solver's precisions: matmul precision and array dtype (None: float32 arrays).
+PRECISIONS = {
+    name: (matmul, dtype or jnp.float32) for name, (matmul, dtype) in SOLVER_PRECISIONS.items()
+}
 
 
 def layer_program(lowering: str, size: int, cin: int, cout: int, k: int, batch: int,
@@ -98,9 +100,13 @@ def measure(config: BigGANConfig, batch: int, precision: str, lowerings, repeats
             })  # fmt: skip
             if on_row:
                 on_row(rows[-1])
-    return {"backend": backend, "device": jax.devices()[0].device_kind, "batch": batch,
-            "precision": precision, "resolution": config.resolution, "ch": config.G_ch,
-            "rows": rows}  # fmt: skip
+    return {**run_context(config), "batch": batch, "precision": precision, "rows": rows}
+
+
+def run_context(config: BigGANConfig) -> dict:
+    """What every row of a run shares: where it ran and the model's size."""
+    return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "resolution": config.resolution, "ch": config.G_ch}  # fmt: skip
 
 
 def print_header(batch: int, precision: str, lowerings) -> None:
@@ -152,8 +158,7 @@ def main(argv=None) -> None:
     config = BigGANConfig(resolution=args.resolution, G_ch=args.ch, D_ch=args.ch)
     start = time.perf_counter()
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 - written row by row
-    context = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-               "resolution": config.resolution, "ch": config.G_ch}  # fmt: skip
+    context = run_context(config)
     for batch in batches:
         for precision in precisions:
             if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
