@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgp_jax.batching import pad_to
 from dgp_jax.model import BigGAN
 from dgp_jax.nets.biggan import BigGANConfig, Generator
 from dgp_jax.nets.layers import BUFFERS, PARAMS
@@ -128,15 +129,6 @@ def _chunk_sizes(outer: int, inner: int, batch_size: int | None) -> tuple[int, i
     return max(1, min(outer, batch_size // inner_chunk)), inner_chunk
 
 
-def _pad_to(a: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
-    """Pad ``axis`` to length n by repeating the last entry (one compiled shape)."""
-    short = n - a.shape[axis]
-    if short <= 0:
-        return a
-    last = np.take(a, [a.shape[axis] - 1], axis=axis)
-    return np.concatenate([a, np.repeat(last, short, axis=axis)], axis=axis)
-
-
 def _render_grid(
     model: BigGAN, params, z: np.ndarray, embedding: np.ndarray, batch_size: int | None
 ) -> np.ndarray:
@@ -153,11 +145,11 @@ def _render_grid(
     buffers = model.generator[BUFFERS]
     for start in range(0, batch, g):
         stop = min(start + g, batch)
-        index = _pad_to(np.arange(start, stop), g)
+        index = pad_to(np.arange(start, stop), g)
         for m0 in range(0, inner, m):
             m1 = min(m0 + m, inner)
-            zc = _pad_to(_pad_to(z[start:stop, m0:m1], g, 0), m, 1)
-            ec = _pad_to(_pad_to(embedding[start:stop, m0:m1], g, 0), m, 1)
+            zc = pad_to(pad_to(z[start:stop, m0:m1], g, 0), m, 1)
+            ec = pad_to(pad_to(embedding[start:stop, m0:m1], g, 0), m, 1)
             index_dev = jnp.asarray(index, jnp.int32)
             images = _render(model.config, buffers, params, index_dev, zc, ec)
             out[start:stop, m0:m1] = np.asarray(images)[: stop - start, : m1 - m0]
@@ -368,8 +360,8 @@ def _morph_frames(
     )
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)
-        ia, ib = (jnp.asarray(_pad_to(v[start:stop], chunk), jnp.int32) for v in (index_a, index_b))
-        al = jnp.asarray(_pad_to(alphas[start:stop], chunk))
+        ia, ib = (jnp.asarray(pad_to(v[start:stop], chunk), jnp.int32) for v in (index_a, index_b))
+        al = jnp.asarray(pad_to(alphas[start:stop], chunk))
         frames = _render_morph(model.config, buffers, *stacks_a, ia, *stacks_b, ib, al)
         out[start:stop] = np.asarray(frames)[: stop - start]
     return out

@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dgp_jax import degradations as degradations_lib
 from dgp_jax import metrics as metrics_lib
 from dgp_jax import perceptual
+from dgp_jax.batching import pad_to
 from dgp_jax.config import SolverConfig
 from dgp_jax.model import BigGAN
 from dgp_jax.nets import vgg as vgg_lib
@@ -581,9 +582,7 @@ def restore(
         padded = math.ceil(batch / n_dev) * n_dev
 
         def pad(a):
-            return (
-                np.concatenate([a, np.repeat(a[-1:], padded - batch, 0)]) if padded > batch else a
-            )
+            return pad_to(a, padded)
 
         shard = NamedSharding(mesh, PartitionSpec("data"))
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -831,8 +830,7 @@ def _select(model, prog, config, keys, classes, target_feats, z_candidates, clas
         emb = emb_candidates[:, start : start + chunk]
         n = zc.shape[1]
         if n < chunk:  # keep one compiled shape: pad the last chunk, drop its scores
-            zc = np.concatenate([zc, np.repeat(zc[:, -1:], chunk - n, 1)], 1)
-            emb = np.concatenate([emb, np.repeat(emb[:, -1:], chunk - n, 1)], 1)
+            zc, emb = pad_to(zc, chunk, axis=1), pad_to(emb, chunk, axis=1)
         scores.append((score(put_b(pad(zc)), put_b(pad(emb)), feats, aux_dev, g_vars, d_vars), n))
     select_loss = np.concatenate([np.asarray(out)[:batch, :n] for out, n in scores], axis=1)
     best = np.argmin(select_loss, axis=1)  # first minimum, as torch.argmin

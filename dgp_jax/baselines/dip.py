@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dgp_jax import degradations as deg_lib
 from dgp_jax.baselines.common import check_settings, image_keys, low_resolution, sr_factor
+from dgp_jax.batching import pad_to
 from dgp_jax.nets import dip_skip
 from dgp_jax.optim import torch_adam
 
@@ -210,9 +211,7 @@ def restore_with_keys(observed, degradation, keys, config: Mapping[str, Any]):
 
     mesh = _mesh(b)
     n_dev = mesh.devices.size
-    pad = (-b) % n_dev
-    keys = np.concatenate([keys, keys[-1:].repeat(pad, 0)]) if pad else keys
-    target = np.concatenate([target, target[-1:].repeat(pad, 0)]) if pad else target
+    keys, target = pad_to(keys, b + (-b) % n_dev), pad_to(target, b + (-b) % n_dev)
     shard = NamedSharding(mesh, PartitionSpec("data"))
     lowering = conv_lowering(config.get("lowering", "auto"), len(keys) // n_dev)
     init, stepper, renderer = _programs(spec, schedule, degradation, factor, mesh, (h, w),

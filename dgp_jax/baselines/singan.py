@@ -79,6 +79,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dgp_jax.baselines.common import sr_factor
+from dgp_jax.batching import pad_to
 from dgp_jax.nets import singan as nets
 
 Array = Any
@@ -597,7 +598,7 @@ def train(
         warnings.warn(message, stacklevel=2)
     mesh = mesh or default_mesh(batch)
     padded = math.ceil(batch / mesh.devices.size) * mesh.devices.size
-    images = np.concatenate([images, np.repeat(images[-1:], padded - batch, 0)])
+    images = pad_to(images, padded)
     per_image = [pyramid(from_uint8(im), the_plan) for im in images]
     reals = [np.stack([p[n] for p in per_image]) for n in range(the_plan.num_scales)]
     shard = NamedSharding(mesh, PartitionSpec("data"))

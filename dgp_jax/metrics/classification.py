@@ -42,6 +42,7 @@ from jax.sharding import Mesh, PartitionSpec
 from PIL import Image
 
 from dgp_jax import pth
+from dgp_jax.batching import pad_to
 from dgp_jax.metrics.weights import WeightFile, locate
 from dgp_jax.nets import resnet
 
@@ -206,9 +207,7 @@ class ResNet50:
         forward = _sharded_logits(_mesh(chunk))
         out = []
         for start in range(0, n, chunk):
-            part = batch[start : start + chunk]
-            if len(part) < chunk:
-                part = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), axis=0)])
+            part = pad_to(batch[start : start + chunk], chunk)
             logits = forward(self.params, jnp.asarray(part, jnp.float32))
             out.append(np.asarray(logits)[: n - start])
         return np.concatenate(out)

@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from dgp_jax.batching import pad_to
 from dgp_jax.images import ImageError, encode_uint8, load_image
 from dgp_jax.run.folder import OutputDir
 from dgp_jax.run.plan import check_classes, plan_inputs
@@ -101,11 +102,10 @@ def run_attack(options: AttackOptions) -> dict:
         # A short last batch is filled up with copies of its last image, so that the attack
         # runs the program compiled for the full batches instead of compiling another (the
         # images do not interact: each one's gradient is its own loss's).
-        fill = options.batch - len(chunk) if len(items) > options.batch else 0
+        full = options.batch if len(items) > options.batch else len(chunk)
         adversarial = attacks.pgd_linf(
-            logits_fn, classifier.params, np.concatenate([images] + [images[-1:]] * fill),
-            np.concatenate([labels] + [labels[-1:]] * fill), eps=options.eps, steps=steps,
-            step_size=step_size, key=chunk_key,
+            logits_fn, classifier.params, pad_to(images, full), pad_to(labels, full),
+            eps=options.eps, steps=steps, step_size=step_size, key=chunk_key,
         )[: len(chunk)]  # fmt: skip
         # Rounded to 8 bits (not truncated, as results are saved): the file stays within
         # the budget to half a level, and is scored as written, through the metric's PIL
