@@ -188,9 +188,18 @@ def describe(spec: dict) -> str:
         return "matmul rates"
     if spec["kind"] == "reference":
         return "reference (PyTorch) batch 1"
-    xla = spec.get("xla", "default")
-    extra = "" if xla == "default" else f" [{xla}]"
-    return f"dgp_jax {spec['lowering']} batch {spec['batch']} {spec['precision']}{extra}"
+    return f"dgp_jax {spec['lowering']} batch {spec['batch']} {spec['precision']}{xla_tag(spec)}"
+
+
+def xla_tag(row: dict) -> str:
+    """`` [cublas]`` for a row run with an XLA flag set, else nothing."""
+    xla = row.get("xla", "default")
+    return "" if xla == "default" else f" [{xla}]"
+
+
+def lowering_label(row: dict) -> str:
+    """The lowering, with the row's XLA flag set where it has one: ``auto [cublas]``."""
+    return row.get("lowering", "-") + xla_tag(row)
 
 
 # =========================================================================== workers
@@ -652,7 +661,11 @@ def memory_key(rows: list[dict]) -> str:
 def fit_memory(rows: list[dict]) -> tuple[float, float] | None:
     """(fixed bytes, bytes per image) through the memory of finished batches."""
     key = memory_key(rows)
-    points = sorted({(r["batch"], r[key]) for r in rows if r.get(key)})
+    most: dict = {}  # one point per batch (rows of other XLA flags may share one): its most
+    for r in rows:
+        if r.get(key):
+            most[r["batch"]] = max(most.get(r["batch"], 0), r[key])
+    points = sorted(most.items())
     if not points:
         return None
     if len(points) == 1:
@@ -665,10 +678,20 @@ def fit_memory(rows: list[dict]) -> tuple[float, float] | None:
     return max(0.0, p2 - per * b2), per
 
 
-def largest_batch(rows: list[dict], lowering: str, precision: str, fraction: float):
-    """(batch to try or None, reason) for the largest batch that fits."""
-    ran = [r for r in rows if r.get("kind") == "dgp" and r.get("status") == "ok"
-           and r["lowering"] == lowering and r["precision"] == precision]  # fmt: skip
+def setting(row: dict) -> tuple:
+    """What a dgp_jax row measures apart from its batch: lowering, precision, XLA flags."""
+    return row.get("lowering"), row.get("precision"), row.get("xla", "default")
+
+
+def ran_like(rows: list[dict], spec: dict) -> list[dict]:
+    """The finished dgp_jax rows of ``spec``'s setting."""
+    return [r for r in rows if r.get("kind") == "dgp" and r.get("status") == "ok"
+            and setting(r) == setting(spec)]  # fmt: skip
+
+
+def largest_batch(rows: list[dict], spec: dict, fraction: float):
+    """(batch to try or None, reason) for the largest batch of ``spec``'s setting that fits."""
+    ran = ran_like(rows, spec)
     if not ran:
         return None, "no batch of this lowering and precision ran"
     limit = max((r.get("bytes_limit") or 0) for r in ran)
@@ -755,8 +778,8 @@ def memory_lines(rows: list[dict], args) -> list[str]:
             and r.get("status") == "ok"
             and (r.get("peak_bytes") or r.get("program_bytes"))
         ):
-            groups.setdefault((r["lowering"], r["precision"]), []).append(r)
-    for (lowering, precision), rs in groups.items():
+            groups.setdefault(setting(r), []).append(r)
+    for (_, precision, _), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["batch"])
         fixed, per = fit_memory(rs)
         source = "XLA" if memory_key(rs) == "program_bytes" else "peak"
@@ -765,7 +788,8 @@ def memory_lines(rows: list[dict], args) -> list[str]:
         params, adam = big["param_bytes_per_image"], big["adam_bytes_per_image"]
         fits = int((limit - fixed) // per) if limit else None
         lines.append(
-            f"| {lowering} | {precision} | {', '.join(str(r['batch']) for r in rs)} | {source} "
+            f"| {lowering_label(rs[0])} | {precision} "
+            f"| {', '.join(str(r['batch']) for r in rs)} | {source} "
             f"| {fixed / 1e9:.2f} | {per / 1e9:.3f} | {params / 1e9:.3f} | {adam / 1e9:.3f} "
             f"| {max(0.0, per - params - adam) / 1e9:.3f} | {_fmt(fits)} |"
         )
@@ -841,8 +865,7 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
         else:
             prec = r["precision"]
         out.append(
-            f"| {'dgp_jax' if r['kind'] == 'dgp' else 'reference'} | {r.get('lowering', '-')}"
-            f"{'' if r.get('xla', 'default') == 'default' else ' [' + r['xla'] + ']'} "
+            f"| {'dgp_jax' if r['kind'] == 'dgp' else 'reference'} | {lowering_label(r)} "
             f"| {prec} | {r['batch']}{'' if r['status'] == 'ok' else ' (' + r['status'] + ')'} "
             f"| {r['s_per_step_per_image']:.4g} "
             f"| {_fmt(r.get('s_per_select_per_image'))} | {_fmt(r.get('compile_s'), '{:.1f}')} "
@@ -1052,14 +1075,11 @@ def main(argv=None) -> int:
             record({**spec, "status": "skipped", "reason": why})
             continue
         if spec["kind"] == "dgp" and spec["batch"] == LARGEST:
-            batch, why = largest_batch(rows, spec["lowering"], spec["precision"],
-                                       args.fit_fraction)  # fmt: skip
+            batch, why = largest_batch(rows, spec, args.fit_fraction)
             if batch is None:
                 record({**spec, "status": "skipped", "reason": f"largest: {why}"})
                 continue
-            good = max(r["batch"] for r in rows if r.get("kind") == "dgp"
-                       and r.get("status") == "ok" and r["lowering"] == spec["lowering"]
-                       and r["precision"] == spec["precision"])  # fmt: skip
+            good = max(r["batch"] for r in ran_like(rows, spec))
             log(f"largest batch for {spec['lowering']} {spec['precision']}: {batch} ({why})")
             for _attempt in range(3):
                 row = measure({**spec, "batch": batch})

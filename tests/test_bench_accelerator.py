@@ -310,6 +310,25 @@ def test_memory_fit_prefers_the_compiled_steps_buffers(bench):
     assert (fixed, per) == pytest.approx((8e9 - 1e9 / 3, 1e9 / 3))
 
 
+def test_rows_of_one_batch_under_other_xla_flags_are_fitted_apart(bench, tmp_path, monkeypatch):
+    """The next lease's command runs batch 32 with cublas and with XLA's defaults: each
+    gets its own memory line and largest batch, and two rows of one batch make one point."""
+    fake_workers(bench, monkeypatch)
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--rows",
+            "auto:8:float32:cublas,auto:8:float32,auto:largest:float32:cublas"]  # fmt: skip
+    assert bench.main(argv) == 0
+    table = (out / "table.md").read_text()
+    assert "| auto [cublas] | float32 | 8, 60 | peak |" in table
+    assert "| auto | float32 | 8 | peak |" in table
+    largest = [r for r in read_rows(out) if r.get("largest")]
+    assert [bench.setting(r) for r in largest] == [("auto", "float32", "cublas")]
+    # 4 GB + 1 GB/image at batch 8 alone: 1.5 GB per image; 90 GB of 100 fits 60
+    assert largest[0]["batch"] == 60
+    two = [{"batch": 8, "peak_bytes": 12e9}, {"batch": 8, "peak_bytes": 13e9}]
+    assert bench.fit_memory(two) == pytest.approx((0.0, 13e9 / 8))  # the larger one
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
