@@ -27,7 +27,8 @@ rates, the reference, ``auto`` at every batch x precision (batch 1 float32 first
 largest batches in float32 and bfloat16), the other lowerings at batches 8 and 32 in
 float32 and bfloat16, then the rest. Results are written as they come: ``results.jsonl``
 (one JSON object per row, skipped rows included), ``log.txt`` (the plan, progress, the
-tail of each worker's stderr) and, at the end, ``table.md`` (the markdown for
+tail of each worker's stderr), ``stderr.txt`` (each worker's stderr, written as it comes,
+up to 2 MiB each) and, at the end, ``table.md`` (the markdown for
 BENCHMARKS.md, with date and device, images/hour for the preset's whole schedule, the ratio
 to the reference, and how many images fit in flight).
 
@@ -63,11 +64,12 @@ the lease should the ``cublas`` rows fail at once. One call with ``carry: [".ref
         --matmul-from experiments/results/h200-2026-11-30/run1_results.jsonl \
     --rows auto:8:bfloat16:cublas,auto:32:bfloat16:cublas,auto:32:float32:cublas,auto:32:bfloat16
 
-``$OUT`` then holds three files. A worker killed by its timeout or an OOM keeps the
-numbers it had printed (steps first, then FLOPs, then selection), marked partial. XLA_FLAGS
-set for the command reach every worker, before the row's own, and each row records the
-flags it ran with. ``experiments/accelerator_run.sh`` is the whole first call of 2026-11-30
-(environment, a smoke run, the per-layer lowering table, then this benchmark).
+``$OUT`` then holds these four files. A worker killed by its timeout or an OOM
+keeps the numbers it had printed (steps first, then FLOPs, then selection), marked
+partial. XLA_FLAGS set for the command reach every worker, before the row's own, and each
+row records the flags it ran with. ``experiments/accelerator_run.sh`` is the whole first
+call of 2026-11-30 (environment, a smoke run, the per-layer lowering table, then this
+benchmark).
 
 On a CPU, the same code path with a tiny model::
 
@@ -100,6 +102,7 @@ LOWERINGS = ("auto",) + per_image.LOWERINGS
 PRECISIONS = tuple(SOLVER_PRECISIONS)
 LARGEST = "largest"
 RESULT = "RESULT "
+STDERR_BYTES_PER_WORKER = 2 * 2**20
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OutOfMemory", "OOM")
 # XLA flag sets a row may add to its worker's XLA_FLAGS (the fourth field of a --rows entry),
 # to weigh compile time against kernel speed on a GPU. XLA:GPU tunes each matrix product by
@@ -604,31 +607,61 @@ def worker_env(spec: dict | None = None) -> dict:
     return env
 
 
-def run_worker(spec: dict, timeout: float, log) -> tuple[str, dict, float, str]:
-    """(status, result, wall seconds, reason): status ok / oom / failed / timeout."""
+def run_worker(spec: dict, timeout: float, log, stderr_path: Path) -> tuple[str, dict, float, str]:
+    """(status, result, wall seconds, reason): status ok / oom / failed / timeout.
+
+    The worker's stderr is appended straight to ``stderr_path`` under a header naming the row,
+    so it is there even when the whole command is killed mid-row (a lease's limit); the log
+    gets its tail. One file for all workers: a lease returns at most 8 files."""
     start = time.perf_counter()
-    proc = subprocess.Popen(worker_command(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=worker_env(spec), cwd=str(REPO),
-                            start_new_session=True)  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=max(1.0, timeout))
-    except subprocess.TimeoutExpired:
-        with _suppress():
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        wall = time.perf_counter() - start
-        _log_tail(log, spec, err)
-        return "timeout", _last_result(out), wall, f"killed after {timeout:.0f} s"
+    with open(stderr_path, "a") as err_file:
+        err_file.write(f"=== {describe(spec)}\n")
+        err_file.flush()
+        begin = err_file.tell()
+        proc = subprocess.Popen(worker_command(spec), stdout=subprocess.PIPE, stderr=err_file,
+                                text=True, env=worker_env(spec), cwd=str(REPO),
+                                start_new_session=True)  # fmt: skip
+        try:
+            out, _ = proc.communicate(timeout=max(1.0, timeout))
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            with _suppress():
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            timed_out = True
     wall = time.perf_counter() - start
-    _log_tail(log, spec, err)
+    err = _keep_within(stderr_path, begin, STDERR_BYTES_PER_WORKER)
+    _log_tail(log, spec, err, stderr_path)
     result = _last_result(out)
+    if timed_out:
+        return "timeout", result, wall, f"killed after {timeout:.0f} s"
     if proc.returncode == 0 and result:
         return "ok", result, wall, ""
-    text = (err or "") + (out or "")
+    text = err + (out or "")
     last = [s for s in text.strip().splitlines() if s.strip()][-1:] or [""]
     if any(m in text for m in OOM_MARKERS):
         return "oom", result, wall, f"out of memory (exit {proc.returncode}): {last[0][:200]}"
     return "failed", result, wall, f"exit {proc.returncode}: {last[0][:200]}"
+
+
+def _keep_within(path: Path, begin: int, limit: int) -> str:
+    """The text a worker wrote to ``path`` from byte ``begin`` on; past ``limit`` bytes only
+    its first and last halves stay in the file (a file over 16 MiB would not come back)."""
+    with open(path, "rb") as f:
+        f.seek(begin)
+        data = f.read()
+    if len(data) > limit:
+        cut = len(data) - limit
+        mark = f"\n[... {cut} bytes left out ...]\n".encode()
+        data = data[: limit // 2] + mark + data[-(limit // 2) :]
+        with open(path, "r+b") as f:
+            f.seek(begin)
+            f.write(data)
+            f.truncate()
+    if not data.endswith(b"\n"):
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    return data.decode(errors="replace")
 
 
 def _last_result(out: str | None) -> dict:
@@ -645,9 +678,10 @@ class _suppress:
         return True
 
 
-def _log_tail(log, spec, err):
+def _log_tail(log, spec, err, path):
     if err and err.strip():
-        log(f"--- stderr of {describe(spec)} (last 3000 chars)\n{err[-3000:]}")
+        log(f"--- stderr of {describe(spec)} (its last 3000 characters; more in {path.name})\n"
+            f"{err[-3000:]}")  # fmt: skip
 
 
 def memory_key(rows: list[dict]) -> str:
@@ -707,11 +741,16 @@ def largest_batch(rows: list[dict], spec: dict, fraction: float):
 
 
 def estimate(spec: dict, rows: list[dict], first: float) -> float:
-    """Seconds the measurement should take: the finished row most like it."""
+    """Seconds the measurement should take: the finished row most like it (the same lowering,
+    precision and XLA flags if one ran, else the same lowering and flags, else the same
+    lowering), at the nearest batch."""
     same = [r for r in rows if r.get("kind") == spec["kind"] and r.get("wall_s")]
     if spec["kind"] != "dgp" or not same:
         return same[-1]["wall_s"] if same else first
-    like = [r for r in same if r["lowering"] == spec["lowering"]] or same
+    lowering, _, xla = setting(spec)
+    like = ([r for r in same if setting(r) == setting(spec)]
+            or [r for r in same if (r["lowering"], r.get("xla", "default")) == (lowering, xla)]
+            or [r for r in same if r["lowering"] == lowering] or same)  # fmt: skip
     b = spec["batch"] if isinstance(spec["batch"], int) else 10**9
     return min(like, key=lambda r: (abs(math.log(max(r["batch"], 1) / max(b, 1))),
                                     -r["wall_s"]))["wall_s"]  # fmt: skip
@@ -994,6 +1033,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     results.write_text("")
+    (out / "stderr.txt").write_text("")
     log_file = open(out / "log.txt", "w")  # noqa: SIM115 - kept open for the whole run
 
     def log(text: str):
@@ -1056,7 +1096,8 @@ def main(argv=None) -> int:
                         warm_steps=2, steps=args.ref_steps, select=args.ref_select,
                         mode=schedule["mode"], stage=schedule["stage"])  # fmt: skip
         log(f"[{time.perf_counter() - t0:6.1f} s] {describe(spec)} ...")
-        status, result, wall, reason = run_worker(work, min(args.config_timeout_s, left), log)
+        status, result, wall, reason = run_worker(work, min(args.config_timeout_s, left), log,
+                                                  out / "stderr.txt")  # fmt: skip
         row = {**spec, **result, "status": status, "wall_s": wall}
         if reason:
             row["reason"] = reason

@@ -94,6 +94,13 @@ def test_tiny_run_end_to_end(bench, tmp_path, monkeypatch):
     assert "Measured matmul rate" in table
     log = (out / "log.txt").read_text()
     assert "plan (6 measurements" in log and "RESOURCE_EXHAUSTED" in log
+    # every worker's stderr, under its row's header, in the order they ran
+    stderr = (out / "stderr.txt").read_text()
+    headers = [line for line in stderr.splitlines() if line.startswith("=== ")]
+    assert headers == ["=== matmul rates", "=== dgp_jax auto batch 2 float32",
+                       "=== dgp_jax auto batch 2 bfloat16"]  # fmt: skip
+    oom_part = stderr.split("=== dgp_jax auto batch 2 bfloat16\n")[1]
+    assert oom_part == "RESOURCE_EXHAUSTED: Out of memory\n"
 
 
 # --------------------------------------------------------------------------- stand-ins
@@ -116,6 +123,8 @@ else:
            "flops_per_step": 1e12 * b, "s_per_step_with_metrics": 0.02, "torch": "fake",
            "cudnn_allow_tf32": True, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 if spec["kind"] == "dgp" and b == behaviour.get("hang_at"):
+    sys.stderr.write(f"hung at batch {b}\n")
+    sys.stderr.flush()
     print("RESULT " + json.dumps({**row, "partial": "steps only"}), flush=True)
     time.sleep(60)
 print("RESULT " + json.dumps(row))
@@ -172,6 +181,47 @@ def test_budget_skips_and_timeouts_are_rows(bench, tmp_path, monkeypatch):
     assert len(rows) == 1 + 1 + 4  # matmul, reference, 2 lowerings x 2 batches
     table = (out / "table.md").read_text()
     assert "| dgp_jax | auto | float32 | 8 (timeout) |" in table and "budget" in table
+    # the killed worker's stderr is in the file (it wrote there itself, not through a pipe)
+    stderr = (out / "stderr.txt").read_text()
+    assert "=== dgp_jax auto batch 8 float32\nhung at batch 8\n" in stderr
+
+
+def test_a_worker_s_stderr_is_kept_to_its_first_and_last_megabyte(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "STDERR_BYTES_PER_WORKER", 1000)
+    path = tmp_path / "stderr.txt"
+    path.write_text("earlier worker\n")
+    for i, size in enumerate((600, 5000)):
+        code = f"import sys; sys.stderr.write('a' * 100 + 'b' * ({size} - 200) + 'c' * 100)"
+        monkeypatch.setattr(bench, "worker_command", lambda spec, c=code: [sys.executable, "-c", c])
+        spec = {"kind": "dgp", "lowering": "auto", "batch": i + 1, "precision": "float32"}
+        status, *_ = bench.run_worker(spec, 30, lambda text: None, path)
+        assert status == "failed"  # no RESULT line
+    text = path.read_text()
+    first, second = text.split("=== dgp_jax auto batch 2 float32\n")
+    assert first == "earlier worker\n=== dgp_jax auto batch 1 float32\n" + (
+        "a" * 100 + "b" * 400 + "c" * 100 + "\n"
+    )
+    assert second == "a" * 100 + "b" * 400 + "\n[... 4000 bytes left out ...]\n" + (
+        "b" * 400 + "c" * 100 + "\n"
+    )
+
+
+def test_time_estimates_come_from_the_most_similar_finished_row(bench):
+    def row(lowering, batch, precision, xla, wall):
+        return {"kind": "dgp", "lowering": lowering, "batch": batch, "precision": precision,
+                "xla": xla, "wall_s": wall}  # fmt: skip
+
+    rows = [
+        row("auto", 8, "bfloat16", "cublas", 100.0),
+        row("auto", 1, "float32", "default", 200.0),
+    ]
+    spec = {"kind": "dgp", "lowering": "auto", "batch": 32, "precision": "bfloat16"}
+    # batch 32 under XLA's defaults: like the batch-1 row of the same flags, not the nearer batch
+    assert bench.estimate({**spec, "xla": "default"}, rows, 7.0) == 200.0
+    assert bench.estimate({**spec, "xla": "cublas"}, rows, 7.0) == 100.0
+    assert bench.estimate({**spec, "xla": "noautotune"}, rows, 7.0) == 100.0  # nearest batch
+    assert bench.estimate({**spec, "lowering": "im2col"}, rows, 7.0) == 100.0
+    assert bench.estimate({"kind": "reference", "batch": 1}, rows, 7.0) == 7.0  # none ran
 
 
 def test_plan_priority(bench):
