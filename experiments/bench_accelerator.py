@@ -870,9 +870,9 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
         "precision.",
         "",
     ]
-    flags = sorted({r["xla_flags"] for r in rows if r.get("xla_flags")})
+    flags = xla_flags_line(rows)
     if flags:
-        out += [f"XLA_FLAGS of the dgp_jax rows: {'; '.join(f'`{f}`' for f in flags)}.", ""]
+        out += [flags, ""]
     if matmul:
         rates = ", ".join(f"{p} {v:.1f}" for p, v in matmul["tflops"].items())
         source = f", from {matmul['from']}" if matmul.get("from") else ""
@@ -929,6 +929,22 @@ def write_table(path: Path, rows: list[dict], args, schedule: dict, started: str
     text = "\n".join(out) + "\n"
     path.write_text(text)
     return text
+
+
+def xla_flags_line(rows: list[dict]) -> str:
+    """The XLA_FLAGS the dgp_jax rows ran with, per flag set (``''`` if none had any)."""
+    by_set: dict = {}
+    for r in rows:
+        if r.get("kind") == "dgp" and "xla_flags" in r:
+            by_set.setdefault(r.get("xla", "default"), set()).add(r["xla_flags"])
+    if not any(f for seen in by_set.values() for f in seen):
+        return ""
+    named = len(by_set) > 1 or "default" not in by_set
+    parts = []
+    for name, seen in by_set.items():
+        text = " or ".join(f"`{f}`" if f else "none" for f in sorted(seen))
+        parts.append(f"[{name}] {text}" if named else text)
+    return f"XLA_FLAGS of the dgp_jax rows: {'; '.join(parts)}."
 
 
 def read_matmul_row(path: str, parser: argparse.ArgumentParser) -> dict:

@@ -286,6 +286,28 @@ def test_rows_add_their_xla_flags_to_their_own_worker(bench, tmp_path, monkeypat
     assert "| dgp_jax | auto | float32 | 1 |" in table
     assert "| dgp_jax | auto [fastcompile] | float32 | 1 |" in table
     assert "| dgp_jax | im2col [cublas] | bfloat16 | 2 |" in table
+    assert (
+        "XLA_FLAGS of the dgp_jax rows: [default] `--xla_gpu_autotune_level=2`; [fastcompile] "
+        "`--xla_gpu_autotune_level=2 --xla_gpu_enable_triton_gemm=false "
+        "--xla_gpu_autotune_level=0`; [cublas] `--xla_gpu_autotune_level=2 "
+        "--xla_gpu_enable_triton_gemm=false`." in table
+    )
+
+
+def test_the_table_names_the_flags_of_every_row(bench):
+    def row(xla, flags):
+        return {"kind": "dgp", "xla": xla, "xla_flags": flags}
+
+    # a row with no flags is said to have none, not left out (as if every row had cublas's)
+    rows = [row("cublas", "--xla_gpu_enable_triton_gemm=false"), row("default", "")]
+    assert bench.xla_flags_line(rows) == (
+        "XLA_FLAGS of the dgp_jax rows: [cublas] `--xla_gpu_enable_triton_gemm=false`; "
+        "[default] none."
+    )
+    assert bench.xla_flags_line([row("default", ""), row("default", "")]) == ""
+    assert bench.xla_flags_line(
+        [row("default", "--a"), {"kind": "matmul", "xla_flags": "--b"}]
+    ) == ("XLA_FLAGS of the dgp_jax rows: `--a`.")
 
 
 @pytest.mark.parametrize(
