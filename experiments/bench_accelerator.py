@@ -658,7 +658,7 @@ def _keep_within(path: Path, begin: int, limit: int) -> str:
             f.seek(begin)
             f.write(data)
             f.truncate()
-    if not data.endswith(b"\n"):
+    if data and not data.endswith(b"\n"):
         with open(path, "ab") as f:
             f.write(b"\n")
     return data.decode(errors="replace")

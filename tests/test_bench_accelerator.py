@@ -184,6 +184,7 @@ def test_budget_skips_and_timeouts_are_rows(bench, tmp_path, monkeypatch):
     # the killed worker's stderr is in the file (it wrote there itself, not through a pipe)
     stderr = (out / "stderr.txt").read_text()
     assert "=== dgp_jax auto batch 8 float32\nhung at batch 8\n" in stderr
+    assert "=== dgp_jax auto batch 1 float32\n===" in stderr  # a silent worker adds no line
 
 
 def test_a_worker_s_stderr_is_kept_to_its_first_and_last_megabyte(bench, tmp_path, monkeypatch):
