@@ -75,7 +75,8 @@ def test_logits_match_torchvision_resnet50(tmp_path_factory):
     want = _fixture("logits.npz")["logits"]
     got = model.logits(_images(data))  # 3 images in chunks of 2: one padded chunk
     assert got.shape == (3, 1000)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    # measured 1.5e-6 and 1.8e-6 of the largest logit on two CPUs (README, "ResNet-50")
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-6 * np.abs(want).max())
     np.testing.assert_array_equal(np.argmax(got, 1), np.argmax(want, 1))
 
 
