@@ -78,6 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dgp_jax.baselines import common
 from dgp_jax.baselines.common import sr_factor
 from dgp_jax.batching import pad_to
 from dgp_jax.nets import singan as nets
@@ -736,25 +737,10 @@ def to_bytes(x: np.ndarray) -> np.ndarray:
 
 
 def low_resolution(observed: np.ndarray, factor: int) -> np.ndarray:
-    """The 8-bit LR images behind DGP's SR observation ``bilinear_up(LR)``: bilinear
-    upsampling by an integer factor is injective, so least squares recovers LR exactly (up to
-    rounding, removed by the 8-bit rounding)."""
-    from dgp_jax.degradations import _linear_taps
-
-    def up_matrix(n_low):
-        i0, i1, a0, a1 = _linear_taps(n_low, factor)
-        m = np.zeros((n_low * factor, n_low))
-        np.add.at(m, (np.arange(len(i0)), i0), a0)
-        np.add.at(m, (np.arange(len(i1)), i1), a1)
-        return m
-
-    _, big_h, big_w, _ = observed.shape
-    if big_h % factor or big_w % factor:
-        raise ValueError(f"SR factor {factor} does not divide the observation size {big_h}x{big_w}")
-    ph = np.linalg.pinv(up_matrix(big_h // factor))
-    pw = np.linalg.pinv(up_matrix(big_w // factor))
-    low = np.einsum("ih,bhwc,jw->bijc", ph, np.asarray(observed, np.float64), pw)
-    return to_bytes(low)
+    """The 8-bit LR images behind DGP's SR observation ``bilinear_up(LR)``: least squares
+    (:func:`dgp_jax.baselines.common.low_resolution`) recovers LR to float64 rounding, and
+    the 8-bit rounding removes that, so DGP's 8-bit LR comes back exactly."""
+    return to_bytes(common.low_resolution(np.asarray(observed, np.float64), factor))
 
 
 def restore(observed, degradation, *, seed, config: Mapping[str, Any]):
