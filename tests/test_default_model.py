@@ -175,6 +175,16 @@ def test_precision_modes(model, photo, float32_run, monkeypatch):
                         precision="float8")  # fmt: skip
 
 
+def test_tf32_is_float32_on_a_cpu(model, photo, float32_run):
+    # "tf32" leaves matmul precision to the device (TF32 on NVIDIA GPUs); XLA:CPU has none
+    # lower than float32, so the run is the float32 run bit for bit (BENCHMARKS.md).
+    assert jax.default_backend() == "cpu"
+    tf32 = restore_short(model, photo, "tf32")
+    np.testing.assert_array_equal(tf32.images, float32_run.images)
+    np.testing.assert_array_equal(tf32.z, float32_run.z)
+    np.testing.assert_array_equal(tf32.history["ftr"], float32_run.history["ftr"])
+
+
 def test_cli_uses_the_shipped_model_without_weights(tmp_path):
     out = tmp_path / "out"
     sets = [f"iterations={ITERATIONS}", f"select_num={SELECT_NUM}"]
