@@ -40,7 +40,7 @@ def fixture(name: str):
     return np.load(path)
 
 
-def assert_relative(actual, expected, rtol=1e-4):
+def assert_relative(actual, expected, rtol=5e-6):
     """Max error within ``rtol`` of the reference's largest magnitude, per row."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape
