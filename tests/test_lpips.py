@@ -10,6 +10,7 @@ from dgp_jax import metrics, pth
 from dgp_jax.metrics import lpips as lpips_lib
 from dgp_jax.metrics import registry
 from dgp_jax.nets import alexnet, vgg
+from tests._torch import require_torch
 from tests.fixtures.make_lpips import CASES, MODULES, SEED, image_pairs
 from tests.random_weights import random_state
 
@@ -42,16 +43,24 @@ def test_lpips_matches_the_package(tmp_path, net):
         np.testing.assert_allclose(layers.sum(-1), reference[f"distance_{tag}"], rtol=2e-5, atol=0)
         distance = metric.distance(x, y)
         assert distance.shape == (n,) and distance.dtype == np.float32
-        np.testing.assert_array_equal(distance, layers.sum(-1))
+        np.testing.assert_allclose(distance, reference[f"distance_{tag}"], rtol=2e-5, atol=0)
         if net == "alex":  # (one net is enough; each call is a trunk pass)
             assert np.all(np.abs(metric.distance(x, x)) < 1e-12)
 
 
-def test_shipped_linear_layers_read_bit_for_bit():
-    lins = lpips_lib.lins_from_state_dict(
-        pth.read_state_dict(FIXTURES / "lpips_v0.1_vgg.pth"), "vgg"
-    )
-    assert [w.shape for w in lins] == [(64,), (128,), (256,), (512,), (512,)]
+@pytest.mark.parametrize("net", ["vgg", "alex"])
+def test_shipped_linear_layers_read_bit_for_bit(net):
+    torch = require_torch()
+    path = FIXTURES / f"lpips_v0.1_{net}.pth"
+    lins = lpips_lib.lins_from_state_dict(pth.read_state_dict(path), net)
+    widths = {"vgg": [64, 128, 256, 512, 512], "alex": [64, 192, 384, 256, 256]}[net]
+    assert [w.shape for w in lins] == [(c,) for c in widths]
+    # what torch reads from the same file, as the package loads it
+    theirs = torch.load(path, map_location="cpu", weights_only=True)
+    for i, w in enumerate(lins):
+        want = theirs[f"lin{i}.model.1.weight"].numpy()
+        assert want.shape == (1, widths[i], 1, 1)
+        np.testing.assert_array_equal(np.asarray(w), want.reshape(-1), err_msg=f"lin{i}")
     assert all(np.all(np.asarray(w) >= 0) for w in lins)  # the package clamps them at training
 
 
