@@ -185,21 +185,11 @@ def test_help_version_and_description(capsys):
     assert "random seed of the start latents" in sub["restore"].format_help()
 
 
-def test_lowering_flag_offers_every_lowering_and_reaches_the_run(monkeypatch, tmp_path):
-    from dgp_jax import runner
+def test_lowering_flag_offers_every_lowering_and_reaches_the_run(fake_run, tmp_path):
     from dgp_jax.nets.per_image import CHOICES
 
     assert cli.LOWERINGS == list(CHOICES)
-    seen = {}
-
-    def fake_execute(options):
-        seen["options"] = options
-        return runner.Report(summary=tmp_path / "summary.json")
-
-    # Only the parsing is under test: no JAX settings change, no run.
-    monkeypatch.setattr(runner, "execute", fake_execute)
-    monkeypatch.setattr(runner, "configure_compilation_cache", lambda _: None)
-    monkeypatch.setattr(runner, "init_distributed", lambda *_: (0, 1))
+    seen = fake_run
     args = ["restore", "x.png", "--task", "SR", "--out", str(tmp_path / "o")]
     assert cli.main(args + ["--lowering", "im2col"]) == 0
     assert seen["options"].lowering == "im2col"
@@ -207,6 +197,80 @@ def test_lowering_flag_offers_every_lowering_and_reaches_the_run(monkeypatch, tm
     with pytest.raises(SystemExit) as exit_:
         cli.main(args + ["--lowering", "grouped"])
     assert exit_.value.code == 2
+
+
+@pytest.fixture
+def fake_run(monkeypatch, tmp_path):
+    """cli.main with runner.execute replaced: the RunOptions each command makes (no JAX
+    settings change, no run); ``report`` is what the fake run returns or raises."""
+    from dgp_jax import runner
+
+    seen = {"report": runner.Report(summary=tmp_path / "summary.json")}
+
+    def fake_execute(options):
+        seen["options"] = options
+        if isinstance(seen["report"], BaseException):
+            raise seen["report"]
+        return seen["report"]
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    monkeypatch.setattr(runner, "configure_compilation_cache", lambda _: None)
+    monkeypatch.setattr(runner, "init_distributed", lambda *_: (0, 1))
+    return seen
+
+
+def test_run_flags_reach_the_run_options(fake_run, tmp_path):
+    out = ["--out", str(tmp_path / "o")]
+    assert (
+        cli.main(
+            [
+                "jitter",
+                "a.png",
+                "--stds",
+                "0.2,0.4",
+                "--samples",
+                "3",
+                "--quiet",
+                "--preset",
+                "wallpapers_64/reconstruct",
+                "--set",
+                "use_in=false",
+                *out,
+            ]
+        )
+        == 0
+    )
+    options = fake_run["options"]
+    assert options.kind == "jitter" and options.manipulation == {"stds": [0.2, 0.4], "samples": 3}
+    assert options.preset == "wallpapers_64/reconstruct" and options.sets == ["use_in=false"]
+    assert options.progress is False
+    assert cli.main(["morph", "a.png", "b.png", "c.png", "--frames", "4", *out]) == 0
+    assert fake_run["options"].manipulation == {"frames": 4}
+    assert fake_run["options"].inputs == ["a.png", "b.png", "c.png"]
+    # class lists: single classes and inclusive ranges, in order
+    assert cli.main(["transfer", "a.png", "--classes", "151-153,207, 9", *out]) == 0
+    assert fake_run["options"].manipulation == {"classes": [151, 152, 153, 207, 9]}
+    assert cli.main(["restore", "a.png", "--task", "inpainting", "--mask", "m.png",
+                     "--mask-keep", "black", "--precision", "tf32", "--batch", "3",
+                     "--seed", "7", *out]) == 0  # fmt: skip
+    options = fake_run["options"]
+    assert (options.task, options.mask, options.mask_keep) == ("inpainting", "m.png", "black")
+    assert (options.precision, options.batch, options.seed) == ("tf32", 3, 7)
+    assert options.progress is True
+
+
+def test_an_interrupted_run_exits_130_and_says_how_to_resume(fake_run, tmp_path, capsys):
+    from dgp_jax import runner
+
+    args = ["restore", "a.png", "--task", "SR", "--out", str(tmp_path / "o")]
+    # SIGTERM or SIGINT during the run: the runner finishes the summary and says so
+    fake_run["report"] = runner.Report(summary=tmp_path / "summary.json", interrupted=True)
+    assert cli.main(args) == 130
+    assert "interrupted: rerun the same command to resume" in capsys.readouterr().err
+    # Ctrl-C outside the runner's handling (while setting up)
+    fake_run["report"] = KeyboardInterrupt()
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err == "dgp-jax restore: interrupted\n"
 
 
 def test_compilation_cache_setting(tmp_path, monkeypatch):

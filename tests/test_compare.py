@@ -120,3 +120,39 @@ def test_setup_errors_name_the_problem(tmp_path, with_fake):
                                       methods=["bicubic", "observation"]))  # fmt: skip
     assert "apply to super-resolution" in report.failed["bicubic"]["flora_FreshFlower_0"]
     assert len(report.done["observation"]) == 2
+
+
+def test_dgp_and_its_ablations_solve_the_observation_with_the_task_preset(tmp_path):
+    """compare's dgp, latent-only and mse-only (the paper's comparison rows): the shipped
+    model's SR preset (shortened by the settings) solves compare's observation, image i
+    with its own seed's key: what dgp_jax.restore gives for it, as the PNG holds it."""
+    import dgp_jax
+    from dgp_jax.baselines import dgp as dgp_methods
+    from dgp_jax.baselines.common import image_keys
+
+    methods = list(dgp_methods.ABLATIONS)
+    sets = [f"{m}.{k}" for m in methods for k in ("iterations=1", "select_num=2")]
+    report = compare.execute(_options(tmp_path, methods=methods, sets=sets, batch=2))
+    names = ["flora_FreshFlower_0", "objects_Wine_by_Jakkub_Mede_0"]
+    assert report.done == {m: names for m in methods} and not report.failed
+    assert [r["method"] for r in _rows(tmp_path / "table.csv")] == methods
+
+    originals = np.stack([load_image(p, 64) for p in PHOTOS]).astype(np.float32)
+    phi = degradations.for_mode("SR", 64, factor=4)
+    observed = np.asarray(phi.target_fn(originals)).astype(np.float32)
+    preset = dgp_jax.SolverConfig.preset("wallpapers_64/SR")
+    preset = preset.replace(iterations=(1,) * preset.num_stages, select_num=2)
+    keys = image_keys([compare._seed_of(0, n) for n in names], 2)
+    results = {}
+    for m in methods:
+        want = dgp_jax.restore(dgp_methods._model(None), observed, np.array([-1, -1]),
+                               dgp_methods.ablation_config(preset, m), keys,
+                               degradation=phi, observed=True)  # fmt: skip
+        got = np.stack([load_image(tmp_path / m / f"{n}.png", 64) for n in names])
+        # PNG writing truncates to 8 bits as the reference does: up to 2 levels off.
+        np.testing.assert_allclose(got, np.asarray(want.images), rtol=0, atol=2.5 / 255,
+                                   err_msg=m)  # fmt: skip
+        results[m] = got
+    # three different solutions: G frozen (latent-only), no feature loss (mse-only)
+    for a, b in (("dgp", "latent-only"), ("dgp", "mse-only"), ("latent-only", "mse-only")):
+        assert np.abs(results[a] - results[b]).max() > 0.05, (a, b)
