@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import json
 import os
@@ -690,6 +691,14 @@ def test_select_batch_does_not_change_the_fingerprint():
         assert spec.fingerprint(model) == "870d0b1b246f1ebd"
     other = RunSpec(kind="restore", label="colorization", config=config.replace(select_num=4))
     assert other.fingerprint(model) != "870d0b1b246f1ebd"
+    # --batch and --lowering change only float rounding: a folder resumes with another;
+    # --precision changes the results: a folder of float32 results refuses bfloat16 or tf32.
+    spec = RunSpec(kind="restore", label="colorization", config=config)
+    for speed in ({"batch": 1}, {"batch": 64}, {"lowering": "im2col"}, {"lowering": "vmap"}):
+        assert dataclasses.replace(spec, **speed).fingerprint(model) == "870d0b1b246f1ebd"
+    prints = {dataclasses.replace(spec, precision=p).fingerprint(model)
+              for p in ("float32", "tf32", "bfloat16")}  # fmt: skip
+    assert len(prints) == 3 and "870d0b1b246f1ebd" in prints
 
 
 def test_resume_from_another_working_directory(tmp_path, tiny, mesh, monkeypatch):
