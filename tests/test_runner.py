@@ -423,6 +423,32 @@ def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
     check_sheet(seen / "p0_inpainting_sheet.png", 6, seen / "p0_inpainting.png")
 
 
+def test_hybrid_and_defense_solve_their_own_observations(tmp_path, tiny, mesh):
+    """The two tasks no other run test solves: hybrid's observation is x2 SR, then gray,
+    then the centre hole (the reference's order); defense's is the image itself."""
+    from dgp_jax import degradations
+    from dgp_jax.images import load_image, to_uint8
+
+    photos = make_photos(tmp_path / "photos", 1)
+    original = load_image(photos[0], 32)[None].astype(np.float32)  # the model's dtype
+    for task, spelled in (("hybrid", "hybrid"), ("defense", "defence")):
+        out = tmp_path / task
+        report = runner.execute(options(tiny, out, photos, task=spelled, batch=1), mesh=mesh)
+        assert report.done == ["p0"] and not report.failed
+        want = np.asarray(degradations.for_mode(task, 32).target_fn(original)[0])
+        # the observation the solver fit, as the reference saves it (8-bit, truncated)
+        np.testing.assert_array_equal(pixels(out / f"p0_{task}_degraded.png"), to_uint8(want),
+                                      err_msg=task)  # fmt: skip
+        config = json.loads((out / "config.json").read_text())
+        assert config["dgp_mode"] == task and config["factor"] is None
+        record = json.loads((out / f"p0_{task}.done.json").read_text())
+        assert set(record["metrics"]) >= {"psnr", "ssim"}
+    hybrid = np.asarray(degradations.for_mode("hybrid", 32).target_fn(original)[0])
+    assert np.array_equal(hybrid[..., 0], hybrid[..., 2])  # gray
+    assert np.all(hybrid[degradations.center_mask(32, 32)[..., 0] == 0] == 0)  # the hole
+    assert runner.canonical_task("sr") == "SR" and runner.canonical_task("defence") == "defense"
+
+
 def pixels(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im, np.int16)
