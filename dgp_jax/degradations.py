@@ -534,8 +534,9 @@ def custom(
     """A user-defined φ.
 
     Args:
-      generator_fn: differentiable JAX function, (..., H, W, 3) in [-1, 1] -> array of the
-        same rank (it may change H and W, as long as the target side does the same).
+      generator_fn: differentiable JAX function, (..., H, W, 3) in [-1, 1] -> (..., H, W, 3):
+        ``restore`` refuses a φ that changes the image size, because its feature loss runs
+        the discriminator on φ(G(z)) at the model's size (SR upsamples back to it).
       target_fn: numpy function for the target. Default: ``generator_fn`` run through JAX on
         the target and converted back to numpy in the target's dtype (without
         ``jax_enable_x64`` a float64 target is then computed in float32).

@@ -576,6 +576,15 @@ def restore(
 
         images = images.astype(dtype)
         targets = images if observed else np.asarray(degradation.target_fn(images), dtype)
+        if targets.shape[1:] != images.shape[1:]:
+            # The feature loss runs the discriminator (or VGG16) on φ(G(z)), at the model's
+            # size; SR's φ upsamples its low-resolution image back for this reason.
+            raise ValueError(
+                f"degradation {degradation.name!r} turns {images.shape[1:]} images into "
+                f"{targets.shape[1:]} observations; φ must keep the model's image size "
+                f"{images.shape[1:]}, because the feature loss compares φ(G(z)) with the "
+                "observation at that size (SR upsamples its low-resolution image back)"
+            )
 
         mesh = mesh or default_mesh(batch)
         n_dev = mesh.devices.size

@@ -279,3 +279,48 @@ def test_float32_follows_input_and_degradation_is_a_static_argument() -> None:
     out64 = apply(deg, jnp.asarray(x64))
     assert out32.dtype == jnp.float32 and out64.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(out32), np.asarray(out64), rtol=0, atol=1e-5)
+
+
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
+def test_a_custom_degradation_is_what_the_solver_fits(one_device_mesh):
+    """restore(..., degradation=custom(fn)): the observation is fn(image), and the MSE the
+    solver reports at its first step is between fn(G(z0)) and it. A φ that changes the
+    image size is refused, naming it (the feature loss runs D on φ(G(z)))."""
+    import dgp_jax
+
+    def pool2(x):  # 2x2 average pooling
+        *lead, h, w, c = x.shape
+        return x.reshape(*lead, h // 2, 2, w // 2, 2, c).mean(axis=(-4, -2))
+
+    def blocky(x):  # a user's φ: 2x2 blocks, at the image's size
+        return jnp.repeat(jnp.repeat(pool2(x), 2, axis=-3), 2, axis=-2)
+
+    config = dgp_jax.BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16,
+                                  dim_z=20, G_attn="0", D_attn="0")  # fmt: skip
+    model = dgp_jax.random_biggan(config, jax.random.PRNGKey(3), dtype=jnp.float32)
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(4), (2, 32, 32, 3), jnp.float32,
+                                           -1, 1))  # fmt: skip
+    z0 = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (2, 20), jnp.float32))
+    classes = np.array([1, 2])
+    solver = dgp_jax.SolverConfig(
+        dgp_mode="reconstruct", iterations=(2,), ft_num=(2,), lr_ratio=(1.0,), G_lrs=(1e-4,),
+        z_lrs=(1e-3,), w_D_loss=(1.0,), w_mse=(1.0,), w_nll=0.02, ftr_num=(2,), use_in=(False,),
+        update_embed=False, select_num=0,
+    )  # fmt: skip
+    result = dgp_jax.restore(model, images, classes, solver, 0, z_init=z0,
+                             degradation=dg.custom(blocky, name="blocky"),
+                             mesh=one_device_mesh)  # fmt: skip
+    want = np.asarray(blocky(images))
+    assert want.shape == (2, 32, 32, 3) and not np.allclose(want, images, atol=0.1)
+    np.testing.assert_allclose(result.degraded, want, rtol=0, atol=1e-6)
+    first = np.asarray(blocky(model.generate(z0, classes)))
+    first = np.mean(np.square(first - want), axis=(1, 2, 3))
+    np.testing.assert_allclose(result.history["mse"][0], first, rtol=1e-5)
+
+    with pytest.raises(
+        ValueError,
+        match=r"degradation 'pool2' turns \(32, 32, 3\) images into "
+        r"\(16, 16, 3\) observations; φ must keep the model's image size",
+    ):
+        dgp_jax.restore(model, images, classes, solver, 0, z_init=z0,
+                        degradation=dg.custom(pool2, name="pool2"))  # fmt: skip
