@@ -114,6 +114,28 @@ def test_evaluate_command_end_to_end(tmp_path, photo_sets, nets, capsys):
     assert "| 2 |" in (out / "table.md").read_text()
 
 
+def test_evaluate_mode_inpainting_scores_the_centre_hole(tmp_path, photo_sets):
+    from dgp_jax.degradations import hole_box
+
+    results, originals = photo_sets
+    restored = np.stack([_read(results / "a.png"), _read(results / "b.png")])
+    reference = np.stack([load_image(originals / "a.png", 192), _read(originals / "b.png")])
+    out = tmp_path / "scores"
+    argv = ["evaluate", str(results), "--reference", str(originals), "--metrics", "psnr,ssim",
+            "--mode", "inpainting", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    begin, end = hole_box(192, 192)  # rows and columns 64..127
+    assert (begin, end) == (64, 128)
+    hole = (slice(None), slice(begin, end), slice(begin, end))
+    want = {"psnr": psnr(restored[hole], reference[hole]),
+            "ssim": ssim(restored[hole], reference[hole])}  # fmt: skip
+    for column, values in want.items():
+        np.testing.assert_allclose([float(r[column]) for r in rows], values, rtol=1e-12)
+    # not the whole image's numbers (the noise is uniform, so they differ by 0.002-0.02 dB)
+    assert np.abs(want["psnr"] - psnr(restored, reference)).min() > 1e-4
+
+
 def _niqe_model():
     data = np.load(NIQE_FIXTURE)
     return data["mu"], data["cov"]
