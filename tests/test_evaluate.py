@@ -33,9 +33,19 @@ def level_evaluator(offset: float = 0.0):
     return evaluate
 
 
+def label_evaluator():
+    """A registry factory that takes labels: each image's class, as a per-image value."""
+
+    def evaluate(restored, reference=None, labels=None):
+        return {"seen_label": np.asarray(labels, np.float64)}
+
+    return evaluate
+
+
 @pytest.fixture()
 def level_metric(monkeypatch):
     monkeypatch.setitem(registry.EVALUATORS, "level", "tests.test_evaluate:level_evaluator")
+    monkeypatch.setitem(registry.EVALUATORS, "seen_label", "tests.test_evaluate:label_evaluator")
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +202,19 @@ def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, level_m
         assert float(row["level"]) == pytest.approx(float(np.mean(result)), rel=1e-12)
     assert summary["mean"]["images_seen"] == 2
     assert summary["mean"]["level"] == pytest.approx(np.mean([float(r["level"]) for r in rows]))
+
+    # evaluate on the run's folder: its inputs are the references, its classes the labels
+    scores = tmp_path / "scores"
+    assert cli.main(["evaluate", str(out), "--metrics", "psnr,seen_label", "--out",
+                     str(scores)]) == 0  # fmt: skip
+    scored = list(csv.DictReader((scores / "per_image.csv").open()))
+    assert [r["name"] for r in scored] == ["p0", "p1"]
+    assert [int(r["label"]) for r in scored] == [3, 3]
+    assert [float(r["seen_label"]) for r in scored] == [3.0, 3.0]
+    for r, photo in zip(scored, ("p0", "p1"), strict=True):
+        result = _read(out / f"{photo}_colorization.png")
+        want = psnr(result, load_image(photos / f"{photo}.png", 32))
+        assert float(r["psnr"]) == pytest.approx(float(want), rel=1e-12)
 
     # evaluate on the run's folder: its results, with its inputs (read as the solver read
     # them) as references.
