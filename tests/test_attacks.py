@@ -136,7 +136,8 @@ def test_fgsm_on_resnet50_raises_each_images_loss():
 
 
 # --------------------------------------------------------------------------- dgp-jax attack
-def test_attack_command_writes_the_images_their_labels_and_a_record(tmp_path, tmp_path_factory):
+def test_attack_command_writes_the_images_their_labels_and_a_record(tmp_path, tmp_path_factory,
+                                                                   capsys):  # fmt: skip
     from dgp_jax import attacks, cli
     from dgp_jax.images import load_image, read_image
     from tests._resnet import resnet50_weights_folder
@@ -170,7 +171,10 @@ def test_attack_command_writes_the_images_their_labels_and_a_record(tmp_path, tm
         levels = np.abs(attacked - clean) * 127.5
         assert levels.max() <= 4 + 0.5 + 1e-6 and levels.mean() > 1
     # A second run into the same folder is refused: finished work is never overwritten.
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
     assert cli.main(argv) == 2
+    assert f"--out {out} is not empty: choose a new folder" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
 def test_attack_command_refuses_bad_input_before_any_work(tmp_path, capsys):

@@ -156,6 +156,8 @@ def test_evaluate_errors(tmp_path, photo_sets, nets, capsys, level_metric):
 
     def run(*args: str) -> str:
         assert cli.main(["evaluate", str(results), *args]) == 2
+        # refused before any image is read: no evaluation folder is left behind
+        assert sorted(p.name for p in results.iterdir()) == ["a.png", "b.png"]
         return capsys.readouterr().err
 
     err = run("--metrics", "psnr,fidd")
