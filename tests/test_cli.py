@@ -42,6 +42,15 @@ def test_convert_export_and_restore(tmp_path, tiny, capsys):
     # A second convert into the same folder is refused (nothing is overwritten).
     assert cli.main(["convert", str(g), str(d), "--out", str(ckpt)]) == 2
     assert f"{ckpt} exists; pass --force to replace it" in capsys.readouterr().err
+    # --force replaces it; --set overrides an inferred field
+    assert cli.main(["convert", str(g), str(d), "--out", str(ckpt), "--force",
+                     "--set", "SN_eps=1e-8"]) == 0  # fmt: skip
+    assert '"SN_eps": 1e-08' in capsys.readouterr().out
+    assert cli.main(["convert", str(g), str(d), "--out", str(ckpt), "--force"]) == 0
+    assert '"SN_eps": 1e-06' in capsys.readouterr().out
+    missing_pth = tmp_path / "G_nowhere.pth"
+    assert cli.main(["convert", str(missing_pth), "--out", str(tmp_path / "c2")]) == 2
+    assert str(missing_pth) in capsys.readouterr().err and not (tmp_path / "c2").exists()
 
     # export: into a missing folder names the folder; existing files need --force.
     missing = tmp_path / "missing" / "G.pth"
@@ -57,6 +66,31 @@ def test_convert_export_and_restore(tmp_path, tiny, capsys):
     original, exported = read_state_dict(g), read_state_dict(tmp_path / "G.pth")
     assert list(original) == list(exported)
     assert all(np.array_equal(original[k], exported[k]) for k in original)
+    # --discriminator writes D too; --dtype float16 casts the floating-point tensors
+    assert (
+        cli.main(
+            [
+                "export",
+                str(ckpt),
+                "--generator",
+                str(tmp_path / "G16.pth"),
+                "--discriminator",
+                str(tmp_path / "D16.pth"),
+                "--dtype",
+                "float16",
+            ]
+        )
+        == 0
+    )
+    for ours, theirs in ((tmp_path / "G16.pth", g), (tmp_path / "D16.pth", d)):
+        half, full = read_state_dict(ours), read_state_dict(theirs)
+        assert list(half) == list(full)
+        for k, v in full.items():
+            if np.issubdtype(v.dtype, np.floating):
+                assert half[k].dtype == np.float16, k
+                np.testing.assert_array_equal(half[k], v.astype(np.float16), err_msg=k)
+            else:
+                np.testing.assert_array_equal(half[k], v, err_msg=k)
 
     # restore from a converted folder (the tiny model's; the 128 px fixture takes minutes
     # to compile on 2 cores, and the README's quickstart with it was run by hand).
