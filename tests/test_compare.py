@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dgp_jax import baselines, compare, degradations
-from dgp_jax.images import load_image
+from dgp_jax.images import load_image, to_uint8
 from dgp_jax.metrics import restoration_metrics
 from dgp_jax.run.settings import RunError
 
@@ -156,3 +156,41 @@ def test_dgp_and_its_ablations_solve_the_observation_with_the_task_preset(tmp_pa
     # three different solutions: G frozen (latent-only), no feature loss (mse-only)
     for a, b in (("dgp", "latent-only"), ("dgp", "mse-only"), ("latent-only", "mse-only")):
         assert np.abs(results[a] - results[b]).max() > 0.05, (a, b)
+
+
+def test_compare_command_line(tmp_path, with_fake, capsys):
+    """dgp-jax compare: its flags reach the run, it prints the table, and exits 1 when a
+    method failed on an image (0 otherwise)."""
+    from dgp_jax import cli
+
+    out = tmp_path / "sr"
+    argv = ["compare", *PHOTOS, "--task", "SR", "--methods", "fake,bicubic", "--out", str(out),
+            "--resolution", "32", "--factor", "2", "--seed", "5", "--batch", "2",
+            "--set", "fake.scale=0.5", "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| fake |" in printed and "| bicubic |" in printed and f"table: {out}" in printed
+    assert CALLS == [
+        (
+            2,
+            [
+                compare._seed_of(5, n)
+                for n in ("flora_FreshFlower_0", "objects_Wine_by_Jakkub_Mede_0")
+            ],
+        )
+    ]
+    record = json.loads((out / "fake" / "flora_FreshFlower_0_compare.done.json").read_text())
+    assert record["config"] == {"scale": 0.5, "factor": 2}
+    # the observation at 32 px, x2 (float32, saved as the reference saves), and the fake's
+    # result, half of it
+    original = load_image(PHOTOS[0], 32).astype(np.float32)
+    want = np.asarray(degradations.super_resolution(2).target_fn(original[None])[0])
+    for path, image in (("observed", want), ("fake", want * np.float32(0.5))):
+        with Image.open(out / path / "flora_FreshFlower_0.png") as saved:
+            np.testing.assert_array_equal(np.asarray(saved), to_uint8(image), err_msg=path)
+
+    # bicubic needs an SR factor: on colorization it fails on each image, the others finish
+    argv = ["compare", *PHOTOS, "--task", "colorization", "--methods", "bicubic,observation",
+            "--out", str(tmp_path / "color"), "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 1
+    assert "| observation |" in capsys.readouterr().out
