@@ -122,6 +122,7 @@ def test_setup_errors_name_the_problem(tmp_path, with_fake):
     assert len(report.done["observation"]) == 2
 
 
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py): 3 programs, 5 steps
 def test_dgp_and_its_ablations_solve_the_observation_with_the_task_preset(tmp_path):
     """compare's dgp, latent-only and mse-only (the paper's comparison rows): the shipped
     model's SR preset (shortened by the settings) solves compare's observation, image i
