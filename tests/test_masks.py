@@ -116,9 +116,17 @@ def test_masks_command_writes_the_buckets_as_pngs(tmp_path, capsys):
             assert entry["hole_ratio"] == pytest.approx(masks.hole_ratio(expected[i]), abs=0)
             assert bucket.low < entry["hole_ratio"] < bucket.high
     assert "20-40: 2 masks" in capsys.readouterr().out
-    assert cli_main(["masks", "--size", "32", "--buckets", "5", "--per-bucket", "1",
-                     "--out", str(tmp_path / "c")]) == 2  # fmt: skip
-    assert "--buckets: bucket '5'" in capsys.readouterr().err
+    refused = [
+        (["--size", "32", "--buckets", "5", "--per-bucket", "1"], "--buckets: bucket '5'"),
+        (["--size", "7", "--buckets", "0-10", "--per-bucket", "1"],
+         "--size must be at least 8 pixels, got 7"),
+        (["--size", "32", "--buckets", "0-10", "--per-bucket", "0"],
+         "--per-bucket must be at least 1, got 0"),
+    ]  # fmt: skip
+    for args, message in refused:
+        assert cli_main(["masks", *args, "--out", str(tmp_path / "c")]) == 2, args
+        assert message in capsys.readouterr().err, args
+        assert not (tmp_path / "c").exists(), args  # refused before any folder is made
 
 
 # --------------------------------------------------------------------------- metrics
