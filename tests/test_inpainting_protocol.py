@@ -80,6 +80,15 @@ def mean_hole_ratio():
     return evaluate
 
 
+def scaled_hole_ratio(scale=1.0):
+    """A set metric with an option (--metric-option scaled_ratio.scale=...)."""
+
+    def evaluate(restored, reference, masks):
+        return {"scaled_hole_ratio": float(scale) * float(1 - np.mean(masks))}
+
+    return evaluate
+
+
 @pytest.fixture(scope="module")
 def shipped_model():
     return dgp_jax.load_default_biggan()
@@ -161,3 +170,37 @@ def test_protocol_on_three_photos_and_two_buckets(tmp_path, shipped_model, one_d
     assert protocol.main(other, model=shipped_model, mesh=one_device_mesh) == 2
     with pytest.raises(SystemExit, match="unknown nope"):
         protocol.main(argv[:4] + ["--methods", "dgp,nope"], model=shipped_model)
+
+
+def test_protocol_limit_metric_options_and_force(tmp_path, shipped_model, monkeypatch):
+    """--limit takes the list's first images, --metric-option reaches its metric, and a
+    folder of other settings is refused unless --force (a method that solves nothing)."""
+    from dgp_jax import baselines
+
+    protocol = load_experiment("inpainting_protocol")
+    monkeypatch.setitem(baselines.METHODS, "observation",
+                        "tests.test_inpainting_protocol:observation")  # fmt: skip
+    monkeypatch.setitem(registry.EVALUATORS, "scaled_ratio",
+                        "tests.test_inpainting_protocol:scaled_hole_ratio")  # fmt: skip
+    listing = tmp_path / "photos.txt"
+    listing.write_text("".join(f"{protocol.REPO / 'examples' / p}\n" for p in EXAMPLES))
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--list", str(listing), "--buckets", "10-20",
+            "--methods", "observation", "--metrics", "inpainting_hole,scaled_ratio",
+            "--metric-option", "scaled_ratio.scale=2", "--limit", "2", "--quiet"]  # fmt: skip
+    assert protocol.main(argv, model=shipped_model) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert [r["image"] for r in table["per_image"]] == [p.split("/")[1][:-4] for p in EXAMPLES[:2]]
+    keep = masks.bucket_masks(64, masks.parse_buckets("10-20")[0], 2, seed=0)
+    row = table["table"][0]
+    assert row["mean"]["scaled_hole_ratio"] == pytest.approx(
+        2 * float(np.mean(masks.hole_ratio(keep)))
+    )
+    marker = next((out / "observation" / "10-20").glob("*.done.json"))
+    written = marker.read_text()
+    # another seed is other settings: refused, then redone with --force
+    assert protocol.main([*argv, "--seed", "1"], model=shipped_model) == 2
+    assert marker.read_text() == written
+    assert protocol.main([*argv, "--seed", "1", "--force"], model=shipped_model) == 0
+    redone = json.loads(marker.read_text())
+    assert redone["fingerprint"] != json.loads(written)["fingerprint"]
