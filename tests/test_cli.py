@@ -248,7 +248,8 @@ def fake_run(monkeypatch, tmp_path):
         return seen["report"]
 
     monkeypatch.setattr(runner, "execute", fake_execute)
-    monkeypatch.setattr(runner, "configure_compilation_cache", lambda _: None)
+    monkeypatch.setattr(runner, "configure_compilation_cache",
+                        lambda folder: seen.__setitem__("cache_dir", folder))  # fmt: skip
     monkeypatch.setattr(runner, "init_distributed", lambda *_: (0, 1))
     return seen
 
@@ -291,6 +292,9 @@ def test_run_flags_reach_the_run_options(fake_run, tmp_path):
     assert (options.task, options.mask, options.mask_keep) == ("inpainting", "m.png", "black")
     assert (options.precision, options.batch, options.seed) == ("tf32", 3, 7)
     assert options.progress is True
+    assert fake_run["cache_dir"] is None  # the default cache (~/.cache/dgp_jax/jax)
+    assert cli.main(["restore", "a.png", "--task", "SR", "--cache-dir", "none", *out]) == 0
+    assert fake_run["cache_dir"] == "none"
 
 
 def test_an_interrupted_run_exits_130_and_says_how_to_resume(fake_run, tmp_path, capsys):
