@@ -94,15 +94,21 @@ def shipped_model():
     return dgp_jax.load_default_biggan()
 
 
-def test_protocol_on_three_photos_and_two_buckets(tmp_path, shipped_model, one_device_mesh,
-                                                   monkeypatch):  # fmt: skip
+@pytest.fixture
+def protocol(monkeypatch):
+    """experiments/inpainting_protocol.py, with this module's method and set metrics
+    registered: observation, set_ratio and scaled_ratio."""
     from dgp_jax import baselines
 
-    protocol = load_experiment("inpainting_protocol")
-    monkeypatch.setitem(baselines.METHODS, "observation",
-                        "tests.test_inpainting_protocol:observation")  # fmt: skip
-    monkeypatch.setitem(registry.EVALUATORS, "set_ratio",
-                        "tests.test_inpainting_protocol:mean_hole_ratio")  # fmt: skip
+    here = "tests.test_inpainting_protocol"
+    monkeypatch.setitem(baselines.METHODS, "observation", f"{here}:observation")
+    monkeypatch.setitem(registry.EVALUATORS, "set_ratio", f"{here}:mean_hole_ratio")
+    monkeypatch.setitem(registry.EVALUATORS, "scaled_ratio", f"{here}:scaled_hole_ratio")
+    return load_experiment("inpainting_protocol")
+
+
+def test_protocol_on_three_photos_and_two_buckets(tmp_path, shipped_model, one_device_mesh,
+                                                   protocol, monkeypatch):  # fmt: skip
     listing = tmp_path / "photos.txt"
     root = protocol.REPO / "examples"
     listing.write_text("".join(f"{root / p} {c}\n" for p, c in zip(EXAMPLES, (0, 1, 2),
@@ -172,16 +178,9 @@ def test_protocol_on_three_photos_and_two_buckets(tmp_path, shipped_model, one_d
         protocol.main(argv[:4] + ["--methods", "dgp,nope"], model=shipped_model)
 
 
-def test_protocol_limit_metric_options_and_force(tmp_path, shipped_model, monkeypatch):
+def test_protocol_limit_metric_options_and_force(tmp_path, shipped_model, protocol):
     """--limit takes the list's first images, --metric-option reaches its metric, and a
     folder of other settings is refused unless --force (a method that solves nothing)."""
-    from dgp_jax import baselines
-
-    protocol = load_experiment("inpainting_protocol")
-    monkeypatch.setitem(baselines.METHODS, "observation",
-                        "tests.test_inpainting_protocol:observation")  # fmt: skip
-    monkeypatch.setitem(registry.EVALUATORS, "scaled_ratio",
-                        "tests.test_inpainting_protocol:scaled_hole_ratio")  # fmt: skip
     listing = tmp_path / "photos.txt"
     listing.write_text("".join(f"{protocol.REPO / 'examples' / p}\n" for p in EXAMPLES))
     out = tmp_path / "out"
