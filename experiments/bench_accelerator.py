@@ -727,7 +727,7 @@ def largest_batch(rows: list[dict], spec: dict, fraction: float):
     """(batch to try or None, reason) for the largest batch of ``spec``'s setting that fits."""
     ran = ran_like(rows, spec)
     if not ran:
-        return None, "no batch of this lowering and precision ran"
+        return None, "no batch of this lowering, precision and XLA flag set ran"
     limit = max((r.get("bytes_limit") or 0) for r in ran)
     fit = fit_memory(ran)
     if not limit or fit is None:
@@ -747,10 +747,9 @@ def estimate(spec: dict, rows: list[dict], first: float) -> float:
     same = [r for r in rows if r.get("kind") == spec["kind"] and r.get("wall_s")]
     if spec["kind"] != "dgp" or not same:
         return same[-1]["wall_s"] if same else first
-    lowering, _, xla = setting(spec)
-    like = ([r for r in same if setting(r) == setting(spec)]
-            or [r for r in same if (r["lowering"], r.get("xla", "default")) == (lowering, xla)]
-            or [r for r in same if r["lowering"] == lowering] or same)  # fmt: skip
+    # the most specific rows that ran: the same setting, else lowering and flags, else lowering
+    likeness = (setting, lambda r: setting(r)[::2], lambda r: setting(r)[0])
+    like = next((m for key in likeness if (m := [r for r in same if key(r) == key(spec)])), same)
     b = spec["batch"] if isinstance(spec["batch"], int) else 10**9
     return min(like, key=lambda r: (abs(math.log(max(r["batch"], 1) / max(b, 1))),
                                     -r["wall_s"]))["wall_s"]  # fmt: skip
@@ -1137,7 +1136,7 @@ def main(argv=None) -> int:
                 record({**spec, "status": "skipped", "reason": f"largest: {why}"})
                 continue
             good = max(r["batch"] for r in ran_like(rows, spec))
-            log(f"largest batch for {spec['lowering']} {spec['precision']}: {batch} ({why})")
+            log(f"largest batch for {lowering_label(spec)} {spec['precision']}: {batch} ({why})")
             for _attempt in range(3):
                 row = measure({**spec, "batch": batch})
                 row["largest"] = True

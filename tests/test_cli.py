@@ -67,21 +67,9 @@ def test_convert_export_and_restore(tmp_path, tiny, capsys):
     assert list(original) == list(exported)
     assert all(np.array_equal(original[k], exported[k]) for k in original)
     # --discriminator writes D too; --dtype float16 casts the floating-point tensors
-    assert (
-        cli.main(
-            [
-                "export",
-                str(ckpt),
-                "--generator",
-                str(tmp_path / "G16.pth"),
-                "--discriminator",
-                str(tmp_path / "D16.pth"),
-                "--dtype",
-                "float16",
-            ]
-        )
-        == 0
-    )
+    half_pair = ["--generator", str(tmp_path / "G16.pth"), "--discriminator",
+                 str(tmp_path / "D16.pth")]  # fmt: skip
+    assert cli.main(["export", str(ckpt), *half_pair, "--dtype", "float16"]) == 0
     for ours, theirs in ((tmp_path / "G16.pth", g), (tmp_path / "D16.pth", d)):
         half, full = read_state_dict(ours), read_state_dict(theirs)
         assert list(half) == list(full)
@@ -256,25 +244,9 @@ def fake_run(monkeypatch, tmp_path):
 
 def test_run_flags_reach_the_run_options(fake_run, tmp_path):
     out = ["--out", str(tmp_path / "o")]
-    assert (
-        cli.main(
-            [
-                "jitter",
-                "a.png",
-                "--stds",
-                "0.2,0.4",
-                "--samples",
-                "3",
-                "--quiet",
-                "--preset",
-                "wallpapers_64/reconstruct",
-                "--set",
-                "use_in=false",
-                *out,
-            ]
-        )
-        == 0
-    )
+    jitter = ["jitter", "a.png", "--stds", "0.2,0.4", "--samples", "3", "--quiet",
+              "--preset", "wallpapers_64/reconstruct", "--set", "use_in=false", *out]  # fmt: skip
+    assert cli.main(jitter) == 0
     options = fake_run["options"]
     assert options.kind == "jitter" and options.manipulation == {"stds": [0.2, 0.4], "samples": 3}
     assert options.preset == "wallpapers_64/reconstruct" and options.sets == ["use_in=false"]

@@ -211,7 +211,8 @@ def restore_with_keys(observed, degradation, keys, config: Mapping[str, Any]):
 
     mesh = _mesh(b)
     n_dev = mesh.devices.size
-    keys, target = pad_to(keys, b + (-b) % n_dev), pad_to(target, b + (-b) % n_dev)
+    padded = b + (-b) % n_dev  # a multiple of the devices
+    keys, target = pad_to(keys, padded), pad_to(target, padded)
     shard = NamedSharding(mesh, PartitionSpec("data"))
     lowering = conv_lowering(config.get("lowering", "auto"), len(keys) // n_dev)
     init, stepper, renderer = _programs(spec, schedule, degradation, factor, mesh, (h, w),
