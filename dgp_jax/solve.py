@@ -193,6 +193,34 @@ def _labels(trainable, prog: _Program):
     return label_tree(trainable, update_embed=prog.update_embed, update_G=prog.update_G)
 
 
+def _check_generator_side(degradation, image_shape: tuple, dtype) -> None:
+    """Refuse a φ whose JAX side (applied to G(z) at every step) changes the image's shape.
+
+    The target check above runs ``target_fn``; with ``observed=True`` it never runs, so
+    this traces ``generator_fn`` alone, without computing, on one image as the step calls
+    it (with that image's row of the per-image data)."""
+    one = jax.ShapeDtypeStruct((1, *image_shape), dtype)
+    aux = degradation.per_image
+    try:
+        if aux is None:
+            out = jax.eval_shape(degradation.generator_fn, one)
+        else:
+            row = jax.ShapeDtypeStruct(np.shape(aux)[1:], np.asarray(aux).dtype)
+            out = jax.eval_shape(degradation.generator_fn, one, row)
+    except Exception as error:  # a φ that cannot even trace: name it before the solve does
+        raise ValueError(
+            f"degradation {degradation.name!r}: its generator_fn fails on a "
+            f"{one.shape} {np.dtype(dtype).name} image: {error}"
+        ) from error
+    if getattr(out, "shape", None) != one.shape:
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"degradation {degradation.name!r}: its generator_fn turns {one.shape} images "
+            f"into {shape}; φ(G(z)) must keep the model's image size {one.shape}, because "
+            "the feature loss compares it with the observation at that size"
+        )
+
+
 def _generate_one(prog: _Program, g_params, g_buffers, z, emb, in_state, use_in):
     """G for one image (batch of 1 inside), returning the image and the new IN state."""
     variables = {PARAMS: g_params, BUFFERS: g_buffers}
@@ -585,6 +613,7 @@ def restore(
                 f"{images.shape[1:]}, because the feature loss compares φ(G(z)) with the "
                 "observation at that size (SR upsamples its low-resolution image back)"
             )
+        _check_generator_side(degradation, images.shape[1:], dtype)
 
         mesh = mesh or default_mesh(batch)
         n_dev = mesh.devices.size

@@ -324,3 +324,19 @@ def test_a_custom_degradation_is_what_the_solver_fits(one_device_mesh):
     ):
         dgp_jax.restore(model, images, classes, solver, 0, z_init=z0,
                         degradation=dg.custom(pool2, name="pool2"))  # fmt: skip
+    # observed=True never runs target_fn: the JAX side is traced on its own, before any solve
+    with pytest.raises(
+        ValueError,
+        match=r"degradation 'pool2': its generator_fn turns \(1, 32, 32, 3\) images into "
+        r"\(1, 16, 16, 3\); φ\(G\(z\)\) must keep the model's image size",
+    ):
+        dgp_jax.restore(model, images, classes, solver, 0, z_init=z0, observed=True,
+                        degradation=dg.custom(pool2, name="pool2"))  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"degradation 'numpy': its generator_fn fails on a \(1, 32, 32, 3\) float32 "
+        r"image: The numpy.ndarray conversion method __array__\(\) was called on traced array",
+    ):
+        numpy_phi = dg.custom(lambda x: np.asarray(x) * 0.5, name="numpy")
+        dgp_jax.restore(model, images, classes, solver, 0, z_init=z0, observed=True,
+                        degradation=numpy_phi)  # fmt: skip
