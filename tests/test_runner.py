@@ -455,7 +455,8 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def test_jitter_transfer_and_morph(tmp_path, tiny, mesh):
-    photos = make_photos(tmp_path / "photos", 2)
+    three = make_photos(tmp_path / "photos", 3)
+    photos = three[:2]
     # Every run solves 2 images in one batch: one solver program for the three kinds.
     # Their default schedules are the reference's manipulation scripts (batch-norm mode).
     common = dict(task="reconstruct", class_index=None, batch=2)
@@ -519,6 +520,25 @@ def test_jitter_transfer_and_morph(tmp_path, tiny, mesh):
     again = runner.execute(options(tiny, out, photos, kind="morph", **common,
                                    manipulation={"frames": 3}), mesh=mesh)  # fmt: skip
     assert again.done == ["p0_to_p1"] and (out / "p1_morph.png").read_bytes() == before
+
+    # Three inputs morph each into the next (p0 -> p1, p1 -> p2, not p0 -> p2); p1 is solved
+    # once and ends one morph and starts the other.
+    out = tmp_path / "morph3"
+    report = runner.execute(options(tiny, out, three, kind="morph", **common,
+                                    manipulation={"frames": 3}), mesh=mesh)  # fmt: skip
+    assert report.done == ["p0_to_p1", "p1_to_p2"] and not report.failed
+    assert sorted(p.name for p in out.glob("*_grid.png")) == [
+        "p0_to_p1_morph_grid.png", "p1_to_p2_morph_grid.png"]  # fmt: skip
+    frame = lambda pair, k: pixels(out / f"{pair}_morph_frames/frame{k:02d}.png")  # noqa: E731
+    for name, pair, k in (("p0", "p0_to_p1", 0), ("p1", "p0_to_p1", 2), ("p1", "p1_to_p2", 0),
+                          ("p2", "p1_to_p2", 2)):  # fmt: skip
+        assert np.abs(frame(pair, k) - pixels(out / f"{name}_morph.png")).max() <= 1, (pair, k)
+    assert json.loads((out / "summary.json").read_text())["done"] == 2
+    # A pair whose marker is gone is redone alone; the other is kept.
+    (out / "p1_to_p2_morph.done.json").unlink()
+    again = runner.execute(options(tiny, out, three, kind="morph", **common,
+                                   manipulation={"frames": 3}), mesh=mesh)  # fmt: skip
+    assert again.done == ["p1_to_p2"] and again.skipped == ["p0_to_p1"]
 
 
 def test_result_files_are_the_scored_images(tmp_path, tiny, mesh):
