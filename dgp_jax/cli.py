@@ -287,6 +287,9 @@ def cmd_compare(args) -> int:
     report = compare.execute(options)
     print(Path(report.table).with_suffix(".md").read_text(), end="")
     print(f"table: {report.table}")
+    if report.interrupted:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
     return 1 if any(report.failed.values()) else 0
 
 

@@ -70,6 +70,7 @@ class CompareReport:
     skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     failed: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     table: Path | None = None
+    interrupted: bool = False  # Ctrl-C or SIGTERM: the tables hold what finished before
 
 
 # --------------------------------------------------------------------------- settings
@@ -173,6 +174,7 @@ def _load(items: Sequence[Item], resolution: int) -> tuple[list[Item], np.ndarra
 def execute(options: CompareOptions) -> CompareReport:
     from dgp_jax import degradations
     from dgp_jax.images import ImageError, image_grid, load_mask, save_image
+    from dgp_jax.runner import sigterm_as_interrupt
 
     task = canonical_task(options.task)
     methods = list(dict.fromkeys(options.methods))
@@ -231,12 +233,19 @@ def execute(options: CompareOptions) -> CompareReport:
     items, originals, load_failed = _load(items, res)
     observed = np.asarray(phi.target_fn(originals)).astype(np.float32)
     report = CompareReport()
-    with OutputDir(options.out) as out:
-        for i, item in enumerate(items):
-            out.write_image(f"observed/{item.name}.png", observed[i])
-        for m in methods:
-            _run_method(out, m, configs[m], items, originals, observed, phi, mode, keep,
-                        task, factor, options, evaluators, report)  # fmt: skip
+    with OutputDir(options.out) as out, sigterm_as_interrupt():
+        try:
+            for i, item in enumerate(items):
+                out.write_image(f"observed/{item.name}.png", observed[i])
+            for m in methods:
+                _run_method(out, m, configs[m], items, originals, observed, phi, mode, keep,
+                            task, factor, options, evaluators, report)  # fmt: skip
+        except KeyboardInterrupt:
+            # As the restore runs end: finished images keep their markers (a rerun resumes
+            # after them) and the tables show them; no sheet for a partial run.
+            report.interrupted = True
+            report.table = write_tables(out, methods, items, task)
+            return report
         report.table = write_tables(out, methods, items, task)
         sheet = [[originals[i], observed[i]] for i in range(len(items))]
         for i, item in enumerate(items):

@@ -193,3 +193,57 @@ def test_compare_command_line(tmp_path, with_fake, capsys):
             "--out", str(tmp_path / "color"), "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 1
     assert "| observation |" in capsys.readouterr().out
+
+
+STOP = {"how": "ctrl-c"}
+
+
+def stopping(observed, degradation, *, seed, config):
+    """``fake``, stopped on its second call: by Ctrl-C, or by a SIGTERM sent to this process
+    (``STOP["how"]``)."""
+    if CALLS:
+        if STOP["how"] == "sigterm":
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+    return fake(observed, degradation, seed=seed, config=config)
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_interrupted_compare_keeps_what_finished_and_resumes(
+    tmp_path, with_fake, monkeypatch, capsys, stop
+):
+    """Ctrl-C or SIGTERM on the second image: exit 130 saying how to resume, the first
+    image's result and marker kept and in the table, no temp or lock files; the rerun does
+    only the second image."""
+    import signal
+
+    from dgp_jax import cli
+
+    monkeypatch.setitem(baselines.METHODS, "stopping", "tests.test_compare:stopping")
+    monkeypatch.setitem(STOP, "how", stop)
+    out = tmp_path / "sr"
+    argv = ["compare", *PHOTOS, "--task", "SR", "--methods", "observation,stopping",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    handler = signal.getsignal(signal.SIGTERM)
+    assert cli.main(argv) == 130
+    assert signal.getsignal(signal.SIGTERM) is handler  # put back
+    printed = capsys.readouterr()
+    assert "interrupted: rerun the same command to resume" in printed.err
+    assert "| stopping |" in printed.out
+    first, second = "flora_FreshFlower_0", "objects_Wine_by_Jakkub_Mede_0"
+    assert (out / "stopping" / f"{first}.png").is_file()
+    assert not (out / "stopping" / f"{second}.png").exists()
+    rows = {r["method"]: r for r in _rows(out / "table.csv")}
+    assert rows["stopping"]["images"] == "1" and rows["observation"]["images"] == "2"
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp or lock file left
+    assert not (out / "sheet.png").exists()
+
+    CALLS.clear()
+    monkeypatch.setitem(baselines.METHODS, "stopping", "tests.test_compare:fake")
+    assert cli.main(argv) == 0
+    assert len(CALLS) == 1  # the second image only
+    rows = {r["method"]: r for r in _rows(out / "table.csv")}
+    assert rows["stopping"]["images"] == "2" and (out / "sheet.png").is_file()
