@@ -55,3 +55,78 @@ def test_bench_batching_times_every_batch_in_one_process():
     first = rows[0]["s_per_step_per_image"]
     for r in rows:
         assert math.isclose(r["ratio_vs_first_batch"], first / r["s_per_step_per_image"])
+
+
+def run_text(script: str, *args: str) -> list[str]:
+    """``run_json``'s run for the scripts that print text: their stdout's lines."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}  # fmt: skip
+    command = [sys.executable, str(REPO / "experiments" / script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+def test_bench_selection_reports_each_batch():
+    out = run_json("bench_selection.py", "--resolution", "32", "--ch", "4", "--batches", "1,2",
+                   "--rounds", "1", "--candidates", "4", "--select-batches", "2")  # fmt: skip
+    assert (out["resolution"], out["ch"]) == (32, 4)
+    assert [(r["batch"], r["select_batch"]) for r in out["rows"]] == [(1, "2"), (2, "2")]
+    assert all(positive(r["ms_per_candidate_per_image"]) for r in out["rows"])
+
+
+def test_bench_lowering_times_every_lowering_of_every_layer_shape():
+    out = run_json("bench_lowering.py", "--resolution", "32", "--ch", "4", "--batch", "2",
+                   "--repeats", "1")  # fmt: skip
+    assert (out["backend"], out["resolution"], out["batch"], out["precision"]) == (
+        "cpu", 32, 2, "float32")  # fmt: skip
+    # G at 32 px ch 4: three blocks (8, 16, 32 px), each a 3x3 and a 1x1 shape; the output layer
+    assert [r["shape"] for r in out["rows"]] == [
+        "8x8 16->16 k3", "8x8 16->16 k1", "16x16 16->16 k3", "16x16 16->16 k1",
+        "32x32 16->16 k3", "32x32 16->16 k1", "32x32 16->3 k3"]  # fmt: skip
+    for row in out["rows"]:
+        assert set(row["ms"]) == {"vmap", "im2col", "shifted", "unrolled"}, row
+        assert all(positive(ms) for ms in row["ms"].values()), row
+        assert row["fastest"] == min(row["ms"], key=row["ms"].get), row
+        # auto is the CPU's rule (per_image.auto_lowering), not the fastest of this run: a
+        # 1x1 is a matrix product, a 3x3 with 16 input channels has too many pixels for im2col
+        assert row["auto"] == ("im2col" if row["shape"].endswith("k1") else "unrolled"), row
+
+
+def test_step_ops_counts_the_same_products_at_every_batch():
+    """BENCHMARKS.md's claim: with im2col the lowered step holds the same products and
+    convolutions at any batch (what grows is only their batch dimension)."""
+    lines = run_text("step_ops.py", "--resolution", "32", "--ch", "4", "--batches", "1,2",
+                     "--lowering", "im2col")  # fmt: skip
+    assert len(lines) == 2
+    counts = [line.split(": ", 1) for line in lines]
+    assert [head for head, _ in counts] == ["32 px ch 4, im2col, batch 1",
+                                            "32 px ch 4, im2col, batch 2"]  # fmt: skip
+    assert counts[0][1] == counts[1][1] and counts[0][1].startswith("dot_general ")
+
+
+def test_profile_step_lists_the_step_s_ops():
+    lines = run_text("profile_step.py", "--resolution", "32", "--ch", "4", "--batch", "2",
+                     "--steps", "1", "--top", "3")  # fmt: skip
+    assert lines[0].startswith("32 px, ch 4, batch 2, lowering auto, cpu: warm run of 1 steps")
+    kinds = lines[lines.index("ms/step  op kind") + 1 :]
+    kinds = kinds[: kinds.index("")]
+    assert len(kinds) >= 3 and all(float(line.split()[0]) >= 0 for line in kinds)
+    assert "convolution" in {line.split()[1] for line in kinds}
+    top = lines[lines.index("ms/step  op  shape  from") + 1 :]
+    assert len(top) == 3
+    for line in top:  # time, the op, its shape (and the JAX code it came from, when known)
+        ms, op, shape = line.split()[:3]
+        assert float(ms) >= 0 and "." in op and "[" in shape, line
+
+
+def test_memory_per_image_fits_a_positive_number_of_images():
+    lines = run_text("memory_per_image.py", "--resolution", "32", "--ch", "4", "--batches", "1,2",
+                     "--device-gib", "1")  # fmt: skip
+    assert [line.split(":")[0] for line in lines[:2]] == ["batch 1", "batch 2"]
+    assert lines[2].startswith("per image, arguments: ")
+    assert lines[3].startswith("per image, temporaries: ")
+    head, fits = lines[4].split(": ")
+    assert head.startswith("per image ") and ", shared " in head
+    count, rest = fits.split(" ", 1)
+    assert int(count) > 0 and rest == "images fit in 1 GiB"
