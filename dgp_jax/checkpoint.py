@@ -277,6 +277,9 @@ def save(
     directory = Path(directory).absolute()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
+    if directory.exists() and not directory.is_dir():
+        # overwrite replaces a checkpoint folder, never a file that happens to be there
+        raise FileExistsError(f"{directory} is a file, not a checkpoint folder to replace")
     with atomic_directory(directory) as tmp:
         state = {"generator": _strip(generator)}
         if discriminator is not None:
@@ -423,12 +426,20 @@ def export_pth(
     size; loading casts back to the compute dtype); integer buffers are kept as they are.
     Existing files are refused unless ``overwrite``; the target folders must exist.
     """
+    if discriminator_pth is not None and (
+        Path(generator_pth).absolute() == Path(discriminator_pth).absolute()
+    ):
+        raise ValueError(
+            f"the generator and the discriminator would both be written to {generator_pth}"
+        )
     for target in (generator_pth, discriminator_pth):
         if target is None:
             continue
         target = Path(target)
         if not target.parent.is_dir():
             raise FileNotFoundError(f"no folder {target.parent} to write {target.name} into")
+        if target.is_dir():
+            raise ValueError(f"{target} is a folder; name the .pth file to write")
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     config, g_vars, d_vars, meta = load(directory)

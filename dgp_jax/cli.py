@@ -39,6 +39,8 @@ def cmd_convert(args) -> int:
     overrides = _parse_set_model(args.set)
     if Path(args.out).exists() and not args.force:
         raise RunError(f"{args.out} exists; pass --force to replace it")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise RunError(f"--out {args.out} is a file; --force replaces a checkpoint folder only")
     t = time.perf_counter()
     out = checkpoint.convert(
         args.generator, args.discriminator, args.out, overrides=overrides, overwrite=args.force
@@ -50,14 +52,26 @@ def cmd_convert(args) -> int:
 
 
 def _parse_set_model(items: list[str]) -> dict:
-    from dgp_jax.runner import parse_value
+    """``--set field=value`` for BigGANConfig, each value checked against its field's type
+    (text fields such as G_attn=64 stay text; unknown fields are named by the conversion)."""
+    import dataclasses
 
+    from dgp_jax.nets.biggan import BigGANConfig
+    from dgp_jax.runner import RunError, parse_value
+
+    types = {f.name: f.type for f in dataclasses.fields(BigGANConfig)}
+    takes = {"int": "an integer", "float": "a number", "bool": "true or false"}
     out = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--set expects field=value, got {item!r}")
-        name, value = item.split("=", 1)
-        out[name] = parse_value(value)
+            raise RunError(f"--set expects field=value, got {item!r}")
+        name, text = item.split("=", 1)
+        kind = types.get(name)
+        value = text if kind == "str" else parse_value(text)
+        allowed = {"int": (int,), "float": (int, float), "bool": (bool,)}.get(kind)
+        if allowed is not None and type(value) not in allowed:
+            raise RunError(f"--set {item}: {name} takes {takes[kind]}, got {text!r}")
+        out[name] = value
     return out
 
 
@@ -176,7 +190,11 @@ def cmd_masks(args) -> int:
     if args.per_bucket < 1:
         raise ValueError(f"--per-bucket must be at least 1, got {args.per_bucket}")
     from dgp_jax.run.folder import OutputDir
+    from dgp_jax.runner import RunError
 
+    # another run's masks.json and buckets would be overwritten or mixed with these
+    if Path(args.out).is_dir() and any(Path(args.out).iterdir()):
+        raise RunError(f"--out {args.out} is not empty: choose a new folder")
     OutputDir.check_writable(args.out)
     record = masks.write_bucket_masks(args.out, args.size, buckets, args.per_bucket, args.seed)
     for name, entry in record["buckets"].items():

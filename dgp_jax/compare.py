@@ -40,7 +40,7 @@ import numpy as np
 from dgp_jax import baselines
 from dgp_jax.run.folder import OutputDir
 from dgp_jax.run.markers import done_marker, is_done
-from dgp_jax.run.plan import Item, image_key, plan_inputs
+from dgp_jax.run.plan import Item, image_key, plan_inputs, refuse_output_among_inputs
 from dgp_jax.run.settings import RunError, canonical_task
 
 LABEL = "compare"
@@ -208,6 +208,7 @@ def execute(options: CompareOptions) -> CompareReport:
 
     # Per method: its settings, with the task's factor and the inputs' classes where taken.
     OutputDir.check_writable(options.out, keep=False)
+    refuse_output_among_inputs(options.out, options.inputs)
     items = plan_inputs(options.inputs)
     configs: dict[str, dict[str, Any]] = {}
     for m in methods:
@@ -224,7 +225,7 @@ def execute(options: CompareOptions) -> CompareReport:
         check = getattr(module, "check", None)
         if check is not None:
             try:
-                check(config)
+                check(config, degradation=phi, resolution=res)
             except (OSError, ValueError) as err:
                 raise RunError(f"{m}: {err}") from None
         configs[m] = config

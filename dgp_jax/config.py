@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -102,6 +103,14 @@ class SolverConfig:
                 f"select_num must be >= 0 and select_batch >= 1, got {self.select_num}, "
                 f"{self.select_batch}"
             )
+        if self.factor is not None and (
+            not isinstance(self.factor, numbers.Integral)
+            or isinstance(self.factor, bool)
+            or self.factor < 1
+        ):
+            raise ValueError(f"factor must be a positive integer or None, got {self.factor!r}")
+        if self.sample_std < 0:
+            raise ValueError(f"sample_std must be >= 0, got {self.sample_std}")
         if self.ftr_type not in FTR_TYPES:
             raise ValueError(f"ftr_type must be one of {FTR_TYPES}, got {self.ftr_type!r}")
         if self.style_weight and self.ftr_type != "johnson":

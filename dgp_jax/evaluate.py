@@ -223,6 +223,10 @@ def read_labels(path: str | os.PathLike) -> dict[str, int]:
             raise EvaluationError(
                 f"{path}:{number}: class {parts[1]!r} is not an integer"
             ) from None
+        if not 0 <= labels[Path(parts[0]).stem] < 1000:
+            raise EvaluationError(
+                f"{path}:{number}: class {parts[1]} is not an ImageNet class index [0, 1000)"
+            )
     return labels
 
 
@@ -419,8 +423,15 @@ def evaluate(
 ) -> tuple[Scores, dict[str, Path]]:
     """What ``dgp-jax evaluate`` does: evaluators first, then the images, then the files
     (``out``, default ``RESULTS/evaluation``)."""
+    from dgp_jax.run.folder import OutputDir
+    from dgp_jax.run.settings import RunError
+
     evaluators = Evaluators(metrics, nets=nets, mode=mode)
     entries = collect(results, reference, labels)
-    scores = score(entries, evaluators)
     target = Path(out) if out is not None else Path(results) / "evaluation"
+    try:  # before any scoring (an FID can take long): a folder the tables can go into
+        OutputDir.check_writable(target, keep=False)
+    except RunError as err:
+        raise EvaluationError(str(err).replace("--out", "--out (the tables' folder)")) from None
+    scores = score(entries, evaluators)
     return scores, write_outputs(target, scores, title=f"Metrics of {results}")

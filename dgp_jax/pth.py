@@ -672,6 +672,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         f = open(path_str, "rb")  # closed by the with below
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "PyTorch checkpoint not found", path_str) from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path_str} is a folder, not a PyTorch checkpoint file") from None
     with f:
         file_size = os.fstat(f.fileno()).st_size
         if file_size == 0:

@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from dgp_jax.config import SolverConfig
 from dgp_jax.default_model import DEFAULT_MODEL
@@ -53,6 +53,7 @@ from dgp_jax.run.plan import (
     image_key,
     plan_inputs,
     plan_items,
+    refuse_output_among_inputs,
     take_share,
 )
 from dgp_jax.run.progress import Progress, _batch_size, _progress
@@ -315,8 +316,9 @@ def load_model(weights: str | None):
 
 def _check_manipulation(kind: str, settings: dict, n_classes: int) -> None:
     if kind == "jitter":
-        if not settings.get("stds") or any(s < 0 for s in settings["stds"]):
-            raise RunError(f"--stds must be one or more values >= 0, got {settings.get('stds')}")
+        stds = settings.get("stds")
+        if not stds or not all(math.isfinite(s) and s >= 0 for s in stds):
+            raise RunError(f"--stds must be one or more finite values >= 0, got {stds}")
         if settings.get("samples", 0) < 1:
             raise RunError(f"--samples must be >= 1, got {settings.get('samples')}")
     elif kind == "morph" and settings.get("frames", 0) < 2:
@@ -376,10 +378,7 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     task = canonical_task(options.task)
     # Every check before the folder is made: a refused run leaves nothing behind.
     OutputDir.check_writable(options.out, keep=False)
-    # Results written into an input folder would become inputs of the next (resumed) run.
-    out_root = Path(options.out).resolve()
-    if any(Path(i).is_dir() and Path(i).resolve() == out_root for i in options.inputs):
-        raise RunError(f"--out {options.out} is an input folder: choose another folder")
+    refuse_output_among_inputs(options.out, options.inputs)
     items = plan_inputs(options.inputs, options.class_index)
     if options.kind == "morph" and len(items) < 2:
         raise RunError("morph needs at least two input images")

@@ -51,6 +51,28 @@ def test_convert_export_and_restore(tmp_path, tiny, capsys):
     missing_pth = tmp_path / "G_nowhere.pth"
     assert cli.main(["convert", str(missing_pth), "--out", str(tmp_path / "c2")]) == 2
     assert str(missing_pth) in capsys.readouterr().err and not (tmp_path / "c2").exists()
+    # Each refused before anything is written, exit 2, the message naming what is wrong:
+    # a folder given as a .pth; --set values of the wrong type or with no value; a file at
+    # --out (--force replaces a checkpoint folder, not a file, which is kept).
+    regular = tmp_path / "regular"
+    regular.write_text("mine")
+    for args, says in (
+        ([str(tmp_path), "--out", str(tmp_path / "c2")], f"{tmp_path} is a folder, not a PyTorch"),
+        ([str(g), str(tmp_path), "--out", str(tmp_path / "c2")], f"{tmp_path} is a folder"),
+        ([str(g), "--out", str(tmp_path / "c2"), "--set", "SN_eps=abc"],
+         "--set SN_eps=abc: SN_eps takes a number, got 'abc'"),
+        ([str(g), "--out", str(tmp_path / "c2"), "--set", "hier=maybe"],
+         "--set hier=maybe: hier takes true or false"),
+        ([str(g), "--out", str(tmp_path / "c2"), "--set", "SN_eps"],
+         "--set expects field=value, got 'SN_eps'"),
+        ([str(g), str(d), "--out", str(regular), "--force"],
+         f"--out {regular} is a file; --force replaces a checkpoint folder only"),
+    ):  # fmt: skip
+        assert cli.main(["convert", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("dgp-jax convert: error: ") and says in err, (args, err)
+        assert "Traceback" not in err and not (tmp_path / "c2").exists()
+    assert regular.read_text() == "mine" and not list(tmp_path.glob(".regular*"))
 
     # export: into a missing folder names the folder; existing files need --force.
     missing = tmp_path / "missing" / "G.pth"
@@ -63,6 +85,18 @@ def test_convert_export_and_restore(tmp_path, tiny, capsys):
     assert "G.pth exists; pass --force to replace it" in capsys.readouterr().err
     assert (tmp_path / "G.pth").stat().st_mtime_ns == before
     assert cli.main(["export", str(ckpt), "--generator", str(tmp_path / "G.pth"), "--force"]) == 0
+    # G and D into one file, or a folder as the file, are refused (even with --force)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    forced = (tmp_path / "G.pth").stat().st_mtime_ns
+    for args, says in (
+        (["--generator", str(tmp_path / "G.pth"), "--discriminator", str(tmp_path / "G.pth")],
+         f"the generator and the discriminator would both be written to {tmp_path / 'G.pth'}"),
+        (["--generator", str(folder)], f"{folder} is a folder; name the .pth file to write"),
+    ):  # fmt: skip
+        assert cli.main(["export", str(ckpt), *args, "--force"]) == 2, args
+        assert says in capsys.readouterr().err
+    assert (tmp_path / "G.pth").stat().st_mtime_ns == forced and not any(folder.iterdir())
     original, exported = read_state_dict(g), read_state_dict(tmp_path / "G.pth")
     assert list(original) == list(exported)
     assert all(np.array_equal(original[k], exported[k]) for k in original)
@@ -103,7 +137,7 @@ def test_convert_export_and_restore(tmp_path, tiny, capsys):
     assert json.loads((out / "config.json").read_text())["iterations"] == [1, 1, 1, 1, 1]
 
 
-def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys):
+def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys, monkeypatch):
     photos = make_photos(tmp_path / "photos", 2)
     weights = str(tiny["pth"])
 
@@ -173,6 +207,23 @@ def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys):
                                               str(photos[0]))  # fmt: skip
     err = run("--task", "SR", str(photos[0]), str(tmp_path / "nope.png"))
     assert f"no input file or folder at {tmp_path / 'nope.png'}" in err
+    for field in ("factor=0", "factor=-2"):  # the same through --set (was a crash mid-run)
+        err = run("--task", "SR", "--set", field, str(photos[0]))
+        assert f"factor must be a positive integer or None, got {field[7:]}" in err
+    err = run("--task", "SR", "--set", "sample_std=-1", str(photos[0]))
+    assert "sample_std must be >= 0, got -1" in err
+    # jitter's stds are checked before solving (were after it, which left the folder)
+    argv = ["jitter", "--weights", weights, "--out", str(tmp_path / "j"), "--quiet", *FAST,
+            "--stds", "0.5,inf,nan", str(photos[0])]  # fmt: skip
+    assert cli.main(argv) == 2 and not (tmp_path / "j").exists()
+    assert "--stds must be one or more finite values >= 0, got [0.5, inf, nan]" in (
+        capsys.readouterr().err
+    )
+    # a multi-process setting from the environment names its variable
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    err = run("--task", "SR", str(photos[0]))
+    assert "environment variable JAX_NUM_PROCESSES='two' is not an integer" in err
+    monkeypatch.delenv("JAX_NUM_PROCESSES")
     # Nested folders that did not exist are not left behind either.
     run("--task", "SR", "--factor", "0", str(photos[0]), out=tmp_path / "a" / "b")
     assert not (tmp_path / "a").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,34 @@ def test_setup_errors_name_the_problem(tmp_path, with_fake):
         compare.execute(_options(tmp_path / "c", methods=["dip"], sets=["dip.iters=3"]))
     with pytest.raises(RunError, match="expected METHOD.KEY=VALUE"):
         compare.execute(_options(tmp_path / "d", sets=["iterations=3"]))
-    assert not any((tmp_path / name).exists() for name in "abcd") and CALLS == []
+    # Each method's settings are checked before any work (they failed per image, after the
+    # observations and tables were written): bad values, a broken weight file, a preset
+    # that does not exist, a model of another size than the comparison's.
+    (tmp_path / "G_ema.pth").write_bytes(b"")
+    for method, sets, says in (
+        ("dip", ["dip.iterations=abc"], "dip: iterations must be an integer >= 1, got 'abc'"),
+        ("dip", ["dip.iterations=-3"], "dip: iterations must be an integer >= 1, got -3"),
+        ("dip", ["dip.lr=0"], "dip: lr must be a finite number > 0, got 0"),
+        ("dip", ["dip.lowering=bogus"], "dip: lowering must be one of"),
+        ("dip", ["dip.preset=nosuch"], "dip: unknown preset 'nosuch'"),
+        ("dgp", ["dgp.preset=nosuch"], "dgp: unknown preset 'nosuch'"),
+        ("dgp", ["dgp.select_num=-1"], "dgp: select_num must be an integer >= 0, got -1"),
+        ("mse-only", ["mse-only.iterations=1.5"], "iterations must be an integer >= 0, got 1.5"),
+        ("dgp", [f"dgp.weights={tmp_path / 'G_ema.pth'}"], f"{tmp_path / 'G_ema.pth'} is empty"),
+        ("singan", ["singan.min_size=big"], "singan: min_size must be int, got 'big'"),
+    ):  # fmt: skip
+        with pytest.raises(RunError, match=re.escape(says)):
+            compare.execute(_options(tmp_path / "f", methods=[method], sets=sets))
+    with pytest.raises(RunError, match="the model is 64 px but the images are compared at 32 px"):
+        compare.execute(_options(tmp_path / "f", methods=["dgp"], resolution=32))
+    # Results written among the inputs would be compared on the next run.
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.open(PHOTOS[0]).save(inputs / "a.png")
+    with pytest.raises(RunError, match=f"--out {re.escape(str(inputs))} is an input folder"):
+        compare.execute(_options(inputs, methods=["observation"], inputs=[str(inputs)]))
+    assert sorted(p.name for p in inputs.iterdir()) == ["a.png"]
+    assert not any((tmp_path / name).exists() for name in "abcdf") and CALLS == []
     # Bicubic on a task without an SR factor fails per image, the others finish.
     report = compare.execute(_options(tmp_path / "e", task="colorization",
                                       methods=["bicubic", "observation"]))  # fmt: skip

@@ -171,6 +171,15 @@ def test_evaluate_errors(tmp_path, photo_sets, nets, capsys, level_metric):
     assert "modelparameters.mat" in err and "'niqe'" in err
     assert "compare with reference images" in run("--metrics", "ssim")
     assert "need each image's class" in run("--metrics", "resnet50", "--nets", str(nets))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a.png 3\nb.png 5000\n")
+    err = run("--metrics", "resnet50", "--nets", str(nets), "--labels", str(labels))
+    assert f"{labels}:2: class 5000 is not an ImageNet class index [0, 1000)" in err
+    # an --out where the tables cannot go is named before any scoring
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    err = run("--metrics", "psnr", "--reference", str(originals), "--out", str(blocker / "t"))
+    assert f"output folder {blocker / 't'} is not writable" in err
     # Any registered name works, including ones added after this module was written.
     assert cli.main(["evaluate", str(results), "--metrics", "level",
                      "--out", str(tmp_path / "lv")]) == 0  # fmt: skip

@@ -127,6 +127,12 @@ def test_masks_command_writes_the_buckets_as_pngs(tmp_path, capsys):
         assert cli_main(["masks", *args, "--out", str(tmp_path / "c")]) == 2, args
         assert message in capsys.readouterr().err, args
         assert not (tmp_path / "c").exists(), args  # refused before any folder is made
+    # Another set into a folder that holds one would overwrite its masks.json: refused.
+    before = (tmp_path / "a" / "masks.json").read_bytes()
+    assert cli_main(["masks", "--size", "32", "--buckets", "0-10", "--per-bucket", "1",
+                     "--seed", "4", "--out", str(tmp_path / "a")]) == 2  # fmt: skip
+    assert f"--out {tmp_path / 'a'} is not empty: choose a new folder" in capsys.readouterr().err
+    assert (tmp_path / "a" / "masks.json").read_bytes() == before
 
 
 # --------------------------------------------------------------------------- metrics

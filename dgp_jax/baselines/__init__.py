@@ -17,7 +17,8 @@ A method is a function
 ``METHODS`` maps a name to ``"module:function"``; the module is imported only when the name
 is asked for. A method's module may also define ``SETTINGS`` (the config keys it accepts:
 ``compare`` passes the task's ``factor`` and the inputs' ``classes`` only to methods that
-list them) and ``check(config)``, called before any work (e.g. to name a missing weight file).
+list them) and ``check(config, *, degradation, resolution)``, called by ``compare`` before
+any work with its φ and image size (to name a missing weight file or a bad setting).
 """
 
 from __future__ import annotations

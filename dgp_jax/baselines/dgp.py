@@ -52,8 +52,10 @@ def _model(weights: str | None):
     return load_model(weights)
 
 
-def check(config: Mapping[str, Any]) -> None:
-    """Before any work: the weight file exists (named when it does not)."""
+def check(config: Mapping[str, Any], *, degradation=None, resolution: int | None = None) -> None:
+    """Before any work: the weights load (a missing or broken file is named), the model is
+    ``resolution`` px, and the solver schedule builds from the settings (preset, iterations,
+    select_num) for ``degradation``'s task."""
     weights = config.get("weights")
     if weights and not os.path.exists(weights):
         raise FileNotFoundError(f"DGP weights not found: {weights}")
@@ -63,31 +65,69 @@ def check(config: Mapping[str, Any]) -> None:
         for path in (DEFAULT_MODEL, DEFAULT_DISCRIMINATOR):
             if not os.path.exists(path):
                 raise FileNotFoundError(f"the shipped DGP model file is missing: {path}")
+    if degradation is None:
+        return
+    model = _loaded(weights or None)  # cached: the solve reuses it
+    res = model.config.resolution
+    if resolution is not None and resolution != res:
+        raise ValueError(
+            f"the model is {res} px but the images are compared at {resolution} px: "
+            f"compare at --resolution {res}"
+        )
+    _schedule(config, degradation, res)
+
+
+def _loaded(weights: str | None):
+    from dgp_jax.run.settings import RunError
+
+    try:
+        return _model(weights)
+    except RunError as err:  # a broken file: named by the loader
+        raise ValueError(str(err)) from None
+
+
+def _count(config: Mapping[str, Any], name: str, least: int) -> int | None:
+    value = config.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def _schedule(config: Mapping[str, Any], degradation, res: int) -> SolverConfig:
+    """The task's preset for a ``res`` px model (or ``preset``), shortened by the settings."""
+    from dgp_jax.run.settings import RunError, build_config
+
+    factor = sr_factor(degradation, config)
+    task = "SR" if factor is not None else degradation.name
+    iterations, select_num = _count(config, "iterations", 0), _count(config, "select_num", 0)
+    try:
+        base = build_config(task, res, config.get("preset"), (), factor)
+    except RunError as err:
+        raise ValueError(str(err)) from None
+    overrides = {}
+    if iterations is not None:
+        overrides["iterations"] = (iterations,) * base.num_stages
+    if select_num is not None:
+        overrides["select_num"] = select_num
+    return base.replace(**overrides)
 
 
 def _solve(method: str, observed, degradation, seed, config):
     import dgp_jax
-    from dgp_jax.run.settings import build_config
 
     check_settings(method, config, SETTINGS)
     check(config)
     observed = np.asarray(observed)
-    model = _model(config.get("weights") or None)
+    model = _loaded(config.get("weights") or None)
     res = model.config.resolution
     if observed.shape[1:3] != (res, res):
         raise ValueError(
             f"{method}: the model is {res} px but the observations are "
             f"{observed.shape[1]}x{observed.shape[2]}: compare at --resolution {res}"
         )
-    task = "SR" if sr_factor(degradation, config) is not None else degradation.name
-    factor = sr_factor(degradation, config)
-    base = build_config(task, res, config.get("preset"), (), factor)
-    overrides = {}
-    if config.get("iterations") is not None:
-        overrides["iterations"] = (int(config["iterations"]),) * base.num_stages
-    if config.get("select_num") is not None:
-        overrides["select_num"] = int(config["select_num"])
-    base = base.replace(**overrides)
+    base = _schedule(config, degradation, res)
     classes = np.asarray(config.get("classes") or [-1] * len(observed))
     result = dgp_jax.restore(
         model, observed.astype(model.dtype), classes, ablation_config(base, method),

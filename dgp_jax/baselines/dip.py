@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -180,6 +181,37 @@ def _programs(spec, schedule, degradation, factor, mesh, shape, dtype_name, lowe
     return jax.jit(init), jax.jit(many, donate_argnums=(0,)), jax.jit(renderer)
 
 
+def _settings(config: Mapping[str, Any], degradation, factor: int | None):
+    """(schedule, iterations, hyperparameters) from the settings, each checked."""
+    name = config.get("preset") or default_preset(degradation, factor)
+    if name not in SCHEDULES:
+        raise ValueError(f"dip: unknown preset {name!r}; presets: {', '.join(SCHEDULES)}")
+    schedule = SCHEDULES[name]
+    iterations = config.get("iterations", schedule.iterations)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"dip: iterations must be an integer >= 1, got {iterations!r}")
+    hp = {"lr": config.get("lr", LR),
+          "reg_noise_std": config.get("reg_noise_std", schedule.reg_noise_std)}  # fmt: skip
+    for key, value in hp.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and value >= 0 and (value > 0 or key != "lr"))
+        ):
+            least = "> 0" if key == "lr" else ">= 0"
+            raise ValueError(f"dip: {key} must be a finite number {least}, got {value!r}")
+        hp[key] = float(value)
+    conv_lowering(config.get("lowering", "auto"), 1)  # names a bad lowering
+    return schedule, iterations, hp
+
+
+def check(config: Mapping[str, Any], *, degradation=None, resolution: int | None = None) -> None:
+    """Before any work (``dgp-jax compare``): the settings, for ``degradation``'s task."""
+    check_settings("dip", config, SETTINGS)
+    if degradation is not None:
+        _settings(config, degradation, sr_factor(degradation, config))
+
+
 def restore(observed, degradation, *, seed, config):
     """The baselines' signature (see :mod:`dgp_jax.baselines`); ``seed`` an int or one per
     image."""
@@ -194,15 +226,7 @@ def restore_with_keys(observed, degradation, keys, config: Mapping[str, Any]):
     if observed.ndim != 4 or observed.shape[-1] != 3:
         raise ValueError(f"dip: observed must be (B, H, W, 3), got {observed.shape}")
     factor = sr_factor(degradation, config)
-    name = config.get("preset") or default_preset(degradation, factor)
-    if name not in SCHEDULES:
-        raise ValueError(f"dip: unknown preset {name!r}; presets: {', '.join(SCHEDULES)}")
-    schedule = SCHEDULES[name]
-    iterations = int(config.get("iterations", schedule.iterations))
-    if iterations < 1:
-        raise ValueError(f"dip: iterations must be >= 1, got {iterations}")
-    hp = {"lr": float(config.get("lr", LR)),
-          "reg_noise_std": float(config.get("reg_noise_std", schedule.reg_noise_std))}  # fmt: skip
+    schedule, iterations, hp = _settings(config, degradation, factor)
     spec = dip_skip.PRESETS[schedule.network]
     b, h, w, _ = observed.shape
     dip_skip.check_size(spec, h, w)

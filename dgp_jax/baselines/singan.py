@@ -69,6 +69,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -116,6 +117,13 @@ class Settings:
     lowering: str = "im2col"
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kind = {"int": numbers.Integral, "float": numbers.Real, "str": str}[field.type]
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"singan: {field.name} must be {field.type}, got {value!r}")
+        if self.iterations < 0:
+            raise ValueError(f"singan: iterations must be >= 0, got {self.iterations}")
         if self.lowering not in nets.LOWERINGS:
             raise ValueError(
                 f"singan: lowering must be one of {list(nets.LOWERINGS)}, got {self.lowering!r}"
@@ -728,6 +736,23 @@ def _task(degradation, config: Mapping[str, Any]) -> tuple[str, int | None]:
         f"jittering; degradation 'identity'), the tasks DGP compares it on; got degradation "
         f"{name!r}"
     )
+
+
+def check(config: Mapping[str, Any], *, degradation=None, resolution: int | None = None) -> None:
+    """Before any work (``dgp-jax compare``): the task and the settings."""
+    config = {k: v for k, v in config.items() if k != "progress"}
+    unknown = sorted(set(config) - _SETTING_KEYS - {"factor"})
+    if unknown:
+        raise ValueError(
+            f"singan: unknown config key {unknown[0]!r}; known: {sorted(_SETTING_KEYS)}"
+        )
+    if degradation is not None:
+        task, factor = _task(degradation, config)
+        settings = {k: v for k, v in config.items() if k != "factor"}
+        if task == "SR":
+            sr_settings(factor, **settings)
+        else:
+            Settings(**settings)
 
 
 def to_bytes(x: np.ndarray) -> np.ndarray:

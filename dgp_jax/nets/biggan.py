@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from dgp_jax.nets.layers import (
@@ -59,6 +61,14 @@ class BigGANConfig:
     D_wide: bool = True
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            # bool counts as an int to Python, and an int is a fine float (an eps of 0)
+            kinds = {"int": numbers.Integral, "float": numbers.Real, "bool": (bool, np.bool_),
+                     "str": str}  # fmt: skip
+            is_bool = isinstance(value, bool | np.bool_)
+            if not isinstance(value, kinds[field.type]) or (is_bool and field.type != "bool"):
+                raise ValueError(f"BigGANConfig.{field.name} must be {field.type}, got {value!r}")
         if self.resolution not in G_RESOLUTIONS:
             raise ValueError(
                 f"resolution {self.resolution} is not a BigGAN resolution {G_RESOLUTIONS}"

@@ -66,6 +66,13 @@ def plan_inputs(inputs: Sequence[str], class_index: int | None = None) -> list[I
     return items
 
 
+def refuse_output_among_inputs(out: str, inputs: Sequence[str]) -> None:
+    """Results written into an input folder would become inputs of the next (resumed) run."""
+    out_root = Path(out).resolve()
+    if any(Path(i).is_dir() and Path(i).resolve() == out_root for i in inputs):
+        raise RunError(f"--out {out} is an input folder: choose another folder")
+
+
 def take_share(items: Sequence[Any], count: int, index: int) -> list[Any]:
     """Process ``index`` of ``count`` takes items index, index + count, ..."""
     return list(items[index::count])

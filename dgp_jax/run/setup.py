@@ -49,6 +49,16 @@ def configure_compilation_cache(cache_dir: str | None) -> Path | None:
 SHUTDOWN_WAIT_S = 7 * 24 * 3600
 
 
+def _environment_int(name: str) -> int | None:
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise RunError(f"environment variable {name}={text!r} is not an integer") from None
+
+
 def init_distributed(
     coordinator: str | None, num_processes: int | None, process_id: int | None
 ) -> tuple[int, int]:
@@ -64,10 +74,10 @@ def init_distributed(
     import jax
 
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
-        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
-    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
-        process_id = int(os.environ["JAX_PROCESS_ID"])
+    if num_processes is None:
+        num_processes = _environment_int("JAX_NUM_PROCESSES")
+    if process_id is None:
+        process_id = _environment_int("JAX_PROCESS_ID")
     if (num_processes or 1) <= 1 and coordinator is None:
         return 0, 1
     if num_processes is None or process_id is None:
