@@ -178,6 +178,9 @@ def test_dgp_and_its_ablations_solve_the_observation_with_the_task_preset(tmp_pa
     preset = dgp_jax.SolverConfig.preset("wallpapers_64/SR")
     preset = preset.replace(iterations=(1,) * preset.num_stages, select_num=2)
     keys = image_keys([compare._seed_of(0, n) for n in names], 2)
+    # each image's key is the one compare --batch 1 gives it (its seed alone, as an int)
+    for i, n in enumerate(names):
+        np.testing.assert_array_equal(keys[i], image_keys(compare._seed_of(0, n), 1)[0])
     results = {}
     for m in methods:
         want = dgp_jax.restore(dgp_methods._model(None), observed, np.array([-1, -1]),

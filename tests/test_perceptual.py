@@ -5,12 +5,16 @@ seeded weights, and a short float64 run of the reference DGP's own VGG ablation
 (``--ftr_type VGG``), step by step, as tests/test_solver.py checks the discriminator runs.
 """
 
+import dataclasses
+import json
+import re
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import dgp_jax
 from dgp_jax import baselines, degradations, perceptual, pth
@@ -130,17 +134,17 @@ def test_johnson_loss_in_the_solver(tiny_without_d, one_device_mesh):
     assert result.history["ftr"][1, 0] < result.history["ftr"][0, 0]
 
 
-@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
-def test_dgp_vgg_baseline_on_a_tiny_model(tiny_without_d, tmp_path):
+def test_dgp_vgg_baseline_refuses_bad_config_and_reads_the_task(tiny_without_d, tmp_path):
+    """(The method solving: test_dgp_vgg_through_compare_as_the_command_line_gives_it.)"""
     restore = baselines.get("dgp-vgg")
     phi = degradations.for_mode("SR", 32, factor=2)
     observed = phi.target_fn(image_pairs(1, 32, 32)[0])
     path = tmp_path / "vgg16-397923af.pth"
     pth.write_state_dict(path, random_state(vgg.state_shapes(), VGG_SEED))
     sets = ["resolution=none", "iterations=1", "select_num=2"]
-    config = {"model": tiny_without_d, "vgg": path, "set": sets}
-    restored = restore(observed, phi, seed=0, config=config)
-    assert restored.shape == (1, 32, 32, 3) and np.all(np.abs(restored) <= 1)
+    config = {"model": tiny_without_d, "vgg": path, "set": sets, "factor": 2}
+    with pytest.raises(ValueError, match="φ 'SR' is super-resolution: pass the setting factor"):
+        restore(observed, phi, seed=0, config={k: v for k, v in config.items() if k != "factor"})
     with pytest.raises(FileNotFoundError, match=r"dgp-vgg.*vgg16-397923af.pth.*download.pytorch"):
         restore(observed, phi, seed=0, config={**config, "vgg": tmp_path / "none.pth"})
     with pytest.raises(ValueError, match=r"unknown config keys \['iters'\]"):
@@ -148,6 +152,54 @@ def test_dgp_vgg_baseline_on_a_tiny_model(tiny_without_d, tmp_path):
     assert baselines.dgp_vgg.task_of(phi) == ("SR", None)  # for_mode names φ "SR"
     assert baselines.dgp_vgg.task_of(degradations.super_resolution(2)) == ("SR", 2)
     assert baselines.dgp_vgg.task_of(degradations.grayscale()) == ("colorization", None)
+
+
+@pytest.mark.cheap_compiles  # compile-bound (tests/_compiling.py)
+def test_dgp_vgg_through_compare_as_the_command_line_gives_it(tmp_path):
+    """dgp-jax compare --methods dgp-vgg: the model and VGG16 as paths, the schedule as one
+    --set text, the SR factor compare passes (φ is named 'SR'), one seed per image; its
+    settings are checked before any work."""
+    from dgp_jax import compare
+    from dgp_jax.run.settings import RunError
+
+    model = dgp_jax.random_biggan(dgp_jax.BigGANConfig(**TINY), jax.random.PRNGKey(0),
+                                  dtype=jnp.float32, init="N02")  # fmt: skip
+    model.save(tmp_path / "tiny")
+    vgg_file = tmp_path / "vgg16-397923af.pth"
+    pth.write_state_dict(vgg_file, random_state(vgg.state_shapes(), VGG_SEED))
+    photos = [str(tmp_path / f"p{i}.png") for i in range(2)]
+    for i, path in enumerate(photos):
+        dgp_jax.images.save_image(image_pairs(1, 32, 32)[i][0], path)
+    sets = [f"dgp-vgg.model={tmp_path / 'tiny'}", f"dgp-vgg.vgg={vgg_file}",
+            "dgp-vgg.set=resolution=none;iterations=1;select_num=2"]  # fmt: skip
+
+    def options(out, more=(), **kw):
+        return compare.CompareOptions(task="SR", methods=["dgp-vgg"], inputs=photos,
+                                      out=str(tmp_path / out), resolution=32, factor=2,
+                                      sets=[*sets, *more], progress=False, **kw)  # fmt: skip
+
+    report = compare.execute(options("o", batch=2))
+    assert report.done == {"dgp-vgg": ["p0", "p1"]} and not report.failed
+    record = json.loads((tmp_path / "o/dgp-vgg/p0_compare.done.json").read_text())
+    assert record["config"]["factor"] == 2  # compare's factor reached the method
+    # image p1 in a batch of two is what it is alone with its own seed
+    alone = compare.execute(options("alone", batch=1))
+    assert alone.done == {"dgp-vgg": ["p0", "p1"]}
+    for name in ("p0", "p1"):
+        a, b = (
+            np.asarray(Image.open(tmp_path / f"{o}/dgp-vgg/{name}.png")) for o in ("o", "alone")
+        )
+        assert np.abs(a.astype(int) - b).max() <= 1, name
+    for more, says in (
+        ([f"dgp-vgg.vgg={tmp_path / 'none.pth'}"], "none.pth"),
+        (["dgp-vgg.set=iterations=abc"], "--set iterations=abc"),
+        (["dgp-vgg.iters=3"], "dgp-vgg has no setting 'iters'"),
+    ):  # fmt: skip
+        with pytest.raises(RunError, match=re.escape(says)):
+            compare.execute(options("bad", more))
+    with pytest.raises(RunError, match="the model is 32 px but the images are compared at 64"):
+        compare.execute(dataclasses.replace(options("bad"), resolution=64, factor=4))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_settings_are_refused(tiny_without_d):

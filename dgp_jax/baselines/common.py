@@ -56,8 +56,9 @@ def low_resolution(observed: np.ndarray, factor: int) -> np.ndarray:
 
 def image_keys(seed, count: int) -> np.ndarray:
     """(count, 2) uint32 PRNG keys: with an int seed, fold_in(PRNGKey(seed), i) for image i;
-    with one int per image, PRNGKey(seed_i), so an image's result does not depend on its
-    batch."""
+    with one int per image, the key image i gets alone with its seed as the int,
+    fold_in(PRNGKey(seed_i), 0), so that an image's result depends neither on its batch nor
+    on whether ``compare`` passed its seed alone (``--batch 1``) or in a list."""
     import jax
 
     if isinstance(seed, (int, np.integer)):
@@ -66,4 +67,4 @@ def image_keys(seed, count: int) -> np.ndarray:
     seeds = [int(s) for s in seed]
     if len(seeds) != count:
         raise ValueError(f"{len(seeds)} seeds for {count} images")
-    return np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds])
+    return np.concatenate([image_keys(s, 1) for s in seeds])

@@ -7,12 +7,15 @@ the DGP solver with the task's published schedule.
 
 Config keys (unknown ones are an error naming the key):
 
-- ``model`` (required): the BigGAN (``dgp_jax.load_biggan``; its discriminator is unused);
+- ``model``: the BigGAN (``dgp_jax.load_biggan``; its discriminator is unused), or the path
+  of its weights (a dgp_jax folder or G_*.pth, as ``dgp-jax compare --set
+  dgp-vgg.model=PATH`` gives it); default: the shipped 64 px model;
 - ``vgg`` (required): the path of torchvision's ``vgg16-397923af.pth``, or its parameter tree
   (``dgp_jax.nets.vgg.load_params``);
 - ``task``: the DGP task; default: read from the degradation's name;
 - ``preset``, ``set``: the schedule and ``field=value`` overrides, as ``dgp-jax restore
-  --preset/--set`` take them;
+  --preset/--set`` take them (a list, or one text with ``;`` between them, as
+  ``--set "dgp-vgg.set=iterations=1;select_num=2"`` gives it);
 - ``factor``: the SR factor (default: the degradation's);
 - ``ftr_type`` ("VGG" or "johnson"), ``style_weight``: the loss;
 - ``classes``: (B,) ImageNet classes, -1 = unknown (default: all unknown);
@@ -29,13 +32,15 @@ from typing import Any
 import numpy as np
 
 from dgp_jax import solve
+from dgp_jax.baselines.common import image_keys
 from dgp_jax.degradations import MODES, Degradation
 from dgp_jax.metrics.weights import WeightFile, require
 from dgp_jax.nets import vgg as vgg_lib
-from dgp_jax.run.settings import build_config
+from dgp_jax.run.settings import RunError, build_config
 
 KEYS = ("model", "vgg", "task", "preset", "set", "factor", "ftr_type", "style_weight",
         "classes", "precision")  # fmt: skip
+SETTINGS = KEYS  # what ``dgp-jax compare`` checks, and passes ``factor`` and ``classes`` to
 VGG16_FILE = WeightFile(vgg_lib.WEIGHT_FILE, vgg_lib.WEIGHT_URL, "397923af")
 
 
@@ -64,27 +69,65 @@ def _vgg_params(weights: Any, dtype):
     return weights
 
 
+def _biggan(model: Any):
+    """The model itself, or loaded (once) from a weights path; None: the shipped one."""
+    if model is None or isinstance(model, str | os.PathLike):
+        from dgp_jax.baselines.dgp import _loaded
+
+        return _loaded(os.fspath(model) if model else None)
+    return model
+
+
+def _solver_config(config: Mapping[str, Any], degradation: Degradation, resolution: int):
+    unknown = sorted(set(config) - set(KEYS))
+    if unknown:
+        raise ValueError(f"dgp-vgg: unknown config keys {unknown}; known: {list(KEYS)}")
+    task, factor = task_of(degradation)
+    task = config.get("task", task)
+    if task == "SR" and config.get("factor", factor) is None:
+        # degradations.for_mode names its φ 'SR' whatever its factor
+        raise ValueError(f"dgp-vgg: φ {degradation.name!r} is super-resolution: pass the "
+                         "setting factor")  # fmt: skip
+    sets = config.get("set", ())
+    # from the command line one text, "field=value;field=value" (values may hold commas)
+    sets = [t for t in sets.split(";") if t] if isinstance(sets, str) else list(sets)
+    sets += [f"ftr_type={config.get('ftr_type', 'VGG')}"]
+    sets += [f"style_weight={config['style_weight']}"] if "style_weight" in config else []
+    try:
+        return build_config(task, resolution, preset=config.get("preset"), sets=sets,
+                            factor=config.get("factor", factor))  # fmt: skip
+    except RunError as err:
+        raise ValueError(f"dgp-vgg: {err}") from None
+
+
+def check(config: Mapping[str, Any], *, degradation=None, resolution: int | None = None) -> None:
+    """Before any work (``dgp-jax compare``): the model loads and is ``resolution`` px, the
+    VGG16 file is there, and the schedule builds."""
+    model = _biggan(config.get("model"))
+    res = model.config.resolution
+    if resolution is not None and resolution != res:
+        raise ValueError(
+            f"the model is {res} px but the images are compared at {resolution} px: "
+            f"compare at --resolution {res}"
+        )
+    vgg = config.get("vgg")
+    if isinstance(vgg, str | os.PathLike) or vgg is None:
+        require(vgg, VGG16_FILE, "dgp-vgg")
+    if degradation is not None:
+        _solver_config(config, degradation, res)
+
+
 def restore(
     observed: np.ndarray, degradation: Degradation, *, seed: int, config: Mapping[str, Any]
 ) -> np.ndarray:
     """The ``dgp_jax.baselines`` method signature: restored (B, H, W, 3) in [-1, 1]."""
-    unknown = sorted(set(config) - set(KEYS))
-    if unknown:
-        raise ValueError(f"dgp-vgg: unknown config keys {unknown}; known: {list(KEYS)}")
-    if "model" not in config:
-        raise ValueError("dgp-vgg needs config['model']: the BigGAN (dgp_jax.load_biggan)")
-    model = config["model"]
-    task, factor = task_of(degradation)
-    task = config.get("task", task)
-    sets = list(config.get("set", ()))
-    sets += [f"ftr_type={config.get('ftr_type', 'VGG')}"]
-    sets += [f"style_weight={config['style_weight']}"] if "style_weight" in config else []
-    solver_config = build_config(
-        task, model.config.resolution, preset=config.get("preset"), sets=sets,
-        factor=config.get("factor", factor),
-    )  # fmt: skip
+    model = _biggan(config.get("model"))
+    solver_config = _solver_config(config, degradation, model.config.resolution)
+    observed = np.asarray(observed)
+    # an int seed as before; one seed per image (compare --batch): each image its own key
+    key = int(seed) if isinstance(seed, int | np.integer) else image_keys(seed, len(observed))
     result = solve.restore(
-        model, np.asarray(observed), config.get("classes"), solver_config, key=int(seed),
+        model, observed, config.get("classes"), solver_config, key=key,
         degradation=degradation, observed=True, vgg=_vgg_params(config.get("vgg"), model.dtype),
         precision=config.get("precision", "float32"),
     )  # fmt: skip
