@@ -56,7 +56,7 @@ def _parse_set_model(items: list[str]) -> dict:
     (text fields such as G_attn=64 stay text; unknown fields are named by the conversion)."""
     import dataclasses
 
-    from dgp_jax.nets.biggan import BigGANConfig
+    from dgp_jax.nets.biggan import BigGANConfig, fits_field_type
     from dgp_jax.runner import RunError, parse_value
 
     types = {f.name: f.type for f in dataclasses.fields(BigGANConfig)}
@@ -68,8 +68,7 @@ def _parse_set_model(items: list[str]) -> dict:
         name, text = item.split("=", 1)
         kind = types.get(name)
         value = text if kind == "str" else parse_value(text)
-        allowed = {"int": (int,), "float": (int, float), "bool": (bool,)}.get(kind)
-        if allowed is not None and type(value) not in allowed:
+        if kind is not None and not fits_field_type(kind, value):
             raise RunError(f"--set {item}: {name} takes {takes[kind]}, got {text!r}")
         out[name] = value
     return out

@@ -38,6 +38,18 @@ G_RESOLUTIONS = (32, 64, 128, 256, 512)
 D_RESOLUTIONS = (32, 64, 128, 256)
 
 
+_FIELD_KINDS = {"int": numbers.Integral, "float": numbers.Real, "bool": (bool, np.bool_),
+                "str": str}  # fmt: skip
+
+
+def fits_field_type(kind: str, value: Any) -> bool:
+    """Whether ``value`` suits a BigGANConfig field annotated ``kind`` ("int", "float",
+    "bool", "str"). A bool is no number here, though Python counts it as an int; an int is a
+    fine float (an eps of 0)."""
+    is_bool = isinstance(value, bool | np.bool_)
+    return isinstance(value, _FIELD_KINDS[kind]) and (kind == "bool" or not is_bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class BigGANConfig:
     """Architecture of a BigGAN-PyTorch model, with the reference's flag names.
@@ -63,11 +75,7 @@ class BigGANConfig:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            # bool counts as an int to Python, and an int is a fine float (an eps of 0)
-            kinds = {"int": numbers.Integral, "float": numbers.Real, "bool": (bool, np.bool_),
-                     "str": str}  # fmt: skip
-            is_bool = isinstance(value, bool | np.bool_)
-            if not isinstance(value, kinds[field.type]) or (is_bool and field.type != "bool"):
+            if not fits_field_type(field.type, value):
                 raise ValueError(f"BigGANConfig.{field.name} must be {field.type}, got {value!r}")
         if self.resolution not in G_RESOLUTIONS:
             raise ValueError(
