@@ -362,3 +362,20 @@ def test_one_seed_per_image_gives_each_image_the_keys_it_has_alone():
     np.testing.assert_array_equal(one_train, jax.random.split(jax.random.PRNGKey(5))[0])
     with pytest.raises(ValueError, match="singan: 3 seeds for 2 images"):
         singan.restore_keys([1, 2, 3], 2)
+
+
+def test_the_command_refuses_unreadable_and_mismatched_photos(tmp_path):
+    """python -m dgp_jax.baselines.singan: every input read before any training; an
+    unreadable file or photos of two sizes (one pyramid for all) end it naming them."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(small)
+    Image.fromarray(np.zeros((24, 30, 3), np.uint8)).save(large)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=f"cannot read image {re.escape(str(broken))}"):
+        singan.main([str(small), str(broken), "--task", "SR", "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"all inputs must have one size .*\(20, 30, 3\).*"
+                                         r"\(24, 30, 3\)"):  # fmt: skip
+        singan.main([str(small), str(large), "--task", "random_samples", "--out", str(out)])
+    assert not out.exists()
