@@ -66,6 +66,9 @@ BUCKET_SETS["pconv"] = BUCKET_SETS["aot-gan"]
 # RandomMask's tries are randint(int(5 * c)) and friends, c = min(lo + hi, 1): below this
 # sum one of them is randint(0), which numpy refuses.
 _MIN_RANGE_SUM = 0.2
+# Draws before random_mask gives up on a range (the original draws forever); the buckets
+# of both protocols take a few dozen at most at 64 px and up.
+MAX_DRAWS = 10_000
 
 
 def random_brush(
@@ -176,8 +179,9 @@ def random_mask(
             f"rng must be a numpy.random.RandomState (the original's legacy stream), got "
             f"{type(rng).__name__}"
         )
+    _check_reachable(size, lo, hi)
     coef = min(lo + hi, 1.0)
-    while True:
+    for _ in range(MAX_DRAWS):
         mask = np.ones((size, size), np.uint8)
 
         def fill(max_size: int, mask=mask) -> None:
@@ -195,6 +199,21 @@ def random_mask(
         if ratio <= lo or ratio >= hi:
             continue
         return keep.astype(np.float32)
+    raise RuntimeError(
+        f"no {size}x{size} mask with a hole ratio strictly between {lo} and {hi} in "
+        f"{MAX_DRAWS} draws: the range is too narrow for this size; widen it"
+    )
+
+
+def _check_reachable(size: int, lo: float, hi: float) -> None:
+    """A hole ratio is k / size²: some k must lie strictly between the ends, or no draw can
+    ever be accepted (the original then loops forever)."""
+    pixels = size * size
+    if math.floor(lo * pixels) + 1 >= hi * pixels:
+        raise ValueError(
+            f"no {size}x{size} mask has a hole ratio strictly between {lo} and {hi} "
+            f"(ratios are multiples of 1/{pixels}): widen the range or enlarge the mask"
+        )
 
 
 def hole_ratio(mask: np.ndarray) -> np.ndarray | float:
@@ -263,15 +282,23 @@ def bucket_masks(size: int, bucket: Bucket, count: int, seed: int = 0) -> np.nda
     points), so the same arguments give the same masks and the first n of a longer list are
     the list of n. See the module docstring for buckets the original cannot draw.
     """
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
+    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
+        raise ValueError(f"count must be an integer >= 0, got {count!r}")
+    if isinstance(size, int | np.integer) and not isinstance(size, bool) and size >= 2:
+        _check_reachable(int(size), bucket.low, bucket.high)
     rng = np.random.RandomState([int(seed) % 2**32, *bucket.seed_words])
     draw_range = (bucket.low, max(bucket.high, _MIN_RANGE_SUM - bucket.low))
-    masks = []
+    masks, misses = [], 0
     while len(masks) < count:
         mask = random_mask(size, draw_range, rng)
         if bucket.contains(hole_ratio(mask)):
             masks.append(mask)
+            misses = 0
+        elif (misses := misses + 1) >= MAX_DRAWS:
+            raise RuntimeError(
+                f"bucket {bucket.name}: no {size}x{size} mask in it in {MAX_DRAWS} draws; "
+                "widen it or enlarge the masks"
+            )
     return np.stack(masks) if masks else np.zeros((0, size, size), np.float32)
 
 

@@ -60,6 +60,26 @@ def test_random_mask_refuses_what_the_original_cannot_draw():
         masks.random_mask(1, (0, 1), rng)
 
 
+def test_ranges_no_mask_can_reach_are_refused_rather_than_drawn_forever(monkeypatch):
+    """The original redraws until the hole ratio falls inside the range, forever if no
+    mask of that size can: such a range is named at once, and a range too narrow to hit
+    ends after MAX_DRAWS draws."""
+    rng = np.random.RandomState(0)
+    unreachable = r"no 3x3 mask has a hole ratio strictly between 0.3 and 0.32 \(ratios are "
+    with pytest.raises(ValueError, match=unreachable + r"multiples of 1/9\)"):
+        masks.random_mask(3, (0.3, 0.32), rng)
+    with pytest.raises(ValueError, match="no 4x4 mask has a hole ratio strictly between 0.01"):
+        masks.bucket_masks(4, masks.parse_buckets("1-2")[0], 1)
+    with pytest.raises(ValueError, match="count must be an integer >= 0, got 2.5"):
+        masks.bucket_masks(32, masks.parse_buckets("10-20")[0], 2.5)
+    monkeypatch.setattr(masks, "MAX_DRAWS", 3)
+    with pytest.raises(RuntimeError, match="between 0.5 and 0.5005 in 3 draws"):
+        masks.random_mask(64, (0.5, 0.5005), rng)  # k = 2049 of 4096 pixels would do
+    # a bucket below the generator's smallest range is drawn from a wider one and filtered
+    with pytest.raises(RuntimeError, match=r"bucket 0-0.1: no 64x64 mask in it in 3 draws"):
+        masks.bucket_masks(64, masks.Bucket(0.0, 0.001, "0-0.1"), 1)
+
+
 def test_bucket_sets_parse_and_every_mask_lies_in_its_bucket():
     aot = masks.parse_buckets("aot-gan")
     assert [(b.low, b.high) for b in aot] == [(0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4),
