@@ -75,9 +75,11 @@ def test_ranges_no_mask_can_reach_are_refused_rather_than_drawn_forever(monkeypa
     monkeypatch.setattr(masks, "MAX_DRAWS", 3)
     with pytest.raises(RuntimeError, match="between 0.5 and 0.5005 in 3 draws"):
         masks.random_mask(64, (0.5, 0.5005), rng)  # k = 2049 of 4096 pixels would do
-    # a bucket below the generator's smallest range is drawn from a wider one and filtered
-    with pytest.raises(RuntimeError, match=r"bucket 0-0.1: no 64x64 mask in it in 3 draws"):
-        masks.bucket_masks(64, masks.Bucket(0.0, 0.001, "0-0.1"), 1)
+    # bucket_masks filters random_mask's draws (from a wider range for buckets below the
+    # generator's smallest): here every draw misses the bucket
+    monkeypatch.setattr(masks, "random_mask", lambda size, *_: np.ones((size, size), np.float32))
+    with pytest.raises(RuntimeError, match=r"bucket 10-20: no 64x64 mask in it in 3 draws"):
+        masks.bucket_masks(64, masks.parse_buckets("10-20")[0], 1)
 
 
 def test_bucket_sets_parse_and_every_mask_lies_in_its_bucket():
