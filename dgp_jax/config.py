@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -34,6 +35,14 @@ ALIASES = {
     "sr": "imagenet1k_128/SR_D_biased",
     "reconstruct": "imagenet1k_128/reconstruct",
 }
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +103,29 @@ class SolverConfig:
                 )
         if self.dgp_mode not in MODES:
             raise ValueError(f"dgp_mode {self.dgp_mode!r} is not one of {MODES}")
+        for name in ("iterations", "ft_num", "ftr_num"):
+            values = getattr(self, name)
+            if not all(_is_int(v) for v in values):
+                raise ValueError(f"{name} must be integers, got {values}")
+        resolution = self.resolution
+        if resolution is not None and (not _is_int(resolution) or resolution < 1):
+            raise ValueError(f"resolution must be a positive integer or None, got {resolution!r}")
+        for name in ("select_num", "warm_up"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        # rates and weights: a NaN or a negative one trains silently to garbage
+        for name in ("lr_ratio", "G_lrs", "z_lrs", "w_D_loss", "w_mse"):
+            values = getattr(self, name)
+            if not all(_is_number(v) and math.isfinite(v) and v >= 0 for v in values):
+                raise ValueError(f"{name} must be finite numbers >= 0, got {values}")
+        for name in ("w_nll", "sample_std", "stop_mse", "stop_ftr", "style_weight"):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if any(int(i) < 0 for i in self.iterations):
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if any(int(f) < 0 for f in self.ft_num):
+            raise ValueError(f"ft_num must be >= 0, got {self.ft_num}")
         if any(int(f) < 1 for f in self.ftr_num):
             raise ValueError(f"ftr_num must be >= 1, got {self.ftr_num}")
         if self.select_num < 0 or (self.select_batch is not None and self.select_batch < 1):
@@ -109,8 +139,6 @@ class SolverConfig:
             or self.factor < 1
         ):
             raise ValueError(f"factor must be a positive integer or None, got {self.factor!r}")
-        if self.sample_std < 0:
-            raise ValueError(f"sample_std must be >= 0, got {self.sample_std}")
         if self.ftr_type not in FTR_TYPES:
             raise ValueError(f"ftr_type must be one of {FTR_TYPES}, got {self.ftr_type!r}")
         if self.style_weight and self.ftr_type != "johnson":

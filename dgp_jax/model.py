@@ -30,6 +30,18 @@ Array = jax.Array
 Variables = dict[str, Any]
 
 
+def _check_class_range(classes: Array, n_classes: int) -> None:
+    """Out-of-range classes index past the embedding table, which gives NaN (or wraps round
+    for negative ones) instead of an error; checked where the values are known (not under
+    a trace)."""
+    if isinstance(classes, jax.core.Tracer):
+        return
+    values = np.asarray(classes)
+    bad = np.unique(values[(values < 0) | (values >= n_classes)])
+    if bad.size:
+        raise ValueError(f"classes {bad.tolist()} out of range [0, {n_classes})")
+
+
 @flax.struct.dataclass
 class BigGAN:
     """A BigGAN generator (and, for DGP, its discriminator) with weights.
@@ -49,6 +61,7 @@ class BigGAN:
         classes = jnp.asarray(classes)
         if not jnp.issubdtype(classes.dtype, jnp.integer):
             raise TypeError(f"classes must be integers, got dtype {classes.dtype}")
+        _check_class_range(classes, params["shared"]["weight"].shape[0])
         return jnp.take(params["shared"]["weight"], classes, axis=0)
 
     def generate(
@@ -68,8 +81,16 @@ class BigGAN:
         pass that state back to hold the captured statistics.
         """
         params = self.generator[PARAMS] if params is None else params
-        return _generate(self.config, params, self.generator[BUFFERS], jnp.asarray(z),
-                         jnp.asarray(y), use_in, instance_norm)  # fmt: skip
+        z, y = jnp.asarray(z), jnp.asarray(y)
+        if z.ndim >= 1 and y.ndim >= 1 and z.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"z holds {z.shape[0]} latents {z.shape} but y {y.shape[0]} classes or "
+                f"embeddings {y.shape}: one each per image"
+            )
+        if jnp.issubdtype(y.dtype, jnp.integer):
+            _check_class_range(y, params["shared"]["weight"].shape[0])
+        return _generate(self.config, params, self.generator[BUFFERS], z, y, use_in,
+                         instance_norm)  # fmt: skip
 
     # -- discriminator -------------------------------------------------------------
     def discriminate(self, x: Array, y: Array | None = None) -> tuple[Array, list[Array]]:

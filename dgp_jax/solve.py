@@ -468,6 +468,54 @@ def default_degradation(mode: str, resolution: int, factor: int | None):
 
 
 # --------------------------------------------------------------------------- restore
+def _check_key(key, batch: int) -> None:
+    """A PRNG key (raw (2,) uint32 or typed), or one per image; an int seed was converted."""
+    try:
+        array = jnp.asarray(key)
+    except TypeError:
+        array = None
+    if array is not None and jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
+        if array.ndim == 0 or array.shape == (batch,):
+            return
+    elif array is not None and array.dtype == jnp.uint32 and array.shape in ((2,), (batch, 2)):
+        return
+    shape = getattr(array, "shape", None)
+    raise ValueError(
+        f"key must be an int seed, a PRNG key (jax.random.PRNGKey(seed)) or one key per image "
+        f"({batch}, 2); got {type(key).__name__}"
+        + (f" of dtype {array.dtype} and shape {shape}" if array is not None else "")
+    )
+
+
+def _check_start(z_init, z_candidates, class_candidates, batch: int, cfg, select_num: int):
+    """The explicit start latents and candidates: shapes named, values finite, classes in
+    range (an out-of-range class indexes past the embedding table: NaN, no error)."""
+    dim_z = cfg.effective_dim_z
+    if z_init is not None:
+        z = np.asarray(z_init)
+        if z.shape != (batch, dim_z):
+            raise ValueError(f"z_init must be ({batch}, {dim_z}) (batch, dim_z), got {z.shape}")
+        if not np.all(np.isfinite(z)):
+            raise ValueError("z_init holds NaN or infinite values")
+    num = select_num
+    if z_candidates is not None:
+        zc = np.asarray(z_candidates)
+        if zc.ndim != 3 or zc.shape[0] != batch or zc.shape[2] != dim_z:
+            raise ValueError(f"z_candidates must be ({batch}, candidates, {dim_z}), got {zc.shape}")
+        if not np.all(np.isfinite(zc)):
+            raise ValueError("z_candidates holds NaN or infinite values")
+        num = zc.shape[1]
+    if class_candidates is not None:
+        cc = np.asarray(class_candidates)
+        if cc.shape != (batch, num):
+            raise ValueError(f"class_candidates must be ({batch}, {num}), got {cc.shape}")
+        if not np.issubdtype(cc.dtype, np.integer):
+            raise ValueError(f"class_candidates must be integers, got dtype {cc.dtype}")
+        if np.any((cc < 0) | (cc >= cfg.n_classes)):
+            bad = np.unique(cc[(cc < 0) | (cc >= cfg.n_classes)])
+            raise ValueError(f"class_candidates {bad.tolist()} out of range [0, {cfg.n_classes})")
+
+
 def _as_keys(key, batch: int) -> Array:
     key = jnp.asarray(key)
     if key.ndim >= 1 and key.shape[0] == batch and (key.ndim == 2 or jax.dtypes.issubdtype(
@@ -574,6 +622,8 @@ def restore(
         if config.dgp_mode == "colorization" and not observed:
             _warn_gray(images)
         batch = images.shape[0]
+        if batch == 0:
+            raise ValueError("images holds no image (batch 0)")
         classes = np.full((batch,), -1) if classes is None else np.asarray(classes).reshape(-1)
         if classes.shape != (batch,):
             raise ValueError(f"classes must be ({batch},), got {classes.shape}")
@@ -584,7 +634,9 @@ def restore(
             key = 0
         if isinstance(key, int | np.integer) and not isinstance(key, bool):
             key = jax.random.PRNGKey(key)  # a plain seed, as dgp_jax.manipulate takes
+        _check_key(key, batch)
         keys = _as_keys(key, batch)
+        _check_start(z_init, z_candidates, class_candidates, batch, cfg, config.select_num)
 
         degradation = degradation or default_degradation(
             config.dgp_mode,

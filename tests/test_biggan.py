@@ -1,5 +1,7 @@
 """The Flax BigGAN against the PyTorch reference's forward passes (forward_*.npz)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,6 +166,19 @@ def test_bad_shapes_are_named():
         model.discriminate(jnp.zeros((1, 3, 128, 128)))
     with pytest.raises(ValueError, match="not a BigGAN resolution"):
         BigGANConfig(resolution=100)
+    z = jnp.zeros((2, 120))
+    with pytest.raises(ValueError, match=r"z holds 2 latents \(2, 120\) but y 3 classes"):
+        model.generate(z, jnp.array([1, 2, 3]))
+    # past the embedding table a class gave NaN images (negative ones wrapped round)
+    for classes, bad in (([999, 1000], "[1000]"), ([-1, 5], "[-1]")):
+        with pytest.raises(ValueError, match=re.escape(f"classes {bad} out of range [0, 1000)")):
+            model.generate(z, jnp.array(classes))
+        with pytest.raises(ValueError, match=re.escape(f"classes {bad} out of range")):
+            model.embed(jnp.array(classes))
+    with pytest.raises(ValueError, match=r"BigGANConfig.hier must be bool, got 'yes'"):
+        BigGANConfig(hier="yes")
+    with pytest.raises(ValueError, match=r"BigGANConfig.G_ch must be int, got True"):
+        BigGANConfig(G_ch=True)
 
 
 @pytest.mark.parametrize("shape", [(6, 4, 3, 3), (40, 20), (5, 7)])  # wide, tall, wide 2-D

@@ -174,6 +174,36 @@ def test_bad_arguments_are_named(tiny_model):
         dgp_jax.SolverConfig.preset("nope")
     with pytest.raises(ValueError, match="preset is for 128 px"):
         dgp_jax.restore(tiny_model, images(1), [1], dgp_jax.SolverConfig.preset("colorization"))
+    # Each named before any work (they failed deep inside, or were taken silently: a
+    # (1, 40) z_init became two latents, an out-of-range candidate class a NaN embedding).
+    two = images(2)
+    for kwargs, says in (
+        ({"z_init": np.zeros((1, 40))}, r"z_init must be \(2, 20\) \(batch, dim_z\), got"),
+        ({"z_init": np.full((2, 20), np.nan)}, "z_init holds NaN or infinite values"),
+        ({"z_candidates": np.zeros((3, 4, 20))}, r"z_candidates must be \(2, candidates, 20\)"),
+        ({"z_candidates": np.zeros((2, 4, 20)), "class_candidates": np.zeros((2, 3), int)},
+         r"class_candidates must be \(2, 4\), got \(2, 3\)"),
+        ({"class_candidates": np.array([[1] * 4, [10] * 4])},
+         r"class_candidates \[10\] out of range \[0, 10\)"),
+        ({"key": 1.5}, "key must be an int seed, a PRNG key"),
+        ({"key": np.zeros((3, 2), np.uint32)}, r"one key per image \(2, 2\); got ndarray of "
+         r"dtype uint32 and shape \(3, 2\)"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            dgp_jax.restore(tiny_model, two, [1, 2], config(), **kwargs)
+    with pytest.raises(ValueError, match=r"images holds no image \(batch 0\)"):
+        dgp_jax.restore(tiny_model, images(2)[:0], [], config())
+    for field, says in (
+        ({"G_lrs": (np.nan,) * 3}, r"G_lrs must be finite numbers >= 0, got \(nan, nan, nan\)"),
+        ({"z_lrs": (-1e-3,) * 3}, "z_lrs must be finite numbers >= 0"),
+        ({"iterations": (2.5,) * 3}, r"iterations must be integers, got \(2.5, 2.5, 2.5\)"),
+        ({"select_num": 2.5}, "select_num must be an integer >= 0, got 2.5"),
+        ({"sample_std": np.inf}, "sample_std must be a finite number >= 0, got inf"),
+        ({"factor": 0}, "factor must be a positive integer or None, got 0"),
+        ({"resolution": "x"}, "resolution must be a positive integer or None, got 'x'"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            config(**field)
 
 
 def test_presets_translate_the_reference_scripts():
