@@ -216,6 +216,32 @@ def test_ids_equals_co_mod_gan():
     assert 0 < p_ids < 0.5 and 0 < u_ids < 0.5
     with pytest.raises(ValueError, match="pairs real_features\\[i\\] with fake_features"):
         metrics.ids(sets["real"], sets["fake"][:-1])
+    with pytest.raises(ValueError, match="P-IDS/U-IDS need at least 2 pairs, got 1"):
+        metrics.ids(sets["real"][:1], sets["fake"][:1])
+
+
+def test_set_metrics_refuse_what_would_give_a_wrong_number():
+    """Non-finite features (FID's sqrtm failed obscurely, KID and IS gave NaN) and counts
+    that are no positive integers (KID with 0 subsets gave NaN)."""
+    sets = feature_sets()
+    broken = sets["real"].copy()
+    broken[3, 5] = np.nan
+    with pytest.raises(ValueError, match="features_a hold NaN or infinite values"):
+        metrics.fid(broken, sets["fake"])
+    with pytest.raises(ValueError, match="features_b hold NaN or infinite values"):
+        metrics.kid(sets["fake"], broken, subset_size=10)
+    logits = sets["logits"].copy()
+    logits[0, 0] = np.inf
+    with pytest.raises(ValueError, match="logits hold NaN or infinite values"):
+        metrics.inception_score(logits)
+    for kwargs, says in (
+        ({"subsets": 0}, "KID subsets must be an integer >= 1, got 0"),
+        ({"subset_size": 2.5}, "KID subset_size must be an integer >= 2, got 2.5"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            metrics.kid(sets["real"], sets["fake"], **{"subset_size": 10, **kwargs})
+    with pytest.raises(ValueError, match="splits must be between 1 and the number of samples"):
+        metrics.inception_score(sets["logits"], 2.5)
 
 
 def test_registered_evaluators_run_the_network_once_per_image_set(nets_dir, mesh, model):

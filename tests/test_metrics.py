@@ -129,6 +129,24 @@ def test_metric_errors() -> None:
         metrics.mse(x, np.zeros((1, 8, 8, 3)))
     with pytest.raises(ValueError, match="mask_box"):
         metrics.restoration_metrics(x, x, "SR", mask_box=(4, 12))
+    # 0..255 images scored on the [-1, 1] scale gave -34 dB and the like, silently
+    as_read = np.full((1, 16, 16, 3), 200.0)
+    says = r"images must be in \[-1, 1\], got values in \[200, 200\] \(0..255 images: x / 127.5"
+    for fn in (metrics.psnr, metrics.ssim, metrics.mse):
+        with pytest.raises(ValueError, match=says):
+            fn(as_read, x)
+    with pytest.raises(ValueError, match=r"reference must be in \[-1, 1\]"):
+        metrics.restoration_metrics(x, as_read, "SR")
+    # a diverged (NaN) image is not refused: it scores NaN, which shows
+    assert np.isnan(metrics.psnr(np.full_like(x, np.nan), x)[0])
+    from dgp_jax.metrics import classification
+
+    logits, labels = np.eye(4)[[1, 2]], np.array([1, 2])
+    for k in (0, -1, 5, 1.5):  # k past the classes counted every image as correct
+        with pytest.raises(ValueError, match=r"k must be an integer in \[1, 4\]"):
+            classification.topk_correct(logits, labels, k)
+    with pytest.raises(ValueError, match="labels must be integer class indices, got dtype float"):
+        classification.topk_correct(logits, labels.astype(float), 1)
 
 
 def test_registry_builds_restoration_evaluator_and_names_unknown_metrics():

@@ -239,14 +239,20 @@ def topk_correct(logits: Any, labels: Any, k: int) -> np.ndarray:
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"logits (N, classes) and labels (N,) needed, got {logits.shape} "
                          f"and {labels.shape}")  # fmt: skip
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
     if np.any((labels < 0) | (labels >= logits.shape[1])):
         raise ValueError(f"labels must be class indices in [0, {logits.shape[1]})")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= logits.shape[1]:
+        # k above the class count would count every image as correct
+        raise ValueError(f"k must be an integer in [1, {logits.shape[1]}] (the classes), got {k!r}")
     order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     return np.any(order == labels[:, None], axis=1)
 
 
 def accuracy(logits: Any, labels: Any) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (fractions in [0, 1]) of ``logits`` against ``labels``."""
+    """Top-1 and top-5 accuracy (fractions in [0, 1]) of ``logits`` against ``labels``
+    (at least 5 classes)."""
     return {
         "top1": float(np.mean(topk_correct(logits, labels, 1))),
         "top5": float(np.mean(topk_correct(logits, labels, 5))),

@@ -124,7 +124,15 @@ def _features(x: Array, name: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be (N, D) features, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):  # FID's sqrtm fails obscurely, KID and IS give NaN
+        raise ValueError(f"{name} hold NaN or infinite values")
     return x
+
+
+def _count(value, name: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
 
 
 def _same_width(a: np.ndarray, b: np.ndarray, names: str) -> None:
@@ -206,13 +214,13 @@ def kid(
     """
     a, b = _features(features_a, "features_a"), _features(features_b, "features_b")
     _same_width(a, b, "features_a and features_b")
+    subsets = _count(subsets, "KID subsets", 1)
+    subset_size = _count(subset_size, "KID subset_size", 2)
     if len(a) < subset_size or len(b) < subset_size:
         raise ValueError(
             f"KID subset_size {subset_size} is larger than a set (features_a: {len(a)}, "
             f"features_b: {len(b)}); pass a smaller subset_size"
         )
-    if subset_size < 2:
-        raise ValueError(f"KID subset_size must be >= 2, got {subset_size}")
     if gamma is None:
         gamma = 1.0 / a.shape[1]
 
@@ -238,7 +246,7 @@ def inception_score(
     """
     x = _features(logits, "logits")
     n = len(x)
-    if not 1 <= splits <= n:
+    if isinstance(splits, bool) or not isinstance(splits, int | np.integer) or not 1 <= splits <= n:
         raise ValueError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
     if shuffle:
         x = x[np.random.RandomState(seed).permutation(n), :]
@@ -273,6 +281,8 @@ def ids(real_features: Array, fake_features: Array) -> tuple[float, float]:
             f"P-IDS pairs real_features[i] with fake_features[i]: shapes {real.shape} and "
             f"{fake.shape} differ"
         )
+    if len(real) < 2:  # one pair: the SVM cannot generalise, and none fails to fit
+        raise ValueError(f"P-IDS/U-IDS need at least 2 pairs, got {len(real)}")
     svm = sklearn.svm.LinearSVC(dual=False)
     inputs = np.concatenate([real, fake])
     targets = np.array([1] * real.shape[0] + [0] * fake.shape[0])

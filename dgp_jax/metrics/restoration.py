@@ -50,6 +50,15 @@ def _pair(x: Array, ref: Array) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"images must have shape (..., H, W, C), got {x.shape}")
     if x.shape != ref.shape:
         raise ValueError(f"image shape {x.shape} does not match reference shape {ref.shape}")
+    for name, a in (("images", x), ("reference", ref)):
+        # [-1, 1] with room for rounding: 0..255 images would give scores on another scale.
+        # (A NaN image, a diverged solve, scores NaN, which shows.)
+        finite = a[np.isfinite(a)]
+        if finite.size and (finite.min() < -1.5 or finite.max() > 1.5):
+            raise ValueError(
+                f"{name} must be in [-1, 1], got values in [{finite.min():g}, {finite.max():g}]"
+                " (0..255 images: x / 127.5 - 1)"
+            )
     return x, ref
 
 
