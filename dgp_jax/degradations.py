@@ -187,6 +187,23 @@ def _check_mask_matches(mask: Array, image_shape: Sequence[int]) -> None:
             f"mask shape {tuple(mask.shape)} does not match image shape {tuple(image_shape)}: "
             "the mask's H and W must equal the image's"
         )
+    if mask.ndim == 4 and len(image_shape) == 4 and mask.shape[0] not in (1, image_shape[0]):
+        raise ValueError(
+            f"{mask.shape[0]} masks {tuple(mask.shape)} for {image_shape[0]} images "
+            f"{tuple(image_shape)}: one mask, or one per image"
+        )
+
+
+def _check_mask_values(mask: np.ndarray) -> None:
+    """1 = keep, 0 = hole (soft values between are allowed); a 0/255 mask or NaN would
+    scale or poison the image silently."""
+    if not np.all(np.isfinite(mask)) or mask.min() < 0 or mask.max() > 1:
+        low, high = np.min(mask), np.max(mask)
+        raise ValueError(
+            f"mask values must be finite and in [0, 1] (1 = keep, 0 = hole), got "
+            f"[{low:g}, {high:g}]{' with NaN' if np.isnan(mask).any() else ''}"
+            + (" (a 0/255 mask: divide it by 255)" if high > 1 else "")
+        )
 
 
 def apply_mask(x: Array, mask: Array) -> jax.Array:
@@ -482,6 +499,7 @@ def inpainting(
         mask_np = center_mask(height, width, np.float32)
     else:
         mask_np = _normalise_mask(np.asarray(mask))
+        _check_mask_values(mask_np)
         if (height is not None and mask_np.shape[-3] != height) or (
             width is not None and mask_np.shape[-2] != width
         ):

@@ -253,6 +253,17 @@ def test_mismatched_mask_names_both_shapes() -> None:
         deg.generator_fn(jnp.zeros((1, 32, 32, 3)))
     with pytest.raises(ValueError, match=r"\(64, 64, 1\).*\(1, 32, 32, 3\)"):
         deg.target_fn(np.zeros((1, 32, 32, 3)))
+    # three masks for two images: named, where broadcasting failed inside
+    with pytest.raises(ValueError, match=r"3 masks \(3, 8, 8, 1\) for 2 images \(2, 8, 8, 3\)"):
+        dg.apply_mask(jnp.zeros((2, 8, 8, 3)), jnp.ones((3, 8, 8, 1)))
+    # values: a 0/255 mask scaled the kept pixels by 255, a NaN one poisoned them, silently
+    for mask, says in ((np.full((8, 8), 255, np.uint8), r"got \[255, 255\] \(a 0/255 mask: "),
+                       (np.full((8, 8), np.nan), r"got \[nan, nan\] with NaN"),
+                       (-np.ones((8, 8)), r"got \[-1, -1\]")):  # fmt: skip
+        with pytest.raises(ValueError, match=r"mask values must be finite and in \[0, 1\] "
+                                             r"\(1 = keep, 0 = hole\), " + says):  # fmt: skip
+            dg.inpainting(mask)
+    assert dg.inpainting(np.full((8, 8), 0.5)).mask.max() == 0.5  # soft masks stay allowed
 
 
 def test_factor_must_divide_size() -> None:
