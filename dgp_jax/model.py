@@ -133,7 +133,7 @@ def _discriminate(config, variables, x, y):
 
 def random_biggan(
     config: BigGANConfig,
-    key: Array,
+    key: Array | int,
     *,
     dtype=jnp.float32,
     discriminator: bool = True,
@@ -150,6 +150,17 @@ def random_biggan(
     """
     if init not in ("ortho", "N02"):
         raise ValueError(f"init must be 'ortho' or 'N02', got {init!r}")
+    if not isinstance(config, BigGANConfig):
+        raise TypeError(f"config must be a BigGANConfig, got {type(config).__name__}")
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        key = jax.random.PRNGKey(key)  # a plain seed, as restore and manipulate take
+    elif not isinstance(key, jax.core.Tracer) and not (
+        isinstance(key, jax.Array | np.ndarray) and (np.shape(key) == (2,) or (
+            jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0))
+    ):  # fmt: skip
+        raise ValueError(
+            f"key must be an int seed or one PRNG key (jax.random.PRNGKey(seed)), got {key!r}"
+        )
     kg, kd = jax.random.split(key)
     z = jnp.zeros((1, config.effective_dim_z), dtype)
     x = jnp.zeros((1, config.resolution, config.resolution, 3), dtype)

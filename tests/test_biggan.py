@@ -248,3 +248,18 @@ def test_random_biggan_init(init):
                 np.testing.assert_array_equal(value, 0.0, name)
     with pytest.raises(ValueError, match="init must be 'ortho' or 'N02', got 'xavier'"):
         dgp_jax.random_biggan(cfg, jax.random.PRNGKey(0), init="xavier")
+
+
+def test_random_biggan_takes_an_int_seed_and_names_a_bad_key():
+    config = BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16, dim_z=20,
+                          G_attn="0", D_attn="0")  # fmt: skip
+    seeded = dgp_jax.random_biggan(config, 3, discriminator=False)
+    keyed = dgp_jax.random_biggan(config, jax.random.PRNGKey(3), discriminator=False)
+    for a, b in zip(jax.tree.leaves(seeded.generator), jax.tree.leaves(keyed.generator),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+    for key in (1.5, None, np.zeros(3, np.uint32)):
+        with pytest.raises(ValueError, match="key must be an int seed or one PRNG key"):
+            dgp_jax.random_biggan(config, key)
+    with pytest.raises(TypeError, match="config must be a BigGANConfig, got dict"):
+        dgp_jax.random_biggan({"resolution": 32}, 0)
