@@ -97,6 +97,7 @@ def load_image_with_size(
     path: str | os.PathLike, resolution: int
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """(image, (width, height) of the upright source): see ``load_image``."""
+    _check_resolution(resolution)
     path = Path(path)
     rgb, clipped = _decode(path, _upright_rgb_checked)
     if clipped:
@@ -125,6 +126,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
     """(resolution, resolution, 3) float64 in [-1, 1], EXIF orientation applied."""
     return load_image_with_size(path, resolution)[0]
+
+
+def _check_resolution(resolution) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer) or (
+        resolution < 1
+    ):  # fmt: skip
+        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
 
 
 def load_mask(path: str | os.PathLike, resolution: int, keep: str = "white") -> np.ndarray:
@@ -164,6 +172,16 @@ def encode_image(x: np.ndarray, fmt: str = "PNG") -> bytes:
     """(H, W, 3) in [-1, 1] -> encoded file bytes (so a caller can write them atomically)."""
     import io
 
+    x = np.asarray(x)
+    if x.ndim != 3 or x.shape[-1] != 3:
+        raise ValueError(f"an image to write must be (H, W, 3), got shape {x.shape}")
+    finite = np.abs(x[np.isfinite(x)]) if x.dtype != np.uint8 else x
+    if x.dtype == np.uint8 or (finite.size and finite.max() > 1.5):
+        # 0..255 values would be written white; a NaN (a diverged solve) writes as black
+        raise ValueError(
+            f"an image to write must be float in [-1, 1], got {x.dtype} values up to "
+            f"{finite.max():g} (0..255 images: x / 127.5 - 1)"
+        )
     buffer = io.BytesIO()
     Image.fromarray(to_uint8(x)).save(buffer, format=fmt)
     return buffer.getvalue()
@@ -183,7 +201,10 @@ def save_image(x: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def _format(path: Path) -> str:
-    return {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    formats = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+    if path.suffix.lower() not in formats:  # PNG bytes under another suffix mislead readers
+        raise ValueError(f"{path}: images are written as .png or .jpg/.jpeg files")
+    return formats[path.suffix.lower()]
 
 
 def labelled_sheet(

@@ -278,3 +278,16 @@ def test_interrupted_compare_keeps_what_finished_and_resumes(
     assert len(CALLS) == 1  # the second image only
     rows = {r["method"]: r for r in _rows(out / "table.csv")}
     assert rows["stopping"]["images"] == "2" and (out / "sheet.png").is_file()
+
+
+def test_seeds_are_an_int_or_one_int_per_image():
+    """The baselines' seed: an int, or one per image, each giving the image its key alone."""
+    from dgp_jax.baselines.common import image_keys
+
+    np.testing.assert_array_equal(image_keys([7, 3], 2), np.concatenate(
+        [image_keys(7, 1), image_keys(3, 1)]))  # fmt: skip
+    for seed in (1.5, None, "ab", [1, 2.5], [True, 1]):
+        with pytest.raises(ValueError, match="seed must be an int or one int per image"):
+            image_keys(seed, 2)
+    with pytest.raises(ValueError, match="3 seeds for 2 images"):
+        image_keys([1, 2, 3], 2)

@@ -198,6 +198,19 @@ def test_save_is_atomic_and_reference_rounding(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    # what would be written wrongly is refused, nothing written: a batch, 0..255 values
+    # (white), uint8, a suffix the PNG bytes would not match
+    for bad, says in ((x[None], r"must be \(H, W, 3\), got shape \(1, 2, 2, 3\)"),
+                      (x * 127.5 + 127.5, r"in \[-1, 1\], got float64 values up to 255"),
+                      (np.zeros((2, 2, 3), np.uint8), "got uint8"),
+                      (x[..., :2], r"got shape \(2, 2, 2\)")):  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            images.save_image(bad, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match=r"bad.bmp: images are written as .png or .jpg/.jpeg"):
+        images.save_image(x, tmp_path / "bad.bmp")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    with pytest.raises(ValueError, match="resolution must be a positive integer, got 32.5"):
+        images.load_image(path, 32.5)
 
 
 def test_read_inputs_list_folder_and_grid(tmp_path):

@@ -64,6 +64,10 @@ def image_keys(seed, count: int) -> np.ndarray:
     if isinstance(seed, (int, np.integer)):
         base = jax.random.PRNGKey(int(seed))
         return np.stack([np.asarray(jax.random.fold_in(base, i)) for i in range(count)])
+    if isinstance(seed, str | bytes) or not hasattr(seed, "__len__") or not all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seed
+    ):
+        raise ValueError(f"seed must be an int or one int per image, got {seed!r}")
     seeds = [int(s) for s in seed]
     if len(seeds) != count:
         raise ValueError(f"{len(seeds)} seeds for {count} images")

@@ -128,7 +128,8 @@ def _solve(method: str, observed, degradation, seed, config):
             f"{observed.shape[1]}x{observed.shape[2]}: compare at --resolution {res}"
         )
     base = _schedule(config, degradation, res)
-    classes = np.asarray(config.get("classes") or [-1] * len(observed))
+    classes = config.get("classes")
+    classes = np.full(len(observed), -1) if classes is None else np.asarray(classes)
     result = dgp_jax.restore(
         model, observed.astype(model.dtype), classes, ablation_config(base, method),
         image_keys(seed, len(observed)), degradation=degradation, observed=True,
