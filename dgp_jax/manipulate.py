@@ -48,7 +48,7 @@ from dgp_jax.batching import pad_to
 from dgp_jax.model import BigGAN
 from dgp_jax.nets.biggan import BigGANConfig, Generator
 from dgp_jax.nets.layers import BUFFERS, PARAMS
-from dgp_jax.solve import SolveResult
+from dgp_jax.solve import SolveResult, _check_key
 
 Array = jax.Array
 
@@ -287,6 +287,7 @@ def jitter(
     dim = model.config.effective_dim_z
     if _is_int(key):  # a plain seed is accepted too
         key = jax.random.PRNGKey(key)
+    _check_key(key, 1)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
     eps = jax.vmap(lambda k: jax.random.normal(k, (len(stds), samples, dim), dtype))(keys)
     z = np.asarray(result.z, dtype)[:, None, None, :] + stds[None, :, None, None] * np.asarray(eps)

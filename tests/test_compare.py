@@ -291,3 +291,16 @@ def test_seeds_are_an_int_or_one_int_per_image():
             image_keys(seed, 2)
     with pytest.raises(ValueError, match="3 seeds for 2 images"):
         image_keys([1, 2, 3], 2)
+
+
+def test_trivial_methods_refuse_observations_they_would_get_wrong():
+    """An (H, W, 3) image came back as a (16, 32, 3) one, 0..255 or NaN ones as they were."""
+    phi = degradations.super_resolution(2)
+    for method in ("bicubic", "nearest", "observation"):
+        restore = baselines.get(method)
+        for bad, says in ((np.zeros((16, 16, 3), np.float32), r"\(B, H, W, 3\), got shape"),
+                          (np.full((1, 16, 16, 3), 200.0), "in \\[-1, 1\\], got values up to 200"),
+                          (np.zeros((1, 16, 16, 3), np.uint8), "floats in \\[-1, 1\\], got uint8"),
+                          (np.full((1, 16, 16, 3), np.nan), "must be finite")):  # fmt: skip
+            with pytest.raises(ValueError, match=says):
+                restore(bad, phi, seed=0, config={})

@@ -54,6 +54,22 @@ def low_resolution(observed: np.ndarray, factor: int) -> np.ndarray:
     return low.astype(observed.dtype)
 
 
+def check_observed(observed, method: str) -> np.ndarray:
+    """The observations a method gets: (B, H, W, 3) floats in [-1, 1] (rounding allowed)."""
+    observed = np.asarray(observed)
+    if observed.ndim != 4 or observed.shape[-1] != 3:
+        raise ValueError(f"{method}: observed must be (B, H, W, 3), got shape {observed.shape}")
+    if not np.issubdtype(observed.dtype, np.floating):
+        raise ValueError(f"{method}: observed must be floats in [-1, 1], got {observed.dtype}")
+    finite = observed[np.isfinite(observed)]
+    if finite.size != observed.size or (finite.size and np.abs(finite).max() > 1.5):
+        raise ValueError(
+            f"{method}: observed must be finite and in [-1, 1]"
+            + (f", got values up to {np.abs(finite).max():g}" if finite.size else "")
+        )
+    return observed
+
+
 def image_keys(seed, count: int) -> np.ndarray:
     """(count, 2) uint32 PRNG keys: with an int seed, fold_in(PRNGKey(seed), i) for image i;
     with one int per image, the key image i gets alone with its seed as the int,
@@ -64,8 +80,10 @@ def image_keys(seed, count: int) -> np.ndarray:
     if isinstance(seed, (int, np.integer)):
         base = jax.random.PRNGKey(int(seed))
         return np.stack([np.asarray(jax.random.fold_in(base, i)) for i in range(count)])
-    if isinstance(seed, str | bytes) or not hasattr(seed, "__len__") or not all(
-        isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seed
+    if (
+        isinstance(seed, str | bytes)
+        or not hasattr(seed, "__len__")
+        or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seed)
     ):
         raise ValueError(f"seed must be an int or one int per image, got {seed!r}")
     seeds = [int(s) for s in seed]

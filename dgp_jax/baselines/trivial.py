@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from dgp_jax.baselines.common import check_settings, low_resolution, sr_factor
+from dgp_jax.baselines.common import check_observed, check_settings, low_resolution, sr_factor
 
 SETTINGS = ("factor",)
 
@@ -18,7 +18,7 @@ def _upsample(observed, degradation, config, resample) -> np.ndarray:
     if factor is None:
         name = None if degradation is None else degradation.name
         raise ValueError(f"bicubic and nearest apply to super-resolution, not φ {name!r}")
-    observed = np.asarray(observed)
+    observed = check_observed(observed, "bicubic/nearest")
     low = low_resolution(observed, factor)
     # The low-resolution target is PIL's 8-bit output / 255: back to the same bytes.
     low8 = np.clip(np.rint((low + 1) / 2 * 255), 0, 255).astype(np.uint8)
@@ -44,4 +44,4 @@ def observation(observed, degradation, *, seed, config):
     ``factor`` is accepted and unused."""
     del degradation, seed
     check_settings("observation", config, SETTINGS)
-    return np.array(observed, copy=True)
+    return np.array(check_observed(observed, "observation"), copy=True)
