@@ -149,6 +149,10 @@ def hole_box(height: int, width: int) -> tuple[int, int]:
     at 256). Like the reference, the column range is computed from H as well; the two agree
     for the square images DGP works on.
     """
+    if not all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in (height, width)
+    ):
+        raise ValueError(f"image size must be integers, got height={height!r}, width={width!r}")
     height, width = int(height), int(width)
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")

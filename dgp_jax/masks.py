@@ -223,6 +223,10 @@ def hole_ratio(mask: np.ndarray) -> np.ndarray | float:
         mask = mask[..., 0]
     if mask.ndim < 2:
         raise ValueError(f"a mask must have shape (..., H, W), got {mask.shape}")
+    if mask.size and not (np.all(np.isfinite(mask)) and mask.min() >= 0 and mask.max() <= 1):
+        raise ValueError(
+            f"mask values must be in [0, 1] (1 = keep), got [{mask.min()}, {mask.max()}]"
+        )
     ratio = 1 - np.mean(mask, axis=(-2, -1), dtype=np.float64)
     return float(ratio) if np.ndim(ratio) == 0 else ratio
 
@@ -249,6 +253,8 @@ def parse_buckets(text: str) -> list[Bucket]:
 
     Raises ValueError naming the item that is not ``low-high`` with 0 <= low < high <= 100.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"buckets must be text such as '0-10,10-20' or a set name, got {text!r}")
     spec = BUCKET_SETS.get(text.strip(), text)
     buckets = []
     for item in (p.strip() for p in spec.split(",")):

@@ -264,6 +264,8 @@ def test_mismatched_mask_names_both_shapes() -> None:
                                              r"\(1 = keep, 0 = hole\), " + says):  # fmt: skip
             dg.inpainting(mask)
     assert dg.inpainting(np.full((8, 8), 0.5)).mask.max() == 0.5  # soft masks stay allowed
+    with pytest.raises(ValueError, match="image size must be integers, got height=32.5"):
+        dg.inpainting(height=32.5, width=32.5)
 
 
 def test_factor_must_divide_size() -> None:

@@ -70,6 +70,12 @@ def test_ranges_no_mask_can_reach_are_refused_rather_than_drawn_forever(monkeypa
         masks.random_mask(3, (0.3, 0.32), rng)
     with pytest.raises(ValueError, match="no 4x4 mask has a hole ratio strictly between 0.01"):
         masks.bucket_masks(4, masks.parse_buckets("1-2")[0], 1)
+    with pytest.raises(
+        ValueError, match=r"mask values must be in \[0, 1\] \(1 = keep\), got \[0, 255\]"
+    ):
+        masks.hole_ratio(np.array([[0, 255], [255, 255]], np.uint8))
+    with pytest.raises(TypeError, match="buckets must be text such as '0-10,10-20'"):
+        masks.parse_buckets(None)
     with pytest.raises(ValueError, match="count must be an integer >= 0, got 2.5"):
         masks.bucket_masks(32, masks.parse_buckets("10-20")[0], 2.5)
     monkeypatch.setattr(masks, "MAX_DRAWS", 3)

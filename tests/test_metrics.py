@@ -137,6 +137,10 @@ def test_metric_errors() -> None:
             fn(as_read, x)
     with pytest.raises(ValueError, match=r"reference must be in \[-1, 1\]"):
         metrics.restoration_metrics(x, as_read, "SR")
+    with pytest.raises(ValueError, match=r"SSIM's 7x7 window needs images of at least 7x7"):
+        metrics.ssim(np.zeros((1, 4, 4, 3)), np.zeros((1, 4, 4, 3)))
+    with pytest.raises(ValueError, match=r"mask_box must be \(begin, end\), got \(20,\)"):
+        metrics.restoration_metrics(x, x, "inpainting", mask_box=(20,))
     # a diverged (NaN) image is not refused: it scores NaN, which shows
     assert np.isnan(metrics.psnr(np.full_like(x, np.nan), x)[0])
     from dgp_jax.metrics import classification

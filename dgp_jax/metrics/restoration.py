@@ -144,6 +144,8 @@ def ssim(x: Array, ref: Array) -> np.ndarray | float:
       (...,) float64 array (a float for a single image).
     """
     x, ref = _pair(x, ref)
+    if min(x.shape[-3:-1]) < 7:
+        raise ValueError(f"SSIM's 7x7 window needs images of at least 7x7 pixels, got {x.shape}")
     return _per_image(_ssim_unit, _unit(x), _unit(ref))
 
 
@@ -244,6 +246,8 @@ def restoration_metrics(
             return _psnr_unit(merged, b), _ssim_unit(merged, b)
 
     elif mode == "inpainting":
+        if mask_box is not None and len(mask_box) != 2:
+            raise ValueError(f"mask_box must be (begin, end), got {mask_box!r}")
         begin, end = hole_box(h, w) if mask_box is None else (int(mask_box[0]), int(mask_box[1]))
         if not 0 <= begin < end <= min(h, w):
             raise ValueError(f"mask_box {mask_box!r} is not a box inside the {h}x{w} image")
