@@ -472,7 +472,7 @@ def _check_key(key, batch: int) -> None:
     """A PRNG key (raw (2,) uint32 or typed), or one per image; an int seed was converted."""
     try:
         array = jnp.asarray(key)
-    except TypeError:
+    except (TypeError, ValueError):  # None, text, objects
         array = None
     if array is not None and jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
         if array.ndim == 0 or array.shape == (batch,):

@@ -211,7 +211,7 @@ def test_setup_errors_exit_2_before_any_work(tmp_path, tiny, capsys, monkeypatch
         err = run("--task", "SR", "--set", field, str(photos[0]))
         assert f"factor must be a positive integer or None, got {field[7:]}" in err
     err = run("--task", "SR", "--set", "sample_std=-1", str(photos[0]))
-    assert "sample_std must be >= 0, got -1" in err
+    assert "sample_std must be a finite number >= 0, got -1" in err
     # jitter's stds are checked before solving (were after it, which left the folder)
     argv = ["jitter", "--weights", weights, "--out", str(tmp_path / "j"), "--quiet", *FAST,
             "--stds", "0.5,inf,nan", str(photos[0])]  # fmt: skip
