@@ -56,7 +56,8 @@ def _parse_set_model(items: list[str]) -> dict:
     (text fields such as G_attn=64 stay text; unknown fields are named by the conversion)."""
     import dataclasses
 
-    from dgp_jax.nets.biggan import BigGANConfig, fits_field_type
+    from dgp_jax.checks import fits_field_type
+    from dgp_jax.nets.biggan import BigGANConfig
     from dgp_jax.runner import RunError, parse_value
 
     types = {f.name: f.type for f in dataclasses.fields(BigGANConfig)}

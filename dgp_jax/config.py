@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+from dgp_jax.checks import integer_at_least, is_int
 from dgp_jax.degradations import MODES  # one list of mode names for φ and config
 
 FTR_TYPES = ("Discriminator", "VGG", "johnson")  # dgp_jax.perceptual
@@ -35,10 +36,6 @@ ALIASES = {
     "sr": "imagenet1k_128/SR_D_biased",
     "reconstruct": "imagenet1k_128/reconstruct",
 }
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
@@ -105,14 +102,13 @@ class SolverConfig:
             raise ValueError(f"dgp_mode {self.dgp_mode!r} is not one of {MODES}")
         for name in ("iterations", "ft_num", "ftr_num"):
             values = getattr(self, name)
-            if not all(_is_int(v) for v in values):
+            if not all(is_int(v) for v in values):
                 raise ValueError(f"{name} must be integers, got {values}")
         resolution = self.resolution
-        if resolution is not None and (not _is_int(resolution) or resolution < 1):
+        if resolution is not None and (not is_int(resolution) or resolution < 1):
             raise ValueError(f"resolution must be a positive integer or None, got {resolution!r}")
         for name in ("select_num", "warm_up"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+            integer_at_least(getattr(self, name), name, 0)
         # rates and weights: a NaN or a negative one trains silently to garbage
         for name in ("lr_ratio", "G_lrs", "z_lrs", "w_D_loss", "w_mse"):
             values = getattr(self, name)
@@ -133,11 +129,7 @@ class SolverConfig:
                 f"select_num must be >= 0 and select_batch >= 1, got {self.select_num}, "
                 f"{self.select_batch}"
             )
-        if self.factor is not None and (
-            not isinstance(self.factor, numbers.Integral)
-            or isinstance(self.factor, bool)
-            or self.factor < 1
-        ):
+        if self.factor is not None and (not is_int(self.factor) or self.factor < 1):
             raise ValueError(f"factor must be a positive integer or None, got {self.factor!r}")
         if self.ftr_type not in FTR_TYPES:
             raise ValueError(f"ftr_type must be one of {FTR_TYPES}, got {self.ftr_type!r}")

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgp_jax.batching import pad_to
+from dgp_jax.checks import is_int
 from dgp_jax.model import BigGAN
 from dgp_jax.nets.biggan import BigGANConfig, Generator
 from dgp_jax.nets.layers import BUFFERS, PARAMS
@@ -157,14 +158,10 @@ def _render_grid(
 
 
 # --------------------------------------------------------------------------- checks
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 def _check_batch_size(batch_size: int | None) -> None:
     if batch_size is None:
         return
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
 
 
@@ -215,7 +212,7 @@ def _check_result(model: BigGAN, result: SolveResult, name: str = "result") -> i
 
 
 def _check_index(index, batch: int, name: str, result_name: str) -> int:
-    if not _is_int(index):
+    if not is_int(index):
         raise TypeError(f"{name} must be an integer, got {index!r}")
     if not 0 <= index < batch:
         raise IndexError(f"{name}={index} is out of range: {result_name} has {batch} images")
@@ -278,14 +275,14 @@ def jitter(
     """
     batch = _check_result(model, result)
     _check_batch_size(batch_size)
-    if not _is_int(samples) or samples < 1:
+    if not is_int(samples) or samples < 1:
         raise ValueError(f"samples must be a positive integer, got {samples!r}")
     dtype = _dtype(result)
     stds = _as_vector(stds, "stds", dtype)
     if np.any(stds < 0):
         raise ValueError(f"stds are standard deviations and must be >= 0, got {stds.tolist()}")
     dim = model.config.effective_dim_z
-    if _is_int(key):  # a plain seed is accepted too
+    if is_int(key):  # a plain seed is accepted too
         key = jax.random.PRNGKey(key)
     _check_key(key, 1)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))

@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dgp_jax.checks import integer_at_least, is_int
+
 __all__ = [
     "BUCKET_SETS",
     "Bucket",
@@ -288,9 +290,8 @@ def bucket_masks(size: int, bucket: Bucket, count: int, seed: int = 0) -> np.nda
     points), so the same arguments give the same masks and the first n of a longer list are
     the list of n. See the module docstring for buckets the original cannot draw.
     """
-    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
-        raise ValueError(f"count must be an integer >= 0, got {count!r}")
-    if isinstance(size, int | np.integer) and not isinstance(size, bool) and size >= 2:
+    integer_at_least(count, "count", 0)
+    if is_int(size) and size >= 2:
         _check_reachable(int(size), bucket.low, bucket.high)
     rng = np.random.RandomState([int(seed) % 2**32, *bucket.seed_words])
     draw_range = (bucket.low, max(bucket.high, _MIN_RANGE_SUM - bucket.low))

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from dgp_jax.baselines.common import check_settings, image_keys, sr_factor
+from dgp_jax.checks import integer_at_least
 from dgp_jax.config import SolverConfig
 
 SETTINGS = ("weights", "preset", "iterations", "select_num", "factor", "classes")
@@ -68,13 +69,18 @@ def check(config: Mapping[str, Any], *, degradation=None, resolution: int | None
     if degradation is None:
         return
     model = _loaded(weights or None)  # cached: the solve reuses it
+    check_size(model, resolution)
+    _schedule(config, degradation, model.config.resolution)
+
+
+def check_size(model, resolution: int | None) -> None:
+    """Refuse a model of another size than compare's images (``resolution``; None: any)."""
     res = model.config.resolution
     if resolution is not None and resolution != res:
         raise ValueError(
             f"the model is {res} px but the images are compared at {resolution} px: "
             f"compare at --resolution {res}"
         )
-    _schedule(config, degradation, res)
 
 
 def _loaded(weights: str | None):
@@ -88,11 +94,7 @@ def _loaded(weights: str | None):
 
 def _count(config: Mapping[str, Any], name: str, least: int) -> int | None:
     value = config.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    return value
+    return None if value is None else integer_at_least(value, name, least)
 
 
 def _schedule(config: Mapping[str, Any], degradation, res: int) -> SolverConfig:

@@ -71,9 +71,9 @@ def _vgg_params(weights: Any, dtype):
 
 def _biggan(model: Any):
     """The model itself, or loaded (once) from a weights path; None: the shipped one."""
-    if model is None or isinstance(model, str | os.PathLike):
-        from dgp_jax.baselines.dgp import _loaded
+    from dgp_jax.baselines.dgp import _loaded
 
+    if model is None or isinstance(model, str | os.PathLike):
         return _loaded(os.fspath(model) if model else None)
     return model
 
@@ -103,13 +103,11 @@ def _solver_config(config: Mapping[str, Any], degradation: Degradation, resoluti
 def check(config: Mapping[str, Any], *, degradation=None, resolution: int | None = None) -> None:
     """Before any work (``dgp-jax compare``): the model loads and is ``resolution`` px, the
     VGG16 file is there, and the schedule builds."""
+    from dgp_jax.baselines.dgp import check_size
+
     model = _biggan(config.get("model"))
+    check_size(model, resolution)
     res = model.config.resolution
-    if resolution is not None and resolution != res:
-        raise ValueError(
-            f"the model is {res} px but the images are compared at {resolution} px: "
-            f"compare at --resolution {res}"
-        )
     vgg = config.get("vgg")
     if isinstance(vgg, str | os.PathLike) or vgg is None:
         require(vgg, VGG16_FILE, "dgp-vgg")

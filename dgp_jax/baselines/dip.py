@@ -41,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dgp_jax import degradations as deg_lib
 from dgp_jax.baselines.common import check_settings, image_keys, low_resolution, sr_factor
 from dgp_jax.batching import pad_to
+from dgp_jax.checks import integer_at_least
 from dgp_jax.nets import dip_skip
 from dgp_jax.optim import torch_adam
 
@@ -187,9 +188,8 @@ def _settings(config: Mapping[str, Any], degradation, factor: int | None):
     if name not in SCHEDULES:
         raise ValueError(f"dip: unknown preset {name!r}; presets: {', '.join(SCHEDULES)}")
     schedule = SCHEDULES[name]
-    iterations = config.get("iterations", schedule.iterations)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"dip: iterations must be an integer >= 1, got {iterations!r}")
+    iterations = integer_at_least(config.get("iterations", schedule.iterations),
+                                  "dip: iterations", 1)  # fmt: skip
     hp = {"lr": config.get("lr", LR),
           "reg_noise_std": config.get("reg_noise_std", schedule.reg_noise_std)}  # fmt: skip
     for key, value in hp.items():

@@ -69,7 +69,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -82,6 +81,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dgp_jax.baselines import common
 from dgp_jax.baselines.common import sr_factor
 from dgp_jax.batching import pad_to
+from dgp_jax.checks import fits_field_type
 from dgp_jax.nets import singan as nets
 
 Array = Any
@@ -119,8 +119,7 @@ class Settings:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            kind = {"int": numbers.Integral, "float": numbers.Real, "str": str}[field.type]
-            if isinstance(value, bool) or not isinstance(value, kind):
+            if not fits_field_type(field.type, value):
                 raise ValueError(f"singan: {field.name} must be {field.type}, got {value!r}")
         if self.iterations < 0:
             raise ValueError(f"singan: iterations must be >= 0, got {self.iterations}")
@@ -783,13 +782,9 @@ def restore(observed, degradation, *, seed, config: Mapping[str, Any]):
     names it), ``progress`` (bool, default False)."""
     config = dict(config or {})
     progress = config.pop("progress", False)
+    check(config, degradation=degradation)
     task, factor = _task(degradation, config)
     config.pop("factor", None)
-    unknown = sorted(set(config) - _SETTING_KEYS)
-    if unknown:
-        raise ValueError(
-            f"singan: unknown config key {unknown[0]!r}; known: {sorted(_SETTING_KEYS)}"
-        )
     observed = np.asarray(observed)
     if observed.ndim != 4 or observed.shape[-1] != 3:
         raise ValueError(f"singan: observed must be (B, H, W, 3), got shape {observed.shape}")

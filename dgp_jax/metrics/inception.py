@@ -41,6 +41,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from dgp_jax.checks import integer_at_least
 from dgp_jax.nets import inception as inception_net
 
 Array = Any
@@ -129,12 +130,6 @@ def _features(x: Array, name: str) -> np.ndarray:
     return x
 
 
-def _count(value, name: str, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    return int(value)
-
-
 def _same_width(a: np.ndarray, b: np.ndarray, names: str) -> None:
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"{names} have different widths: {a.shape[1]} and {b.shape[1]}")
@@ -214,8 +209,8 @@ def kid(
     """
     a, b = _features(features_a, "features_a"), _features(features_b, "features_b")
     _same_width(a, b, "features_a and features_b")
-    subsets = _count(subsets, "KID subsets", 1)
-    subset_size = _count(subset_size, "KID subset_size", 2)
+    subsets = integer_at_least(subsets, "KID subsets", 1)
+    subset_size = integer_at_least(subset_size, "KID subset_size", 2)
     if len(a) < subset_size or len(b) < subset_size:
         raise ValueError(
             f"KID subset_size {subset_size} is larger than a set (features_a: {len(a)}, "

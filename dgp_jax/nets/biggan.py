@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
+from dgp_jax.checks import fits_field_type
 from dgp_jax.nets.layers import (
     INSTANCE_NORM,
     Attention,
@@ -36,18 +35,6 @@ Array = jax.Array
 
 G_RESOLUTIONS = (32, 64, 128, 256, 512)
 D_RESOLUTIONS = (32, 64, 128, 256)
-
-
-_FIELD_KINDS = {"int": numbers.Integral, "float": numbers.Real, "bool": (bool, np.bool_),
-                "str": str}  # fmt: skip
-
-
-def fits_field_type(kind: str, value: Any) -> bool:
-    """Whether ``value`` suits a BigGANConfig field annotated ``kind`` ("int", "float",
-    "bool", "str"). A bool is no number here, though Python counts it as an int; an int is a
-    fine float (an eps of 0)."""
-    is_bool = isinstance(value, bool | np.bool_)
-    return isinstance(value, _FIELD_KINDS[kind]) and (kind == "bool" or not is_bool)
 
 
 @dataclasses.dataclass(frozen=True)
