@@ -8,12 +8,12 @@ degraded by φ and scored on D's last three features) runs as passes of ``select
 candidate images per device. ``per-image-16`` is the rule before 2026-11-30: 16 candidates
 per image in every pass, so a batch of B images scores 16 B images at once (here:
 ``select_batch = 16 B``). For each (batch, select_batch) the random-weight model solves a
-batch with no fine-tuning steps, with and without candidates, once each per round; the
-fastest with minus the fastest without, over candidates x images, is the selection's
-seconds per candidate per image. Every combination is compiled first, then timed in
-rotation (drift affects each alike). (Before 2026-12-01 it was the median over rounds of
-each round's difference, which a busy machine could turn negative.) One device (the CPU's
-default), float32, the colorization preset's φ.
+batch with no fine-tuning steps; the candidate search's own time (``selection_timer.py``)
+over candidates x images is the selection's seconds per candidate per image. (Before
+2026-12-01 it was a run with candidates minus one without, which a busy machine could turn
+negative.) Every combination is compiled first, then timed in rotation (drift affects each
+alike); medians over the rounds. One device (the CPU's default), float32, the colorization
+preset's φ.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 
 # This script's folder is on sys.path when it runs as `python experiments/...`.
 from bench_batching import add_common_arguments, random_setup
+from selection_timer import selection_seconds
 
 import dgp_jax
 from dgp_jax.solve import select_chunk
@@ -45,6 +46,8 @@ def main(argv=None) -> None:
                    help="candidate images per pass, or per-image-N: N per image")  # fmt: skip
     p.add_argument("--candidates", type=int, default=32, help="select_num")
     args = p.parse_args(argv)
+    if args.candidates < 2:
+        p.error("--candidates must be at least 2 (one candidate is taken as it is, unscored)")
     batches = [int(b) for b in args.batches.split(",")]
     specs = args.select_batches.split(",")
     cfg, model, mesh, images = random_setup(args.resolution, args.ch, batches)
@@ -58,22 +61,22 @@ def main(argv=None) -> None:
                         jax.random.PRNGKey(1), mesh=mesh)  # fmt: skip
         return time.perf_counter() - start
 
+    def per_candidate(batch, select_batch):
+        with selection_seconds() as seconds:
+            solve(batch, select_batch, args.candidates)
+        return seconds[0] / args.candidates / batch
+
     combos = [(b, s) for b in batches for s in specs]
     for b, s in combos:  # compile
-        solve(b, select_batch_for(s, b), args.candidates), solve(b, select_batch_for(s, b), 0)
-    # The fastest of the rounds with candidates minus the fastest without: a run slowed by a
-    # busy machine would otherwise skew (even flip the sign of) the difference.
-    with_candidates = {c: [] for c in combos}
-    without = {c: [] for c in combos}
+        per_candidate(b, select_batch_for(s, b))
+    times = {c: [] for c in combos}
     for _ in range(args.rounds):
         for b, s in combos:
-            with_candidates[(b, s)].append(solve(b, select_batch_for(s, b), args.candidates))
-            without[(b, s)].append(solve(b, select_batch_for(s, b), 0))
+            times[(b, s)].append(per_candidate(b, select_batch_for(s, b)))
     rows = []
     for b, s in combos:
         sb = select_batch_for(s, b)
-        seconds = min(with_candidates[(b, s)]) - min(without[(b, s)])
-        ms = 1e3 * seconds / args.candidates / b
+        ms = 1e3 * float(np.median(times[(b, s)]))
         rows.append({"batch": b, "select_batch": s, "ms_per_candidate_per_image": ms,
                      "images_per_pass": b * select_chunk(sb, b, args.candidates)})  # fmt: skip
     if args.json:
@@ -82,7 +85,7 @@ def main(argv=None) -> None:
         return
     print(
         f"{args.resolution} px, ch {args.ch}, {args.candidates} candidates, "
-        f"{jax.devices()[0].platform}; ms per candidate per image (fastest of {args.rounds} rounds)"
+        f"{jax.devices()[0].platform}; ms per candidate per image (median of {args.rounds})"
     )
     print("| batch | select_batch | images per pass | ms |")
     print("| --- | --- | --- | --- |")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import resource
@@ -27,12 +26,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
+# This script's folder is on sys.path when it runs as `python experiments/...`.
+from selection_timer import selection_seconds
+
 import dgp_jax
 from dgp_jax.nets.biggan import BigGANConfig
 from dgp_jax.nets.per_image import CHOICES
 
-# Selection is timed as the fastest of this many runs with candidates minus the fastest
-# without.
+# The candidate search is timed as the fastest of this many warm runs.
 SELECT_REPEATS = 5
 REF_TOOLS = Path(__file__).resolve().parents[1].parent / "shared" / "reference_tools"
 
@@ -67,24 +68,20 @@ def time_dgp_jax(args) -> dict:
         jax.block_until_ready(result.params)
         return start, stamps + [time.perf_counter()]
 
-    cold_start, cold = run(config)
-    warm_start, warm = run(config)
-    steps = np.diff(warm[:-1])
-    per_step = float(np.median(steps)) if len(steps) else float("nan")
-    # Selection alone: a run without steps, minus one that also skips the candidates
-    # (the rest is the one-off setup: target features, per-image G copies, optimiser).
-    # Each is the fastest of interleaved repeats: one run slowed by a busy machine would
-    # otherwise skew (even flip the sign of) a difference of two short times.
-    no_steps = config.replace(iterations=(0,) * n)
-    no_select = no_steps.replace(select_num=0)
-    run(no_steps), run(no_select)  # compile both
-    with_select_s, setup_s = math.inf, math.inf
-    for _ in range(SELECT_REPEATS):
-        a_start, a = run(no_steps)
-        b_start, b = run(no_select)
-        with_select_s = min(with_select_s, a[-1] - a_start)
-        setup_s = min(setup_s, b[-1] - b_start)
-    per_select = (with_select_s - setup_s) / max(1, args.select) / args.batch
+    with selection_seconds() as select_s:
+        cold_start, cold = run(config)
+        warm_start, warm = run(config)
+        steps = np.diff(warm[:-1])
+        per_step = float(np.median(steps)) if len(steps) else float("nan")
+        # More searches without steps, so that the fastest is not one slowed by a busy machine.
+        no_steps = config.replace(iterations=(0,) * n)
+        for _ in range(SELECT_REPEATS - 1):
+            run(no_steps)
+    per_select = min(select_s[1:], default=0.0) / max(1, args.select) / args.batch  # [0] compiled
+    # The one-off setup: target features, per-image G copies, optimiser; no candidates.
+    run(no_steps.replace(select_num=0))
+    b_start, b = run(no_steps.replace(select_num=0))
+    setup_s = b[-1] - b_start
     compile_s = (cold[-1] - cold_start) - (warm[-1] - warm_start)
     schedule = full.total_steps
     per_image_full = full.select_num * per_select + schedule * per_step / args.batch
