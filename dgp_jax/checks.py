@@ -30,3 +30,31 @@ def fits_field_type(kind: str, value: Any) -> bool:
     float (an eps of 0)."""
     is_bool = isinstance(value, bool | np.bool_)
     return isinstance(value, _FIELD_KINDS[kind]) and (kind == "bool" or not is_bool)
+
+
+def prng_key(key: Any, *, per_image: int | None = None):
+    """``key`` as a PRNG key: an int seed becomes ``jax.random.PRNGKey(seed)``; a key (raw
+    (2,) uint32 or typed, traced too) is returned as it is, and so, with ``per_image=B``, are
+    B keys, one per image. Anything else is a ValueError that says what was given."""
+    import jax
+    import jax.numpy as jnp
+
+    if is_int(key):
+        return jax.random.PRNGKey(key)
+    try:
+        array = jnp.asarray(key)
+    except (TypeError, ValueError):  # None, text, objects
+        array = None
+    if array is not None and jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
+        if array.ndim == 0 or (per_image is not None and array.shape == (per_image,)):
+            return key
+    elif array is not None and array.dtype == jnp.uint32:
+        if array.shape == (2,) or (per_image is not None and array.shape == (per_image, 2)):
+            return key
+    wanted = ("an int seed or one PRNG key (jax.random.PRNGKey(seed))" if per_image is None else
+              "an int seed, a PRNG key (jax.random.PRNGKey(seed)) or one key per image "
+              f"({per_image}, 2)")  # fmt: skip
+    got = type(key).__name__ + (
+        f" of dtype {array.dtype} and shape {array.shape}" if array is not None else ""
+    )
+    raise ValueError(f"key must be {wanted}; got {got}")

@@ -45,11 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgp_jax.batching import pad_to
-from dgp_jax.checks import is_int
+from dgp_jax.checks import is_int, prng_key
 from dgp_jax.model import BigGAN
 from dgp_jax.nets.biggan import BigGANConfig, Generator
 from dgp_jax.nets.layers import BUFFERS, PARAMS
-from dgp_jax.solve import SolveResult, _check_key
+from dgp_jax.solve import SolveResult
 
 Array = jax.Array
 
@@ -282,9 +282,7 @@ def jitter(
     if np.any(stds < 0):
         raise ValueError(f"stds are standard deviations and must be >= 0, got {stds.tolist()}")
     dim = model.config.effective_dim_z
-    if is_int(key):  # a plain seed is accepted too
-        key = jax.random.PRNGKey(key)
-    _check_key(key, 1)
+    key = prng_key(key)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
     eps = jax.vmap(lambda k: jax.random.normal(k, (len(stds), samples, dim), dtype))(keys)
     z = np.asarray(result.z, dtype)[:, None, None, :] + stds[None, :, None, None] * np.asarray(eps)

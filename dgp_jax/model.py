@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgp_jax import checkpoint
+from dgp_jax.checks import prng_key
 from dgp_jax.default_model import DEFAULT_DISCRIMINATOR, DEFAULT_MODEL, verify_default_model
 from dgp_jax.nets.biggan import BigGANConfig, Discriminator, Generator
 from dgp_jax.nets.layers import BUFFERS, INSTANCE_NORM, PARAMS
@@ -152,15 +153,7 @@ def random_biggan(
         raise ValueError(f"init must be 'ortho' or 'N02', got {init!r}")
     if not isinstance(config, BigGANConfig):
         raise TypeError(f"config must be a BigGANConfig, got {type(config).__name__}")
-    if isinstance(key, int | np.integer) and not isinstance(key, bool):
-        key = jax.random.PRNGKey(key)  # a plain seed, as restore and manipulate take
-    elif not isinstance(key, jax.core.Tracer) and not (
-        isinstance(key, jax.Array | np.ndarray) and (np.shape(key) == (2,) or (
-            jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0))
-    ):  # fmt: skip
-        raise ValueError(
-            f"key must be an int seed or one PRNG key (jax.random.PRNGKey(seed)), got {key!r}"
-        )
+    key = prng_key(key)
     kg, kd = jax.random.split(key)
     z = jnp.zeros((1, config.effective_dim_z), dtype)
     x = jnp.zeros((1, config.resolution, config.resolution, 3), dtype)

@@ -36,6 +36,7 @@ from dgp_jax import degradations as degradations_lib
 from dgp_jax import metrics as metrics_lib
 from dgp_jax import perceptual
 from dgp_jax.batching import pad_to
+from dgp_jax.checks import prng_key
 from dgp_jax.config import SolverConfig
 from dgp_jax.model import BigGAN
 from dgp_jax.nets import vgg as vgg_lib
@@ -468,25 +469,6 @@ def default_degradation(mode: str, resolution: int, factor: int | None):
 
 
 # --------------------------------------------------------------------------- restore
-def _check_key(key, batch: int) -> None:
-    """A PRNG key (raw (2,) uint32 or typed), or one per image; an int seed was converted."""
-    try:
-        array = jnp.asarray(key)
-    except (TypeError, ValueError):  # None, text, objects
-        array = None
-    if array is not None and jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
-        if array.ndim == 0 or array.shape == (batch,):
-            return
-    elif array is not None and array.dtype == jnp.uint32 and array.shape in ((2,), (batch, 2)):
-        return
-    shape = getattr(array, "shape", None)
-    raise ValueError(
-        f"key must be an int seed, a PRNG key (jax.random.PRNGKey(seed)) or one key per image "
-        f"({batch}, 2); got {type(key).__name__}"
-        + (f" of dtype {array.dtype} and shape {shape}" if array is not None else "")
-    )
-
-
 def _check_start(z_init, z_candidates, class_candidates, batch: int, cfg, select_num: int):
     """The explicit start latents and candidates: shapes named, values finite, classes in
     range (an out-of-range class indexes past the embedding table: NaN, no error)."""
@@ -632,9 +614,7 @@ def restore(
             raise ValueError(f"classes {bad.tolist()} out of range [-1, {cfg.n_classes})")
         if key is None:
             key = 0
-        if isinstance(key, int | np.integer) and not isinstance(key, bool):
-            key = jax.random.PRNGKey(key)  # a plain seed, as dgp_jax.manipulate takes
-        _check_key(key, batch)
+        key = prng_key(key, per_image=batch)
         keys = _as_keys(key, batch)
         _check_start(z_init, z_candidates, class_candidates, batch, cfg, config.select_num)
 

@@ -258,7 +258,7 @@ def test_random_biggan_takes_an_int_seed_and_names_a_bad_key():
     for a, b in zip(jax.tree.leaves(seeded.generator), jax.tree.leaves(keyed.generator),
                     strict=True):  # fmt: skip
         np.testing.assert_array_equal(a, b)
-    for key in (1.5, None, np.zeros(3, np.uint32)):
+    for key in (1.5, None, np.zeros(3, np.uint32), np.zeros(2, np.float32)):
         with pytest.raises(ValueError, match="key must be an int seed or one PRNG key"):
             dgp_jax.random_biggan(config, key)
     with pytest.raises(TypeError, match="config must be a BigGANConfig, got dict"):

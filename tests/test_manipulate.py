@@ -198,8 +198,9 @@ def test_category_transfer_uses_fine_tuned_own_embedding(solved):
 # --------------------------------------------------------------------------- errors
 def test_errors(solved):
     model, result = solved
-    for key in (1.5, None, np.zeros(3, np.uint32)):  # were raw JAX TypeErrors
-        with pytest.raises(ValueError, match="key must be an int seed, a PRNG key"):
+    # were raw JAX errors (one key per image of a batch of 1 too: jitter folds in the index)
+    for key in (1.5, None, np.zeros(3, np.uint32), np.zeros((1, 2), np.uint32)):
+        with pytest.raises(ValueError, match="key must be an int seed or one PRNG key"):
             jitter(model, result, key, stds=[0.1], samples=1)
     with pytest.raises(IndexError, match=r"index_b=3 .*3 images"):
         morph(model, result, 0, result, 3)
