@@ -430,8 +430,8 @@ def evaluate(
     entries = collect(results, reference, labels)
     target = Path(out) if out is not None else Path(results) / "evaluation"
     try:  # before any scoring (an FID can take long): a folder the tables can go into
-        OutputDir.check_writable(target, keep=False)
+        OutputDir.check_writable(target, keep=False, flag="--out (the tables' folder)")
     except RunError as err:
-        raise EvaluationError(str(err).replace("--out", "--out (the tables' folder)")) from None
+        raise EvaluationError(str(err)) from None
     scores = score(entries, evaluators)
     return scores, write_outputs(target, scores, title=f"Metrics of {results}")

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from dgp_jax.checks import integer_at_least
+
 # PIL's own bomb guard only warns up to 2x this; we refuse anything beyond it.
 MAX_PIXELS = 89_478_485
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -97,7 +99,7 @@ def load_image_with_size(
     path: str | os.PathLike, resolution: int
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """(image, (width, height) of the upright source): see ``load_image``."""
-    _check_resolution(resolution)
+    integer_at_least(resolution, "resolution", 1)
     path = Path(path)
     rgb, clipped = _decode(path, _upright_rgb_checked)
     if clipped:
@@ -126,13 +128,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
     """(resolution, resolution, 3) float64 in [-1, 1], EXIF orientation applied."""
     return load_image_with_size(path, resolution)[0]
-
-
-def _check_resolution(resolution) -> None:
-    if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer) or (
-        resolution < 1
-    ):  # fmt: skip
-        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
 
 
 def load_mask(path: str | os.PathLike, resolution: int, keep: str = "white") -> np.ndarray:

@@ -171,9 +171,7 @@ def random_mask(
     Returns:
       (size, size) float32, 1 = keep, 0 = hole (the original returns it as (1, size, size)).
     """
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 2:
-        raise ValueError(f"size must be an integer >= 2, got {size!r}")
-    size = int(size)
+    size = integer_at_least(size, "size", 2)
     lo, hi = _check_range(hole_range)
     rng = np.random.RandomState() if rng is None else rng
     if not isinstance(rng, np.random.RandomState):

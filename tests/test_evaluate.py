@@ -180,6 +180,7 @@ def test_evaluate_errors(tmp_path, photo_sets, nets, capsys, level_metric):
     blocker.write_text("")
     err = run("--metrics", "psnr", "--reference", str(originals), "--out", str(blocker / "t"))
     assert f"output folder {blocker / 't'} is not writable" in err
+    assert err.rstrip().endswith("choose another --out (the tables' folder)")
     # Any registered name works, including ones added after this module was written.
     assert cli.main(["evaluate", str(results), "--metrics", "level",
                      "--out", str(tmp_path / "lv")]) == 0  # fmt: skip

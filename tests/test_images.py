@@ -209,7 +209,7 @@ def test_save_is_atomic_and_reference_rounding(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"bad.bmp: images are written as .png or .jpg/.jpeg"):
         images.save_image(x, tmp_path / "bad.bmp")
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
-    with pytest.raises(ValueError, match="resolution must be a positive integer, got 32.5"):
+    with pytest.raises(ValueError, match="resolution must be an integer >= 1, got 32.5"):
         images.load_image(path, 32.5)
 
 

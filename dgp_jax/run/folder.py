@@ -32,8 +32,9 @@ class OutputDir:
         self._tmp_suffix = f".tmp-{process_index}"
 
     @staticmethod
-    def check_writable(root: str | os.PathLike, keep: bool = True) -> Path:
-        """Create ``root`` and write a probe file there, or raise a RunError.
+    def check_writable(root: str | os.PathLike, keep: bool = True, flag: str = "--out") -> Path:
+        """Create ``root`` and write a probe file there, or raise a RunError (that names
+        ``flag``, the option the user gave the folder with).
 
         A real write, not ``os.access``: root passes every permission check, and a path
         under a regular file or on a read-only mount fails only when written. With
@@ -65,7 +66,7 @@ class OutputDir:
         except OSError as err:
             raise RunError(
                 f"output folder {root} is not writable ({err.strerror or err}): "
-                "choose another --out"
+                f"choose another {flag}"
             ) from None
         finally:
             if not keep:
