@@ -58,3 +58,32 @@ def prng_key(key: Any, *, per_image: int | None = None):
         f" of dtype {array.dtype} and shape {array.shape}" if array is not None else ""
     )
     raise ValueError(f"key must be {wanted}; got {got}")
+
+
+_RANGE_HINT = (
+    "0..255 images: x / 127.5 - 1, [0, 1] ones: x * 2 - 1 (dgp_jax.images.load_image reads "
+    "files as [-1, 1])"
+)
+
+
+def unit_range_images(values: Any, name: str, *, slack: float, nan_ok: bool) -> np.ndarray:
+    """``values`` as a floating array in [-1, 1], up to ``slack`` beyond it (rounding, or a
+    resize's overshoot), or a ValueError naming ``name``: integer dtypes (uint8 0..255 above
+    all, which would be scored, solved or written on another scale), values out of range,
+    and NaN or infinities unless ``nan_ok`` (a diverged solve's NaN then shows as NaN)."""
+    array = np.asarray(values)
+    # ml_dtypes' bfloat16 (a bfloat16 solve's images) is no numpy floating subtype
+    if not (np.issubdtype(array.dtype, np.floating) or array.dtype.name.startswith("bfloat")):
+        raise ValueError(
+            f"{name} must be floating point in [-1, 1], got dtype {array.dtype}; {_RANGE_HINT}"
+        )
+    finite = np.isfinite(array)
+    if not nan_ok and not finite.all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if finite.any():
+        lo, hi = float(array[finite].min()), float(array[finite].max())
+        if lo < -1 - slack or hi > 1 + slack:
+            raise ValueError(
+                f"{name} must be in [-1, 1], got values in [{lo:g}, {hi:g}]; {_RANGE_HINT}"
+            )
+    return array

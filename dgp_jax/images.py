@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from dgp_jax.checks import integer_at_least
+from dgp_jax.checks import integer_at_least, unit_range_images
 
 # PIL's own bomb guard only warns up to 2x this; we refuse anything beyond it.
 MAX_PIXELS = 89_478_485
@@ -170,13 +170,8 @@ def encode_image(x: np.ndarray, fmt: str = "PNG") -> bytes:
     x = np.asarray(x)
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"an image to write must be (H, W, 3), got shape {x.shape}")
-    finite = np.abs(x[np.isfinite(x)]) if x.dtype != np.uint8 else x
-    if x.dtype == np.uint8 or (finite.size and finite.max() > 1.5):
-        # 0..255 values would be written white; a NaN (a diverged solve) writes as black
-        raise ValueError(
-            f"an image to write must be float in [-1, 1], got {x.dtype} values up to "
-            f"{finite.max():g} (0..255 images: x / 127.5 - 1)"
-        )
+    # 0..255 values would be written white; a NaN (a diverged solve) writes as black
+    unit_range_images(x, "an image to write", slack=0.5, nan_ok=True)
     buffer = io.BytesIO()
     Image.fromarray(to_uint8(x)).save(buffer, format=fmt)
     return buffer.getvalue()

@@ -36,7 +36,7 @@ from dgp_jax import degradations as degradations_lib
 from dgp_jax import metrics as metrics_lib
 from dgp_jax import perceptual
 from dgp_jax.batching import pad_to
-from dgp_jax.checks import prng_key
+from dgp_jax.checks import prng_key, unit_range_images
 from dgp_jax.config import SolverConfig
 from dgp_jax.model import BigGAN
 from dgp_jax.nets import vgg as vgg_lib
@@ -600,7 +600,7 @@ def restore(
                 f"images must be (batch, {cfg.resolution}, {cfg.resolution}, 3) NHWC in [-1, 1], "
                 f"got {images.shape}"
             )
-        _check_range(images)
+        unit_range_images(images, "images", slack=0.001, nan_ok=False)
         if config.dgp_mode == "colorization" and not observed:
             _warn_gray(images)
         batch = images.shape[0]
@@ -794,23 +794,6 @@ def _warn_gray(images: np.ndarray) -> None:
             GrayInputWarning,
             stacklevel=3,
         )
-
-
-def _check_range(images: np.ndarray) -> None:
-    """Refuse what is not an image in [-1, 1] (uint8 0..255 above all), rather than solve
-    towards a target 127 times too bright."""
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(
-            f"images must be floating point in [-1, 1], got dtype {images.dtype}; for 0..255 "
-            "images pass images / 127.5 - 1 (dgp_jax.images.load_image reads files that way)"
-        )
-    if images.size:
-        lo, hi = float(np.min(images)), float(np.max(images))
-        if not (lo >= -1.001 and hi <= 1.001):
-            raise ValueError(
-                f"images must be in [-1, 1], got values in [{lo:g}, {hi:g}]; for 0..255 images "
-                "pass images / 127.5 - 1, for [0, 1] ones images * 2 - 1"
-            )
 
 
 def _preset_hint(mode: str, resolution: int) -> str:

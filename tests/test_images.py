@@ -201,8 +201,8 @@ def test_save_is_atomic_and_reference_rounding(tmp_path, monkeypatch):
     # what would be written wrongly is refused, nothing written: a batch, 0..255 values
     # (white), uint8, a suffix the PNG bytes would not match
     for bad, says in ((x[None], r"must be \(H, W, 3\), got shape \(1, 2, 2, 3\)"),
-                      (x * 127.5 + 127.5, r"in \[-1, 1\], got float64 values up to 255"),
-                      (np.zeros((2, 2, 3), np.uint8), "got uint8"),
+                      (x * 127.5 + 127.5, r"write must be in \[-1, 1\], got values in \[0, 255"),
+                      (np.zeros((2, 2, 3), np.uint8), r"floating point .*, got dtype uint8"),
                       (x[..., :2], r"got shape \(2, 2, 2\)")):  # fmt: skip
         with pytest.raises(ValueError, match=says):
             images.save_image(bad, tmp_path / "bad.png")

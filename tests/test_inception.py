@@ -108,7 +108,7 @@ def test_features_and_logits_api_over_chunks_and_batches(model):
 def test_bad_images_are_named(model):
     with pytest.raises(ValueError, match=r"NHWC with 3 channels, got shape \(1, 3, 64, 64\)"):
         model.features(np.zeros((1, 3, 64, 64), np.float32))
-    with pytest.raises(ValueError, match="floats in \\[-1, 1\\], got dtype uint8"):
+    with pytest.raises(ValueError, match="floating point in \\[-1, 1\\], got dtype uint8"):
         model.features(pixels(64))
     with pytest.raises(ValueError, match="must be in \\[-1, 1\\], got values in \\[0, 255\\]"):
         model.features(pixels(64).astype(np.float32))

@@ -131,7 +131,7 @@ def test_metric_errors() -> None:
         metrics.restoration_metrics(x, x, "SR", mask_box=(4, 12))
     # 0..255 images scored on the [-1, 1] scale gave -34 dB and the like, silently
     as_read = np.full((1, 16, 16, 3), 200.0)
-    says = r"images must be in \[-1, 1\], got values in \[200, 200\] \(0..255 images: x / 127.5"
+    says = r"images must be in \[-1, 1\], got values in \[200, 200\]; 0..255 images: x / 127.5"
     for fn in (metrics.psnr, metrics.ssim, metrics.mse):
         with pytest.raises(ValueError, match=says):
             fn(as_read, x)

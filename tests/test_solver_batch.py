@@ -193,6 +193,9 @@ def test_bad_arguments_are_named(tiny_model):
             dgp_jax.restore(tiny_model, two, [1, 2], config(), **kwargs)
     with pytest.raises(ValueError, match=r"images holds no image \(batch 0\)"):
         dgp_jax.restore(tiny_model, images(2)[:0], [], config())
+    # (0..255 and uint8 images: test_manipulate's test_restore_takes_int_seeds_and_refuses...)
+    with pytest.raises(ValueError, match="images holds NaN or infinite values"):
+        dgp_jax.restore(tiny_model, np.where(two > 0.5, np.nan, two), [1, 2], config())
     for field, says in (
         ({"G_lrs": (np.nan,) * 3}, r"G_lrs must be finite numbers >= 0, got \(nan, nan, nan\)"),
         ({"z_lrs": (-1e-3,) * 3}, "z_lrs must be finite numbers >= 0"),

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from dgp_jax.checks import unit_range_images
+
 
 def check_settings(method: str, config: Mapping[str, Any], known: Sequence[str]) -> None:
     unknown = sorted(set(config) - set(known))
@@ -59,15 +61,7 @@ def check_observed(observed, method: str) -> np.ndarray:
     observed = np.asarray(observed)
     if observed.ndim != 4 or observed.shape[-1] != 3:
         raise ValueError(f"{method}: observed must be (B, H, W, 3), got shape {observed.shape}")
-    if not np.issubdtype(observed.dtype, np.floating):
-        raise ValueError(f"{method}: observed must be floats in [-1, 1], got {observed.dtype}")
-    finite = observed[np.isfinite(observed)]
-    if finite.size != observed.size or (finite.size and np.abs(finite).max() > 1.5):
-        raise ValueError(
-            f"{method}: observed must be finite and in [-1, 1]"
-            + (f", got values up to {np.abs(finite).max():g}" if finite.size else "")
-        )
-    return observed
+    return unit_range_images(observed, f"{method}: observed", slack=0.5, nan_ok=False)
 
 
 def image_keys(seed, count: int) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 from skimage import color
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from dgp_jax.checks import unit_range_images
 from dgp_jax.degradations import MODES, hole_box
 
 __all__ = [
@@ -44,21 +45,14 @@ Array = Any  # numpy or jax array
 
 def _pair(x: Array, ref: Array) -> tuple[np.ndarray, np.ndarray]:
     """Both images as float64 numpy arrays of one (..., H, W, C) shape."""
-    x = np.asarray(x, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
+    # [-1, 1] with room for rounding: 0..255 images would give scores on another scale.
+    # (A NaN image, a diverged solve, scores NaN, which shows.)
+    x = unit_range_images(x, "images", slack=0.5, nan_ok=True).astype(np.float64)
+    ref = unit_range_images(ref, "reference", slack=0.5, nan_ok=True).astype(np.float64)
     if x.ndim < 3:
         raise ValueError(f"images must have shape (..., H, W, C), got {x.shape}")
     if x.shape != ref.shape:
         raise ValueError(f"image shape {x.shape} does not match reference shape {ref.shape}")
-    for name, a in (("images", x), ("reference", ref)):
-        # [-1, 1] with room for rounding: 0..255 images would give scores on another scale.
-        # (A NaN image, a diverged solve, scores NaN, which shows.)
-        finite = a[np.isfinite(a)]
-        if finite.size and (finite.min() < -1.5 or finite.max() > 1.5):
-            raise ValueError(
-                f"{name} must be in [-1, 1], got values in [{finite.min():g}, {finite.max():g}]"
-                " (0..255 images: x / 127.5 - 1)"
-            )
     return x, ref
 
 

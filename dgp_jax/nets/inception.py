@@ -52,6 +52,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dgp_jax import pth
+from dgp_jax.checks import unit_range_images
 
 Array = jax.Array
 
@@ -473,17 +474,7 @@ def _check_chunk(images: np.ndarray, index: int) -> np.ndarray:
         raise ValueError(
             f"images (batch {index}) must be NHWC with 3 channels, got shape {images.shape}"
         )
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(
-            f"images (batch {index}) must be floats in [-1, 1], got dtype {images.dtype} "
-            "(uint8 u: pass u / 127.5 - 1)"
-        )
-    if images.size:
-        low, high = float(np.min(images)), float(np.max(images))
-        if low < -1.001 or high > 1.001:
-            raise ValueError(
-                f"images (batch {index}) must be in [-1, 1], got values in [{low:.4g}, {high:.4g}]"
-            )
+    unit_range_images(images, f"images (batch {index})", slack=0.001, nan_ok=True)
     return images
 
 
