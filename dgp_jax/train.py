@@ -51,6 +51,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -68,6 +69,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from dgp_jax import checkpoint as checkpoint_lib
+from dgp_jax.checks import fits_field_type
 from dgp_jax.images import sample_grid
 from dgp_jax.model import random_biggan
 from dgp_jax.nets.biggan import BigGANConfig, Discriminator, Generator
@@ -124,14 +126,38 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.G_batch_size < 0 or self.num_D_steps < 1:
-            raise ValueError(
-                f"batch_size and num_D_steps must be >= 1 and G_batch_size >= 0: {self}"
-            )
+        # Each named before a step: a negative rate trains away from the data, a beta of 1
+        # or an eps of 0 divides by zero, and a float batch fails deep inside the data code.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not fits_field_type(field.type, value):
+                raise ValueError(f"TrainConfig.{field.name} must be {field.type}, got {value!r}")
+        least = {"batch_size": 1, "G_batch_size": 0, "num_D_steps": 1, "ema_start": 0,
+                 "steps": 0, "log_every": 0, "sample_every": 0, "save_every": 0,
+                 "keep_checkpoints": 1}  # fmt: skip
+        for name, bound in least.items():
+            if getattr(self, name) < bound:
+                raise ValueError(
+                    f"TrainConfig.{name} must be >= {bound}, got {getattr(self, name)!r}"
+                )
+        for name, says in (
+            ("G_lr", ">= 0"),
+            ("D_lr", ">= 0"),
+            ("adam_eps", "> 0"),
+            ("z_std", "> 0"),
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > 0 if says == "> 0" else value >= 0)):
+                raise ValueError(
+                    f"TrainConfig.{name} must be a finite number {says}, got {value!r}"
+                )
+        for name in ("G_B1", "G_B2", "D_B1", "D_B2"):
+            if not 0 <= getattr(self, name) < 1:  # NaN fails too
+                raise ValueError(
+                    f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}"
+                )
         if not 0.0 <= self.ema_decay <= 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
-        if self.steps < 0 or self.keep_checkpoints < 1:
-            raise ValueError(f"steps must be >= 0 and keep_checkpoints >= 1: {self}")
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1], got {self.ema_decay}")
 
     @property
     def g_batch(self) -> int:

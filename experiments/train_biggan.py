@@ -127,6 +127,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is None:
             raise SystemExit("--data is required (or --resume)")
         data = args.data
+        try:  # before the data is opened (a tfds set can take long)
+            tc = TrainConfig(
+                batch_size=args.batch, G_batch_size=args.G_batch, num_D_steps=args.num_D_steps,
+                G_lr=args.G_lr, D_lr=args.D_lr, G_B2=args.G_B2, D_B2=args.D_B2,
+                adam_eps=args.adam_eps, ema_decay=args.ema_decay, ema_start=args.ema_start,
+                z_std=args.z_std, seed=args.seed, augment=not args.no_augment,
+                steps=TrainConfig().steps if args.steps is None else args.steps,
+                log_every=args.log_every, sample_every=args.sample_every,
+                save_every=args.save_every, keep_checkpoints=args.keep,
+            )  # fmt: skip
+        except ValueError as err:
+            raise SystemExit(f"training settings: {err}") from None
     try:
         dataset = open_dataset(data, list_root=args.list_root)
     except DataError as err:
@@ -138,20 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming {out} at step {trainer.step} of {trainer.tc.steps}")
         summary = trainer.fit(dataset, workers=args.workers, cache=args.cache)
     else:
-        config = BigGANConfig(
-            resolution=args.resolution, G_ch=args.G_ch, D_ch=args.D_ch, dim_z=args.dim_z,
-            shared_dim=args.shared_dim, n_classes=dataset.n_classes, hier=args.hier,
-            G_attn=args.G_attn, D_attn=args.D_attn, SN_eps=args.SN_eps, BN_eps=args.BN_eps,
-        )  # fmt: skip
-        tc = TrainConfig(
-            batch_size=args.batch, G_batch_size=args.G_batch, num_D_steps=args.num_D_steps,
-            G_lr=args.G_lr, D_lr=args.D_lr, G_B2=args.G_B2, D_B2=args.D_B2,
-            adam_eps=args.adam_eps, ema_decay=args.ema_decay, ema_start=args.ema_start,
-            z_std=args.z_std, seed=args.seed, augment=not args.no_augment,
-            steps=TrainConfig().steps if args.steps is None else args.steps,
-            log_every=args.log_every, sample_every=args.sample_every,
-            save_every=args.save_every, keep_checkpoints=args.keep,
-        )  # fmt: skip
+        try:
+            config = BigGANConfig(
+                resolution=args.resolution, G_ch=args.G_ch, D_ch=args.D_ch, dim_z=args.dim_z,
+                shared_dim=args.shared_dim, n_classes=dataset.n_classes, hier=args.hier,
+                G_attn=args.G_attn, D_attn=args.D_attn, SN_eps=args.SN_eps, BN_eps=args.BN_eps,
+            )  # fmt: skip
+        except ValueError as err:
+            raise SystemExit(f"model settings: {err}") from None
         print(f"model: {config.to_json()}".replace("\n", ""))
         print(f"devices: {mesh.devices.size} x {mesh.devices.flat[0].platform}")
         try:

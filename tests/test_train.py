@@ -100,6 +100,32 @@ def test_ema_update_formula():
     np.testing.assert_array_equal(ema_update(ema, src, 2, 0.9, 3)["w"], src["w"])
 
 
+@pytest.mark.parametrize(
+    "field,says",
+    [
+        ({"batch_size": 2.5}, "TrainConfig.batch_size must be int, got 2.5"),
+        ({"augment": 1}, "TrainConfig.augment must be bool, got 1"),
+        ({"batch_size": 0}, "TrainConfig.batch_size must be >= 1, got 0"),
+        ({"save_every": -1}, "TrainConfig.save_every must be >= 0, got -1"),
+        ({"G_lr": -1e-4}, "TrainConfig.G_lr must be a finite number >= 0, got -0.0001"),
+        ({"D_lr": float("nan")}, "TrainConfig.D_lr must be a finite number >= 0, got nan"),
+        ({"adam_eps": 0.0}, "TrainConfig.adam_eps must be a finite number > 0, got 0.0"),
+        ({"z_std": float("inf")}, "TrainConfig.z_std must be a finite number > 0, got inf"),
+        ({"G_B2": 1.0}, r"TrainConfig.G_B2 must be in \[0, 1\), got 1.0"),
+        ({"D_B1": -0.5}, r"TrainConfig.D_B1 must be in \[0, 1\), got -0.5"),
+        ({"ema_decay": 1.5}, r"TrainConfig.ema_decay must be in \[0, 1\], got 1.5"),
+    ],
+)
+def test_bad_training_settings_are_named(field, says):
+    """Before any step: a negative rate trained away from the data, a beta of 1 divided by
+    zero, a float batch failed deep inside the data code."""
+    with pytest.raises(ValueError, match=says):
+        TrainConfig(**field)
+    with pytest.raises(ValueError, match=says):  # a resumed run's overrides too
+        TC.replace(**field)
+    assert TrainConfig(G_lr=0.0, D_lr=0, G_B1=0.5).G_lr == 0.0  # a frozen G is allowed
+
+
 # --------------------------------------------------------------------------- a short run
 def test_short_run_trains_logs_samples_and_checkpoints(run):
     out, trainer, summary = run
@@ -324,6 +350,12 @@ def test_cli_trains_and_resumes(image_dir, tmp_path, capsys):
         "--dim_z", "20", "--shared_dim", "8", "--batch", "4", "--num_D_steps", "2",
         "--ema_decay", "0.9", "--ema_start", "3", "--steps", "1", "--log_every", "1",
     ]  # fmt: skip
+    # bad settings are named before the data is opened or a folder made
+    with pytest.raises(SystemExit, match="training settings: TrainConfig.G_lr must be a finite"):
+        cli.main(args + common + ["--G_lr", "-1"])
+    with pytest.raises(SystemExit, match="model settings: resolution 48 is not a BigGAN"):
+        cli.main(args + common + ["--resolution", "48"])
+    assert not out.exists()
     assert cli.main(args + common) == 0
     text = capsys.readouterr().out
     assert "4 classes" in text and "step 1/1" in text and "done: step 1" in text
