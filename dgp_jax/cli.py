@@ -300,7 +300,7 @@ def cmd_compare(args) -> int:
         task=args.task, methods=[m for m in args.methods.split(",") if m], inputs=args.inputs,
         out=args.out, resolution=args.resolution, factor=args.factor, mask=args.mask,
         mask_keep=args.mask_keep, sets=args.set, metrics=[m for m in args.metrics.split(",") if m],
-        seed=args.seed, batch=args.batch, progress=not args.no_progress,
+        nets=args.nets, seed=args.seed, batch=args.batch, progress=not args.no_progress,
     )  # fmt: skip
     report = compare.execute(options)
     print(Path(report.table).with_suffix(".md").read_text(), end="")
@@ -417,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which mask colour marks kept pixels")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a setting, e.g. dip.iterations=500, dgp.weights=biggan128")  # fmt: skip
-    p.add_argument("--metrics", default="", help="extra registered metrics, comma-separated")
+    p.add_argument("--metrics", default="",
+                   help="extra registered per-image metrics, comma-separated")  # fmt: skip
+    p.add_argument("--nets", help="folder of the metrics' weight files (as evaluate's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per method call (default 1)")
     p.add_argument("--no-progress", action="store_true")

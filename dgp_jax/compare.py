@@ -59,6 +59,7 @@ class CompareOptions:
     mask_keep: str = "white"
     sets: list[str] = dataclasses.field(default_factory=list)  # "method.key=value"
     metrics: list[str] = dataclasses.field(default_factory=list)  # extra evaluators
+    nets: str | None = None  # the metrics' weight files (as evaluate's --nets)
     seed: int = 0
     batch: int = 1
     progress: bool = True
@@ -120,24 +121,62 @@ def _seed_of(seed: int, name: str) -> int:
 
 
 # --------------------------------------------------------------------------- scoring
-def _evaluators(mode: str, extra: Sequence[str]) -> list[tuple[str, Callable]]:
+def _evaluators(mode: str, extra: Sequence[str], *, nets: str | None, task: str,
+                masks: bool) -> list[tuple[str, Callable]]:  # fmt: skip
+    """The restoration metrics and the ``--metrics`` evaluators, built (weights read) before
+    any work; each gets the options it declares among ``nets`` and ``mode``."""
+    from dgp_jax.evaluate import factory_options
     from dgp_jax.metrics import registry
 
+    if nets is not None and not Path(nets).is_dir():
+        raise RunError(f"--nets {nets} is not a folder")
     out = [("restoration", registry.build("restoration", mode=mode))]
     for name in extra:
         if name == "restoration":
             continue
+        if name in registry.SET_METRICS:
+            raise RunError(
+                f"--metrics: {name} gives one value for a whole set of images, and compare "
+                f"scores each method call's images as they come: score the <method>/ folders "
+                f"with dgp-jax evaluate --metrics {name} --reference <the inputs>"
+            )
         try:
-            out.append((name, registry.build(name)))
-        except ValueError as err:
+            factory = registry.get(name)
+            evaluator = factory(**factory_options(factory, {"nets": nets, "mode": mode}))
+        except (OSError, ValueError) as err:
             raise RunError(f"--metrics: {err}") from None
+        if registry.needs_masks(evaluator) and not masks:
+            raise RunError(f"--metrics: {name} scores inpainting holes, and the task {task} has "
+                           "none (inpainting and hybrid have)")  # fmt: skip
+        out.append((name, evaluator))
     return out
 
 
-def _score(evaluators, results: np.ndarray, originals: np.ndarray) -> list[dict[str, float]]:
+def _check_labels(evaluators, items: Sequence[Item]) -> None:
+    """An evaluator that declares ``labels`` (ResNet-50 accuracy) needs every input's class."""
+    import inspect
+
+    unknown = [it.name for it in items if it.cls < 0]
+    for name, evaluate in evaluators:
+        if "labels" in inspect.signature(evaluate).parameters and unknown:
+            raise RunError(f"--metrics: {name} needs every input's ImageNet class (a list "
+                           f"file of 'path class' lines); none for {unknown[:3]}")  # fmt: skip
+
+
+def _score(evaluators, results: np.ndarray, originals: np.ndarray, masks: np.ndarray | None,
+           labels: list) -> list[dict[str, float]]:  # fmt: skip
+    """Per image, every evaluator's values; the masks (B, H, W, 1) and the inputs' classes
+    go to the evaluators that declare ``masks`` / ``labels``."""
+    import inspect
+
+    from dgp_jax.metrics import registry
+
     per_image: list[dict[str, float]] = [{} for _ in range(len(results))]
     for _, evaluate in evaluators:
-        values = evaluate(results, originals)
+        kwargs = {"masks": masks} if masks is not None and registry.takes_masks(evaluate) else {}
+        if "labels" in inspect.signature(evaluate).parameters:
+            kwargs["labels"] = labels
+        values = evaluate(results, originals, **kwargs)
         for key, value in values.items():
             arr = np.asarray(value, np.float64).reshape(-1)
             for i in range(len(results)):
@@ -229,7 +268,9 @@ def execute(options: CompareOptions) -> CompareReport:
             except (OSError, ValueError) as err:
                 raise RunError(f"{m}: {err}") from None
         configs[m] = config
-    evaluators = _evaluators(mode, options.metrics)
+    evaluators = _evaluators(mode, options.metrics, nets=options.nets, task=task,
+                             masks=keep is not None)  # fmt: skip
+    _check_labels(evaluators, items)
 
     items, originals, load_failed = _load(items, res)
     observed = np.asarray(phi.target_fn(originals)).astype(np.float32)
@@ -277,6 +318,9 @@ def _run_method(out, method, config, items, originals, observed, phi, mode, keep
             "phi": phi.name, "seed": options.seed, "resolution": options.resolution,
             "keep": None if keep is None else _sha(keep.astype(np.float32)),
             "observed": _sha(observed[i]),
+            # Before 2026-12-01 a --mask run was scored on the centre square, not the
+            # mask's hole: a rerun redoes those images.
+            **({"scored_on": "the mask's hole"} if options.mask is not None else {}),
         })  # fmt: skip
     todo = [i for i, it in enumerate(items)
             if not is_done(out, f"{method}/{it.name}", LABEL, fingerprints[it.name])]  # fmt: skip
@@ -310,7 +354,20 @@ def _run_method(out, method, config, items, originals, observed, phi, mode, keep
             raise RunError(
                 f"{method} returned shape {results.shape}, expected {originals[idx].shape}"
             )
-        scores = _score(evaluators, results, originals[idx])
+        masks = None if keep is None else np.broadcast_to(keep, results.shape[:-1] + (1,))
+        try:
+            scores = _score(evaluators, results, originals[idx], masks,
+                            [items[i].cls for i in idx])  # fmt: skip
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - e.g. NIQE on images under 96 px
+            for i in idx:
+                report.failed.setdefault(method, {})[items[i].name] = (
+                    f"scoring: {type(err).__name__}: {err}"
+                )
+            print(f"compare: scoring {method}'s results failed: {type(err).__name__}: {err}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            continue
         for j, i in enumerate(idx):
             name = items[i].name
             files = [f"{method}/{name}.png"]

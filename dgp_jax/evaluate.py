@@ -78,7 +78,7 @@ class _Evaluator:
     takes_labels: bool
 
 
-def _accepted(factory: Callable, options: Mapping[str, Any]) -> dict[str, Any]:
+def factory_options(factory: Callable, options: Mapping[str, Any]) -> dict[str, Any]:
     """The options ``factory`` declares (all of them if it takes ``**kwargs``)."""
     params = inspect.signature(factory).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -117,7 +117,13 @@ class Evaluators:
         self.evaluators = []
         for name, columns in wanted.items():
             factory = registry.get(name)
-            function = factory(**_accepted(factory, config))
+            function = factory(**factory_options(factory, config))
+            if registry.needs_masks(function):
+                raise EvaluationError(
+                    f"metric {name!r} scores inpainting holes and needs each image's mask, "
+                    "which dgp-jax evaluate and restore --metrics do not take: use dgp-jax "
+                    "compare --task inpainting [--mask FILE] or experiments/inpainting_protocol.py"
+                )
             params = inspect.signature(function).parameters
             positional = [
                 p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)

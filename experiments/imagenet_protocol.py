@@ -204,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.nets and not metrics:
         from dgp_jax.metrics import registry
 
-        metrics = ",".join(n for n in registry.names() if n != "restoration")
+        # (not the mask metrics: restore --metrics has no masks; the table's PSNR/SSIM
+        # already score the centre hole)
+        metrics = ",".join(
+            n for n in registry.names() if n != "restoration" and n not in registry.MASK_METRICS
+        )
     entries = read_list(args.list, args.limit)
     names = [n for n, _ in entries]
     try:

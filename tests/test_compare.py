@@ -111,6 +111,96 @@ def test_inpainting_pastes_the_known_pixels(tmp_path):
     assert set(np.unique(source[keep] - written[keep])) == {0, 1}
 
 
+def test_a_free_form_mask_is_scored_on_its_own_hole(tmp_path):
+    """The table's PSNR/SSIM and --metrics inpainting_hole score the --mask's hole (they
+    scored the centre square whatever the mask, where this mask keeps every pixel: inf)."""
+    keep = np.full((64, 64), 255, np.uint8)
+    keep[:, :20] = 0  # the hole: the first 20 columns
+    Image.fromarray(keep).save(tmp_path / "mask.png")
+    options = compare.CompareOptions(
+        task="inpainting", methods=["observation"], inputs=PHOTOS[:1], out=str(tmp_path / "out"),
+        progress=False, mask=str(tmp_path / "mask.png"), metrics=["inpainting_hole"])  # fmt: skip
+    report = compare.execute(options)
+    original = load_image(PHOTOS[0], 64).astype(np.float32)
+    mask = (keep > 127).astype(np.float32)[None, :, :, None]
+    pasted = original[None] * mask  # the observation's hole is 0, the known pixels pasted
+    expected = restoration_metrics(pasted, original[None], "inpainting", mask=mask)
+    row = _rows(report.table)[0]
+    assert float(row["psnr"]) == pytest.approx(float(expected["psnr"][0]), abs=5e-5)
+    assert float(row["ssim"]) == pytest.approx(float(expected["ssim"][0]), abs=5e-5)
+    assert 8 < float(row["psnr"]) < 9  # 8.50 dB; the centre square gave inf
+    assert float(row["hole_psnr"]) == pytest.approx(float(expected["psnr"][0]), abs=5e-5)
+
+
+def test_per_image_metrics_read_their_weights_from_nets(tmp_path):
+    from dgp_jax.metrics import registry
+    from tests.test_lpips import FIXTURES as LPIPS_FIXTURES
+    from tests.test_lpips import write_trunk
+
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    write_trunk(nets, "alex")
+    (nets / "lpips_v0.1_alex.pth").write_bytes(
+        (LPIPS_FIXTURES / "lpips_v0.1_alex.pth").read_bytes()
+    )
+    options = compare.CompareOptions(task="SR", methods=["bicubic"], inputs=PHOTOS[:1],
+                                     out=str(tmp_path / "out"), progress=False, metrics=["lpips"],
+                                     nets=str(nets))  # fmt: skip
+    report = compare.execute(options)
+    (row,) = _rows(report.table)
+    # the float result (bicubic is computed in 8 bits, so the written file is the result)
+    result = load_image(tmp_path / "out" / "bicubic" / "flora_FreshFlower_0.png", 64)
+    expected = registry.build("lpips", nets=str(nets))(
+        result[None], load_image(PHOTOS[0], 64)[None]
+    )
+    assert float(row["lpips"]) == pytest.approx(float(expected["lpips"][0]), abs=5e-5)
+
+
+def test_a_metric_that_fails_fails_those_images_and_the_run_goes_on(tmp_path, monkeypatch):
+    from dgp_jax.metrics import registry
+
+    monkeypatch.setitem(registry.EVALUATORS, "broken", "tests.test_evaluate:broken_evaluator")
+    options = compare.CompareOptions(task="SR", methods=["observation", "bicubic"],
+                                     inputs=PHOTOS, out=str(tmp_path), progress=False,
+                                     metrics=["broken"])  # fmt: skip
+    report = compare.execute(options)  # it crashed the run with the first method's scores
+    for method in ("observation", "bicubic"):
+        assert report.failed[method] == {
+            Path(p).stem: "scoring: TypeError: a bug in a metric" for p in PHOTOS
+        }
+        assert report.done[method] == [] and not list(tmp_path.glob(f"{method}/*.done.json"))
+
+
+def test_metrics_are_refused_before_any_work_where_they_cannot_score(tmp_path, with_fake):
+    for metrics, kw, says in (
+        (["fid"], {}, "fid gives one value for a whole set of images"),
+        (["inpainting_hole"], {}, "inpainting_hole scores inpainting holes, and the task SR"),
+        (["lpips"], {}, "alexnet-owt-7be5be79.pth"),
+        (["lpips"], {"nets": str(tmp_path / "nowhere")}, "--nets .*nowhere is not a folder"),
+        (["resnet50"], {"nets": str(tmp_path)}, "resnet50-0676ba61.pth"),
+    ):  # fmt: skip
+        with pytest.raises(RunError, match=says):
+            compare.execute(_options(tmp_path / "out", metrics=metrics, **kw))
+    assert not (tmp_path / "out").exists() and CALLS == []
+
+
+def test_the_readme_table_of_the_trivial_baselines(tmp_path):
+    """README, "Comparing methods": the six held-out photos, SR x4 and inpainting."""
+    heldout = [str(ROOT / "examples/heldout.txt")]
+    sr = compare.execute(compare.CompareOptions(
+        task="SR", methods=["bicubic", "nearest", "observation"], inputs=heldout,
+        out=str(tmp_path / "sr"), progress=False))  # fmt: skip
+    inpainting = compare.execute(compare.CompareOptions(
+        task="inpainting", methods=["observation"], inputs=heldout,
+        out=str(tmp_path / "inpainting"), progress=False))  # fmt: skip
+    table = {(task, r["method"]): (round(float(r["psnr"]), 2), round(float(r["ssim"]), 4))
+             for task, report in (("SR", sr), ("inpainting", inpainting))
+             for r in _rows(report.table)}  # fmt: skip
+    assert table == {("SR", "bicubic"): (21.30, 0.6560), ("SR", "nearest"): (19.86, 0.5841),
+                     ("SR", "observation"): (20.83, 0.6204),
+                     ("inpainting", "observation"): (11.41, 0.1022)}  # fmt: skip
+
+
 def test_setup_errors_name_the_problem(tmp_path, with_fake):
     with pytest.raises(RunError, match=r"dgp: DGP weights not found: /nowhere/G_ema\.pth"):
         compare.execute(_options(tmp_path / "a", methods=["dgp"],

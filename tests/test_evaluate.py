@@ -12,7 +12,15 @@ from PIL import Image
 
 from dgp_jax import cli
 from dgp_jax.images import load_image
-from dgp_jax.metrics import load_resnet50, niqe, psnr, registry, ssim, topk_correct
+from dgp_jax.metrics import (
+    load_resnet50,
+    niqe,
+    psnr,
+    registry,
+    restoration_metrics,
+    ssim,
+    topk_correct,
+)
 from dgp_jax.metrics.niqe_metric import NIQEParams, gaussian_window
 from tests._resnet import resnet50_weights_folder
 from tests.test_runner import make_photos, tiny_model_files
@@ -42,10 +50,20 @@ def label_evaluator():
     return evaluate
 
 
+def broken_evaluator():
+    """A metric with a bug: it raises what no metric is expected to raise."""
+
+    def evaluate(restored, reference=None):
+        raise TypeError("a bug in a metric")
+
+    return evaluate
+
+
 @pytest.fixture()
 def level_metric(monkeypatch):
     monkeypatch.setitem(registry.EVALUATORS, "level", "tests.test_evaluate:level_evaluator")
     monkeypatch.setitem(registry.EVALUATORS, "seen_label", "tests.test_evaluate:label_evaluator")
+    monkeypatch.setitem(registry.EVALUATORS, "broken", "tests.test_evaluate:broken_evaluator")
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +188,9 @@ def test_evaluate_errors(tmp_path, photo_sets, nets, capsys, level_metric):
     err = run("--metrics", "niqe", "--nets", str(empty))
     assert "modelparameters.mat" in err and "'niqe'" in err
     assert "compare with reference images" in run("--metrics", "ssim")
+    assert "'aot_gan' scores inpainting holes and needs each image's mask" in run(
+        "--metrics", "aot_gan", "--reference", str(originals)
+    )  # it was a traceback and exit 1
     assert "need each image's class" in run("--metrics", "resnet50", "--nets", str(nets))
     labels = tmp_path / "labels.txt"
     labels.write_text("a.png 3\nb.png 5000\n")
@@ -201,8 +222,10 @@ def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, level_m
     # Checked before any work: an unknown name, a missing weight file.
     assert cli.main([*base, "--metrics", "nope"]) == 2
     assert cli.main([*base, "--metrics", "resnet50", "--nets", str(tmp_path)]) == 2
+    assert cli.main([*base, "--metrics", "inpainting_hole"]) == 2  # it crashed after solving
     err = capsys.readouterr().err
     assert "unknown metrics ['nope']" in err and "resnet50-0676ba61.pth" in err
+    assert "'inpainting_hole' scores inpainting holes and needs each image's mask" in err
     assert not out.exists()
 
     assert cli.main([*base, "--metrics", "level,psnr"]) == 0
@@ -245,6 +268,12 @@ def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, level_m
     assert "--metrics could not score the results: NIQE needs" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert "at least 96x96" in summary["extra_metrics"]["error"] and summary["done"] == 2
+    # ... and a metric's bug does not cost the summary either (it escaped, unwritten)
+    (out / "summary.json").unlink()
+    assert cli.main([*base, "--metrics", "broken"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["extra_metrics"]["error"] == "TypeError: a bug in a metric"
+    assert summary["done"] == 2
 
 
 def test_protocol_passes_metrics_and_its_table_gains_columns(tmp_path, monkeypatch,
@@ -291,4 +320,26 @@ def test_protocol_passes_metrics_and_its_table_gains_columns(tmp_path, monkeypat
     out = tmp_path / "protocol2"
     argv[argv.index(str(tmp_path / "protocol"))] = str(out)
     assert protocol.main(argv) == 0
-    assert seen[0][1].split(",") == [n for n in registry.names() if n != "restoration"]
+    masked = ("restoration", "inpainting_hole", "aot_gan")  # (restore has no masks)
+    assert seen[0][1].split(",") == [n for n in registry.names() if n not in masked]
+
+
+def test_the_registry_marks_the_metrics_that_need_masks_or_a_whole_set():
+    assert registry.SET_METRICS | registry.MASK_METRICS <= set(registry.names())
+    for name in registry.MASK_METRICS:
+        assert registry.needs_masks(registry.build(name)), name
+    # the restoration metrics take masks where they have them (compare, the protocol):
+    # inpainting scores the mask's hole, the other modes the whole image
+    rng = np.random.default_rng(0)
+    x, ref = rng.uniform(-1, 1, (2, 2, 32, 32, 3))
+    masks = np.ones((2, 32, 32, 1))
+    masks[:, :, :10] = 0
+    inpainting = registry.build("restoration", mode="inpainting")
+    assert registry.takes_masks(inpainting) and not registry.needs_masks(inpainting)
+    hole = restoration_metrics(x, ref, "inpainting", mask=masks)
+    centre = restoration_metrics(x, ref, "inpainting")
+    np.testing.assert_array_equal(inpainting(x, ref, masks=masks)["psnr"], hole["psnr"])
+    np.testing.assert_array_equal(inpainting(x, ref)["psnr"], centre["psnr"])
+    assert not np.array_equal(hole["psnr"], centre["psnr"])
+    sr = registry.build("restoration", mode="SR")
+    np.testing.assert_array_equal(sr(x, ref, masks=masks)["psnr"], sr(x, ref)["psnr"])

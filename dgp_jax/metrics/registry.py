@@ -38,6 +38,13 @@ EVALUATORS: dict[str, str] = {
     "aot_gan": "dgp_jax.metrics.inpainting:composite_evaluator",
 }
 
+# Evaluators that give one value for a whole set (FID and the like): compare, which scores
+# each method call's images as they come, leaves them to ``dgp-jax evaluate`` on its folders.
+SET_METRICS = frozenset({"fid", "kid", "is", "ids"})
+# Evaluators that need each image's inpainting mask (a ``masks`` parameter without default):
+# evaluate and restore --metrics have none; compare and the inpainting protocol pass them.
+MASK_METRICS = frozenset({"inpainting_hole", "aot_gan"})
+
 
 def names() -> list[str]:
     """Every registered evaluator name, sorted."""
@@ -62,3 +69,15 @@ def takes_masks(evaluator: Callable[..., Any]) -> bool:
         return "masks" in inspect.signature(evaluator).parameters
     except (TypeError, ValueError):
         return False
+
+
+def needs_masks(evaluator: Callable[..., Any]) -> bool:
+    """Whether ``evaluator`` cannot score without the inpainting masks (its ``masks``
+    parameter has no default; the restoration evaluator's has one)."""
+    import inspect
+
+    try:
+        param = inspect.signature(evaluator).parameters.get("masks")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is inspect.Parameter.empty

@@ -271,11 +271,14 @@ def restoration_metrics(
 def restoration_evaluator(
     mode: str, mask_box: tuple[int, int] | None = None
 ) -> Callable[..., dict[str, np.ndarray]]:
-    """Registry factory: :func:`restoration_metrics` with ``mode`` and ``mask_box`` fixed."""
+    """Registry factory: :func:`restoration_metrics` with ``mode`` and ``mask_box`` fixed.
+    Given ``masks`` (as compare and the inpainting protocol pass them), 'inpainting' scores
+    each mask's hole unless ``mask_box`` was fixed; the other modes score the whole image."""
     if mode not in MODES:
         raise ValueError(f"unknown DGP mode {mode!r}; valid modes: {', '.join(MODES)}")
 
-    def evaluate(restored: Array, reference: Array) -> dict[str, np.ndarray]:
-        return restoration_metrics(restored, reference, mode, mask_box=mask_box)
+    def evaluate(restored: Array, reference: Array, masks: Array | None = None):
+        use = masks if mode == "inpainting" and mask_box is None else None
+        return restoration_metrics(restored, reference, mode, mask_box=mask_box, mask=use)
 
     return evaluate

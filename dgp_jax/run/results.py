@@ -166,10 +166,12 @@ def _extra_metrics(out: OutputDir, spec: RunSpec, records: dict[str, dict]
     ]  # fmt: skip
     try:
         scores = score(entries, spec.extra_metrics)
-    except (OSError, ValueError) as err:
-        # After the solving: the results stay, the summary says why the columns are missing.
-        print(f"dgp-jax: --metrics could not score the results: {err}", file=sys.stderr)
-        return [], {"error": str(err), "per_image": {}, "table": {}}
+    except Exception as err:  # noqa: BLE001 - any metric's failure, a bug in one included
+        # After the solving: the results stay, and the summary is written (this runs as the
+        # run ends), saying why the columns are missing.
+        text = str(err) if isinstance(err, OSError | ValueError) else f"{type(err).__name__}: {err}"
+        print(f"dgp-jax: --metrics could not score the results: {text}", file=sys.stderr)
+        return [], {"error": text, "per_image": {}, "table": {}}
     columns = [c for c in scores.per_image if c not in METRIC_NAMES]
     per_image = {
         e.name: {c: float(scores.per_image[c][i]) for c in columns}
