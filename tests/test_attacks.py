@@ -177,6 +177,27 @@ def test_attack_command_writes_the_images_their_labels_and_a_record(tmp_path, tm
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
+def test_the_commands_defaults_are_the_readmes(tmp_path, monkeypatch):
+    """attack: PGD, eps 8/255, 10 steps of Madry's 2.5 eps / steps, seed 0, batches of 8;
+    masks: AOT-GAN's buckets. (The command tests above pass each of these explicitly.)"""
+    from dgp_jax import attacks, cli, masks
+    from dgp_jax.run import attack
+
+    seen = []
+    monkeypatch.setattr(attack, "run_attack", lambda options: seen.append(options) or {
+        "images": 0, "top1_clean": 0.0, "top1_attacked": 0.0})  # fmt: skip
+    argv = ["attack", str(tmp_path), "--out", str(tmp_path / "o"), "--nets", str(tmp_path),
+            "--resolution", "64"]  # fmt: skip
+    assert cli.main(argv) == 0
+    (options,) = seen
+    assert (options.method, options.eps, options.steps) == ("pgd", 8 / 255, 10)
+    assert (options.step_size, options.seed, options.batch) == (None, 0, 8)
+    assert attacks.default_step_size(8 / 255, 10) == pytest.approx(2 / 255, rel=1e-15)
+    args = cli.build_parser().parse_args(["masks", "--size", "64", "--per-bucket", "1",
+                                          "--out", str(tmp_path / "m")])  # fmt: skip
+    assert masks.parse_buckets(args.buckets) == masks.parse_buckets("aot-gan")
+
+
 def test_attack_command_refuses_bad_input_before_any_work(tmp_path, capsys):
     from dgp_jax import cli
     from tests.test_runner import make_photos

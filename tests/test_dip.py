@@ -137,6 +137,29 @@ def test_key_table_and_errors():
         dip.restore(np.zeros((1, 64, 64, 3)), None, seed=0, config={"iters": 3})
 
 
+def test_the_notebooks_schedules_and_which_task_gets_which():
+    """README, "Comparing methods": Adam at lr 0.01; 2000 steps for x4 SR (x8: 4000), 6001
+    for inpainting, 3000 (denoising's) otherwise; the notebooks' input noise."""
+    table = {name: (s.network, s.iterations, s.reg_noise_std, s.input, s.final_input)
+             for name, s in dip.SCHEDULES.items()}  # fmt: skip
+    assert table == {
+        "super-resolution": ("super-resolution", 2000, 0.03, "noise", "noisy"),
+        "super-resolution-x8": ("super-resolution", 4000, 0.05, "noise", "noisy"),
+        "inpainting": ("inpainting", 6001, 0.03, "noise", "clean"),
+        "inpainting-vase": ("inpainting-vase", 5001, 0.03, "meshgrid", "clean"),
+        "inpainting-library": ("inpainting-library", 3001, 0.0, "noise", "clean"),
+        "denoising": ("denoising", 3000, 1 / 30, "noise", "noisy"),
+    }
+    assert dip.LR == 0.01
+    hole = degradations.for_mode("inpainting", 64)
+    gray = degradations.for_mode("colorization", 64)
+    picks = [dip.default_preset(None, 4), dip.default_preset(None, 2), dip.default_preset(None, 8),
+             dip.default_preset(hole, None), dip.default_preset(gray, None),
+             dip.default_preset(None, None)]  # fmt: skip
+    assert picks == ["super-resolution", "super-resolution", "super-resolution-x8", "inpainting",
+                     "denoising", "denoising"]  # fmt: skip
+
+
 def test_low_resolution_recovers_the_sr_target():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (2, 64, 64, 3))

@@ -196,6 +196,26 @@ def test_evaluate_errors(tmp_path, photo_sets, nets, capsys, level_metric):
     labels.write_text("a.png 3\nb.png 5000\n")
     err = run("--metrics", "resnet50", "--nets", str(nets), "--labels", str(labels))
     assert f"{labels}:2: class 5000 is not an ImageNet class index [0, 1000)" in err
+    # references matched by name: one missing, two of one name, a size that cannot be
+    # matched (another size is read as the solver reads inputs for square results only)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.new("RGB", (8, 8)).save(refs / "a.png")
+    assert f"no reference image in {refs} for ['b']" in run("--metrics", "psnr",
+                                                             "--reference", str(refs))  # fmt: skip
+    for suffix in (".png", ".jpg"):
+        Image.new("RGB", (8, 8)).save(refs / f"b{suffix}")
+    err = run("--metrics", "psnr", "--reference", str(refs))
+    assert f"{refs} holds two images named 'b': b.jpg and b.png" in err
+    wide, wide_refs = tmp_path / "wide", tmp_path / "wide_refs"
+    wide.mkdir(), wide_refs.mkdir()
+    Image.new("RGB", (24, 16)).save(wide / "c.png")
+    Image.new("RGB", (48, 32)).save(wide_refs / "c.png")
+    argv = ["evaluate", str(wide), "--reference", str(wide_refs), "--metrics", "psnr"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{wide_refs / 'c.png'} is 48x32, its result 24x16: sizes must match" in err
+    assert sorted(p.name for p in wide.iterdir()) == ["c.png"]  # no evaluation/ left
     # an --out where the tables cannot go is named before any scoring
     blocker = tmp_path / "blocker"
     blocker.write_text("")
