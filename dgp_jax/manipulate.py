@@ -6,7 +6,10 @@ latents with each image's own fine-tuned generator::
     result = dgp_jax.restore(model, images, classes, "wallpapers_64/jitter", key)
     jitters = jitter(model, result, key)              # (B, 3, 30, R, R, 3)
     frames = morph(model, result, 0, result, 1)       # (11, R, R, 3)
-    transfer = category_transfer(model, result, [151, 207, 281])   # (B, 3, R, R, 3)
+    transfer = category_transfer(model, result, [0, 1, 2])   # (B, 3, R, R, 3)
+
+(``model = dgp_jax.load_default_biggan()``, the shipped 64 px model of three classes, for
+the ``wallpapers_64`` presets; an ImageNet model takes classes such as 151, 207, 281.)
 
 All images are NHWC in [-1, 1], returned as NumPy arrays. Rendering is one jit-compiled
 function per kind, ``jax.vmap``-ped over the per-image (or per-frame) generator params
@@ -262,7 +265,7 @@ def jitter(
       model: the BigGAN ``result`` was solved with.
       result: a ``SolveResult`` with B images.
       key: a PRNG key (or an integer seed). Image i draws its noise, shape
-        (len(stds), samples, dim_z), from ``normal(fold_in(key, i))``, so its jitters do
+        (len(stds), samples, effective_dim_z), from ``normal(fold_in(key, i))``, so its jitters do
         not depend on ``batch_size`` or on the other images; every (std, sample) gets its
         own eps, as the reference redraws eps per sample.
       stds: noise scales (>= 0); the reference's 0.3, 0.5, 0.7 by default.

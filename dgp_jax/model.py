@@ -147,7 +147,8 @@ def random_biggan(
     rest is as the modules initialise it. The values are drawn with numpy from a seed
     taken from ``key``: the modules' own initialisers run the network op by op and
     compile a QR per weight shape (16 s for a 32 px model on 2 CPU cores, minutes at
-    full size); this takes milliseconds, and a second at full size.
+    full size); this took 1.5-2.6 s, first call included, for the tests' 32 px and the
+    shipped 64 px model (BENCHMARKS.md, "Random BigGAN weights").
     """
     if init not in ("ortho", "N02"):
         raise ValueError(f"init must be 'ortho' or 'N02', got {init!r}")

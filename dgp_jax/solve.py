@@ -65,7 +65,8 @@ class SolveResult:
 
     images: (B, R, R, 3) G's output at each image's last step, NHWC in [-1, 1].
     degraded: (B, R, R, 3) the observation φ(image) the loss compared against.
-    z, classes, embeddings: the solved latents (B, dim_z), chosen classes (B,) and the
+    z, classes, embeddings: the solved latents (B, effective_dim_z: the latent G takes,
+        dim_z less the 256 px model's remainder), chosen classes (B,) and the
         class embeddings (B, shared_dim) (fine-tuned when ``update_embed``).
     params: the fine-tuned generators, G's params with a leading image axis (the shared
         class table is not copied per image; see ``embeddings``).
@@ -476,7 +477,10 @@ def _check_start(z_init, z_candidates, class_candidates, batch: int, cfg, select
     if z_init is not None:
         z = np.asarray(z_init)
         if z.shape != (batch, dim_z):
-            raise ValueError(f"z_init must be ({batch}, {dim_z}) (batch, dim_z), got {z.shape}")
+            raise ValueError(
+                f"z_init must be ({batch}, {dim_z}) (batch, the model's "
+                f"effective_dim_z), got {z.shape}"
+            )
         if not np.all(np.isfinite(z)):
             raise ValueError("z_init holds NaN or infinite values")
     num = select_num
@@ -545,12 +549,13 @@ def restore(
         (as in the paper's protocol; metrics are then reported), or, with
         ``observed=True``, observations that are already degraded.
       classes: (B,) ImageNet classes; -1 (or None for all) = unknown, chosen with the
-        latent among the start candidates.
+        latent among the start candidates (without a search, ``select_num=0`` or
+        ``z_init``: class 0, as the reference starts at z = 0).
       config: a SolverConfig or a preset name.
       key: a PRNG key or an integer seed (image i uses ``fold_in(key, i)``), or one key
         per image.
-      z_init: (B, dim_z) start latents; skips the candidate search.
-      z_candidates / class_candidates: (B, select_num, dim_z) / (B, select_num) explicit
+      z_init: (B, model.config.effective_dim_z) start latents; skips the candidate search.
+      z_candidates / class_candidates: (B, select_num, effective_dim_z) / (B, select_num) explicit
         start candidates, instead of sampling them from ``key``.
       degradation: a custom φ (``dgp_jax.degradations``); default: the mode's.
       mesh: a ('data',) device mesh for the image axis; default: as many local devices as

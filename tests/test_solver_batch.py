@@ -178,7 +178,8 @@ def test_bad_arguments_are_named(tiny_model):
     # (1, 40) z_init became two latents, an out-of-range candidate class a NaN embedding).
     two = images(2)
     for kwargs, says in (
-        ({"z_init": np.zeros((1, 40))}, r"z_init must be \(2, 20\) \(batch, dim_z\), got"),
+        ({"z_init": np.zeros((1, 40))}, r"z_init must be \(2, 20\) \(batch, the model's "
+         r"effective_dim_z\), got"),
         ({"z_init": np.full((2, 20), np.nan)}, "z_init holds NaN or infinite values"),
         ({"z_candidates": np.zeros((3, 4, 20))}, r"z_candidates must be \(2, candidates, 20\)"),
         ({"z_candidates": np.zeros((2, 4, 20)), "class_candidates": np.zeros((2, 3), int)},
