@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a setting, e.g. dip.iterations=500, dgp.weights=biggan128")  # fmt: skip
     p.add_argument("--metrics", default="",
-                   help="extra registered per-image metrics, comma-separated")  # fmt: skip
+                   help="extra registered metrics, comma-separated (set metrics: one value "
+                        "per method)")  # fmt: skip
     p.add_argument("--nets", help="folder of the metrics' weight files (as evaluate's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per method call (default 1)")

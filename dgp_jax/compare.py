@@ -121,25 +121,22 @@ def _seed_of(seed: int, name: str) -> int:
 
 
 # --------------------------------------------------------------------------- scoring
-def _evaluators(mode: str, extra: Sequence[str], *, nets: str | None, task: str,
-                masks: bool) -> list[tuple[str, Callable]]:  # fmt: skip
-    """The restoration metrics and the ``--metrics`` evaluators, built (weights read) before
-    any work; each gets the options it declares among ``nets`` and ``mode``."""
+def _evaluators(mode: str, extra: Sequence[str], *, nets: str | None, task: str, masks: bool
+                ) -> tuple[list[tuple[str, Callable]], list[tuple[str, Callable]]]:  # fmt: skip
+    """(per-image, set) evaluators: the restoration metrics and the ``--metrics`` ones, built
+    (weights read) before any work; each gets the options it declares among ``nets`` and
+    ``mode``. Set metrics (registry.SET_METRICS) score each method's images together, once
+    every method has run (:func:`_set_scores`)."""
     from dgp_jax.evaluate import factory_options
     from dgp_jax.metrics import registry
 
     if nets is not None and not Path(nets).is_dir():
         raise RunError(f"--nets {nets} is not a folder")
     out = [("restoration", registry.build("restoration", mode=mode))]
+    sets = []
     for name in extra:
         if name == "restoration":
             continue
-        if name in registry.SET_METRICS:
-            raise RunError(
-                f"--metrics: {name} gives one value for a whole set of images, and compare "
-                f"scores each method call's images as they come: score the <method>/ folders "
-                f"with dgp-jax evaluate --metrics {name} --reference <the inputs>"
-            )
         try:
             factory = registry.get(name)
             evaluator = factory(**factory_options(factory, {"nets": nets, "mode": mode}))
@@ -148,8 +145,35 @@ def _evaluators(mode: str, extra: Sequence[str], *, nets: str | None, task: str,
         if registry.needs_masks(evaluator) and not masks:
             raise RunError(f"--metrics: {name} scores inpainting holes, and the task {task} has "
                            "none (inpainting and hybrid have)")  # fmt: skip
-        out.append((name, evaluator))
-    return out
+        (sets if name in registry.SET_METRICS else out).append((name, evaluator))
+    return out, sets
+
+
+def _set_scores(out: OutputDir, methods: Sequence[str], items: Sequence[Item],
+                originals: np.ndarray, set_evaluators, res: int) -> dict[str, dict]:  # fmt: skip
+    """{method: {value name: value}}: each set metric over all of a method's done images,
+    as written (the files a reader of the folder scores), against their originals. A method
+    with fewer than two done images gets none; a metric that fails is named on stderr."""
+    scores: dict[str, dict[str, float]] = {m: {} for m in methods}
+    if not set_evaluators:
+        return scores
+    index = {it.name: i for i, it in enumerate(items)}
+    for m in methods:
+        names = [n for n in _records(out, m, items) if n in index]
+        if len(names) < 2:
+            continue
+        results = np.stack([_read(out.path(f"{m}/{n}.png"), res) for n in names])
+        refs = originals[[index[n] for n in names]]
+        for name, evaluate in set_evaluators:
+            try:
+                values = evaluate(results, refs)
+            except Exception as err:  # noqa: BLE001 - the per-image results stand
+                print(f"compare: {name} on {m}'s images failed: {type(err).__name__}: {err}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                continue
+            for key, value in values.items():
+                scores[m][key] = float(np.asarray(value, np.float64).reshape(-1)[0])
+    return scores
 
 
 def _check_labels(evaluators, items: Sequence[Item]) -> None:
@@ -268,8 +292,8 @@ def execute(options: CompareOptions) -> CompareReport:
             except (OSError, ValueError) as err:
                 raise RunError(f"{m}: {err}") from None
         configs[m] = config
-    evaluators = _evaluators(mode, options.metrics, nets=options.nets, task=task,
-                             masks=keep is not None)  # fmt: skip
+    evaluators, set_evaluators = _evaluators(mode, options.metrics, nets=options.nets,
+                                             task=task, masks=keep is not None)  # fmt: skip
     _check_labels(evaluators, items)
 
     items, originals, load_failed = _load(items, res)
@@ -282,13 +306,14 @@ def execute(options: CompareOptions) -> CompareReport:
             for m in methods:
                 _run_method(out, m, configs[m], items, originals, observed, phi, mode, keep,
                             task, factor, options, evaluators, report)  # fmt: skip
+            set_values = _set_scores(out, methods, items, originals, set_evaluators, res)
         except KeyboardInterrupt:
             # As the restore runs end: finished images keep their markers (a rerun resumes
             # after them) and the tables show them; no sheet for a partial run.
             report.interrupted = True
             report.table = write_tables(out, methods, items, task)
             return report
-        report.table = write_tables(out, methods, items, task)
+        report.table = write_tables(out, methods, items, task, set_values)
         sheet = [[originals[i], observed[i]] for i in range(len(items))]
         for i, item in enumerate(items):
             for m in methods:
@@ -392,8 +417,12 @@ def _records(out: OutputDir, method: str, items: Sequence[Item]) -> dict[str, di
     return records
 
 
-def write_tables(out: OutputDir, methods: Sequence[str], items: Sequence[Item], task: str) -> Path:
-    """table.csv / .md / .json (one row per method) and per_image.csv, from the markers."""
+def write_tables(out: OutputDir, methods: Sequence[str], items: Sequence[Item], task: str,
+                 set_values: dict[str, dict[str, float]] | None = None) -> Path:  # fmt: skip
+    """table.csv / .md / .json (one row per method) and per_image.csv, from the markers;
+    ``set_values`` ({method: {name: value}}, the set metrics) add columns to the table."""
+    set_values = set_values or {}
+    set_keys = list(dict.fromkeys(k for values in set_values.values() for k in values))
     per_method = {m: _records(out, m, items) for m in methods}
     keys: list[str] = []
     for recs in per_method.values():
@@ -408,10 +437,12 @@ def write_tables(out: OutputDir, methods: Sequence[str], items: Sequence[Item], 
         for k in keys:
             vals = [r["metrics"][k] for r in recs if k in r["metrics"]]
             row[k] = float(np.mean(vals)) if vals else None
+        for k in set_keys:
+            row[k] = set_values.get(m, {}).get(k)
         row["seconds_per_image"] = float(np.mean([r["seconds"] for r in recs])) if recs else None
         row["images"] = len(recs)
         rows.append(row)
-    fields = ["method", *keys, "seconds_per_image", "images"]
+    fields = ["method", *keys, *set_keys, "seconds_per_image", "images"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()

@@ -156,6 +156,39 @@ def test_per_image_metrics_read_their_weights_from_nets(tmp_path):
     assert float(row["lpips"]) == pytest.approx(float(expected["lpips"][0]), abs=5e-5)
 
 
+def spread_evaluator():
+    """A stand-in set metric: one value for all the images it is given (their count, and
+    the largest difference from the references)."""
+
+    def evaluate(restored, reference):
+        diff = np.abs(np.asarray(restored, np.float64) - np.asarray(reference, np.float64))
+        return {"set_size": np.float64(len(restored)), "set_max_diff": np.float64(diff.max())}
+
+    return evaluate
+
+
+def test_set_metrics_score_each_methods_written_images_together(tmp_path, monkeypatch):
+    from dgp_jax.metrics import registry
+
+    monkeypatch.setitem(registry.EVALUATORS, "spread", "tests.test_compare:spread_evaluator")
+    monkeypatch.setattr(registry, "SET_METRICS", registry.SET_METRICS | {"spread"})
+    options = compare.CompareOptions(task="SR", methods=["observation", "bicubic"],
+                                     inputs=PHOTOS, out=str(tmp_path), progress=False,
+                                     metrics=["spread"], batch=1)  # fmt: skip
+    report = compare.execute(options)  # one image per call: scored per call, it had 1
+    rows = {r["method"]: r for r in _rows(report.table)}
+    originals = np.stack([load_image(p, 64) for p in PHOTOS])
+    for method in ("observation", "bicubic"):
+        written = np.stack([load_image(tmp_path / method / f"{Path(p).stem}.png", 64)
+                            for p in PHOTOS])  # fmt: skip
+        assert rows[method]["set_size"] == "2.0000"
+        want = np.abs(written - originals.astype(np.float32)).max()
+        assert float(rows[method]["set_max_diff"]) == pytest.approx(want, abs=1e-4)
+    columns = list(rows["bicubic"])
+    assert columns.index("set_size") > columns.index("l1")  # after the per-image means
+    assert "set_size" not in _rows(tmp_path / "per_image.csv")[0]
+
+
 def test_a_metric_that_fails_fails_those_images_and_the_run_goes_on(tmp_path, monkeypatch):
     from dgp_jax.metrics import registry
 
@@ -173,7 +206,7 @@ def test_a_metric_that_fails_fails_those_images_and_the_run_goes_on(tmp_path, mo
 
 def test_metrics_are_refused_before_any_work_where_they_cannot_score(tmp_path, with_fake):
     for metrics, kw, says in (
-        (["fid"], {}, "fid gives one value for a whole set of images"),
+        (["fid"], {}, "fid needs the Inception weights pt_inception-2015-12-05-6726825d.pth"),
         (["inpainting_hole"], {}, "inpainting_hole scores inpainting holes, and the task SR"),
         (["lpips"], {}, "alexnet-owt-7be5be79.pth"),
         (["lpips"], {"nets": str(tmp_path / "nowhere")}, "--nets .*nowhere is not a folder"),

@@ -38,8 +38,8 @@ EVALUATORS: dict[str, str] = {
     "aot_gan": "dgp_jax.metrics.inpainting:composite_evaluator",
 }
 
-# Evaluators that give one value for a whole set (FID and the like): compare, which scores
-# each method call's images as they come, leaves them to ``dgp-jax evaluate`` on its folders.
+# Evaluators that give one value for a whole set (FID and the like): compare scores them on
+# each method's images together, once every method has run, not on each call's batch.
 SET_METRICS = frozenset({"fid", "kid", "is", "ids"})
 # Evaluators that need each image's inpainting mask (a ``masks`` parameter without default):
 # evaluate and restore --metrics have none; compare and the inpainting protocol pass them.
