@@ -60,17 +60,31 @@ def test_all_stages_compile_the_step_once(tiny_model, one_device_mesh):
     assert np.all(np.isfinite(result.history["loss"]))
 
 
-def test_eight_devices_give_the_same_result_as_one(tiny_model, one_device_mesh):
+def test_eight_devices_give_one_devices_result_and_pad_a_short_batch(tiny_model, one_device_mesh):
     assert len(jax.devices()) == 8, "conftest sets 8 host CPU devices"
     eight = Mesh(np.array(jax.devices()), ("data",))
-    kwargs = dict(classes=[1, 2, -1, 3, 4, -1, 5, 6], config=config(), key=jax.random.PRNGKey(2))
-    one = dgp_jax.restore(tiny_model, images(8, 3), mesh=one_device_mesh, **kwargs)
-    many = dgp_jax.restore(tiny_model, images(8, 3), mesh=eight, **kwargs)
+    kwargs = dict(config=config(), key=jax.random.PRNGKey(2))
+    classes = [1, 2, -1, 3, 4, -1, 5, 6]
+    one = dgp_jax.restore(tiny_model, images(8, 3), classes, mesh=one_device_mesh, **kwargs)
+    many = dgp_jax.restore(tiny_model, images(8, 3), classes, mesh=eight, **kwargs)
     np.testing.assert_allclose(many.images, one.images, rtol=0, atol=1e-12)
     np.testing.assert_allclose(many.z, one.z, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(many.classes, one.classes)
     for k in ("ftr", "mse", "loss"):
         np.testing.assert_allclose(many.history[k], one.history[k], rtol=1e-12)
+    # 3 images on 8 devices: restore pads with copies of the last image and drops them. Each
+    # image is solved on its own, so the three match the first three of the full batch (the
+    # same program: one compilation for both).
+    padded = dgp_jax.restore(tiny_model, images(8, 3)[:3], classes[:3], mesh=eight, **kwargs)
+    assert padded.images.shape == (3, 32, 32, 3) and padded.z.shape == (3, 20)
+    assert padded.history["loss"].shape == (7, 3) and padded.select_loss.shape == (3, 4)
+    assert padded.stage_images.shape == (3, 3, 32, 32, 3)
+    assert jax.tree.leaves(padded.params)[0].shape[0] == 3
+    np.testing.assert_allclose(padded.images, many.images[:3], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(padded.z, many.z[:3], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(padded.classes, many.classes[:3])
+    np.testing.assert_allclose(padded.history["loss"], many.history["loss"][:, :3], rtol=1e-12)
+    np.testing.assert_allclose(padded.select_loss, many.select_loss[:3], rtol=1e-12)
 
 
 def test_the_fine_tuning_state_is_built_on_each_images_device(tiny_model):
@@ -230,25 +244,6 @@ def test_default_mesh_takes_the_devices_that_divide_the_batch():
     assert solve.default_mesh().devices.size == 8
     assert solve.default_mesh(3).axis_names == ("data",)
     assert list(solve.default_mesh(3).devices) == jax.local_devices()[:3]
-
-
-def test_batch_not_divisible_by_the_mesh_is_padded(tiny_model):
-    # 3 images on 8 devices: restore pads with copies of the last image and drops them. Each
-    # image is solved on its own, so the three match the first three of a full batch of 8
-    # (the same program as the 8-device test above: one compilation for both).
-    eight = Mesh(np.array(jax.devices()), ("data",))
-    kwargs = dict(config=config(), key=jax.random.PRNGKey(2), mesh=eight)
-    full = dgp_jax.restore(tiny_model, images(8, 3), [1, 2, -1, 3, 4, -1, 5, 6], **kwargs)
-    padded = dgp_jax.restore(tiny_model, images(8, 3)[:3], [1, 2, -1], **kwargs)
-    assert padded.images.shape == (3, 32, 32, 3) and padded.z.shape == (3, 20)
-    assert padded.history["loss"].shape == (7, 3) and padded.select_loss.shape == (3, 4)
-    assert padded.stage_images.shape == (3, 3, 32, 32, 3)
-    assert jax.tree.leaves(padded.params)[0].shape[0] == 3
-    np.testing.assert_allclose(padded.images, full.images[:3], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(padded.z, full.z[:3], rtol=0, atol=1e-12)
-    np.testing.assert_array_equal(padded.classes, full.classes[:3])
-    np.testing.assert_allclose(padded.history["loss"], full.history["loss"][:, :3], rtol=1e-12)
-    np.testing.assert_allclose(padded.select_loss, full.select_loss[:3], rtol=1e-12)
 
 
 def test_stop_ftr_freezes_an_image_like_stop_mse(tiny_model, one_device_mesh):
