@@ -149,6 +149,34 @@ def _evaluators(mode: str, extra: Sequence[str], *, nets: str | None, task: str,
     return out, sets
 
 
+def _score_what_is_missing(out: OutputDir, method: str, done: Sequence[int], items, originals,
+                           keep, evaluators) -> None:  # fmt: skip
+    """A rerun with more ``--metrics``: done images (not solved again) get the evaluators
+    their record lacks, scored on their written file (8-bit, as a reader of the folder has
+    it; listed in the record's ``scored_from_file``), so that every column's mean covers
+    every image of the row."""
+    for i in done:
+        name = items[i].name
+        marker = done_marker(f"{method}/{name}", LABEL)
+        record = json.loads(out.path(marker).read_text())
+        have = record.get("evaluators", ["restoration"])  # (records before this field)
+        missing = [(n, f) for n, f in evaluators if n not in have]
+        if not missing:
+            continue
+        result = _read(out.path(record["files"][0]), originals.shape[1])[None]
+        masks = None if keep is None else np.broadcast_to(keep, result.shape[:-1] + (1,))
+        try:
+            scores = _score(missing, result, originals[i : i + 1], masks, [items[i].cls])
+        except Exception as err:  # noqa: BLE001 - the image stays done, its columns blank
+            print(f"compare: scoring {method}'s {name} failed: {type(err).__name__}: {err}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            continue
+        record["metrics"].update(scores[0])
+        record["evaluators"] = have + [n for n, _ in missing]
+        record["scored_from_file"] = record.get("scored_from_file", []) + [n for n, _ in missing]
+        out.write_json(marker, record)
+
+
 def _set_scores(out: OutputDir, methods: Sequence[str], items: Sequence[Item],
                 originals: np.ndarray, set_evaluators, res: int) -> dict[str, dict]:  # fmt: skip
     """{method: {value name: value}}: each set metric over all of a method's done images,
@@ -350,6 +378,8 @@ def _run_method(out, method, config, items, originals, observed, phi, mode, keep
     todo = [i for i, it in enumerate(items)
             if not is_done(out, f"{method}/{it.name}", LABEL, fingerprints[it.name])]  # fmt: skip
     report.skipped[method] = [items[i].name for i in range(len(items)) if i not in todo]
+    _score_what_is_missing(out, method, [i for i in range(len(items)) if i not in todo], items,
+                           originals, keep, evaluators)  # fmt: skip
     report.done[method] = []
     batch = max(1, options.batch)
     if options.progress:
@@ -398,8 +428,9 @@ def _run_method(out, method, config, items, originals, observed, phi, mode, keep
             files = [f"{method}/{name}.png"]
             out.write_image(files[0], results[j])
             record = {"method": method, "name": name, "input": str(items[i].path),
-                      "metrics": scores[j], "seconds": round(seconds, 3), "files": files,
-                      "config": public, "fingerprint": fingerprints[name]}  # fmt: skip
+                      "metrics": scores[j], "evaluators": [n for n, _ in evaluators],
+                      "seconds": round(seconds, 3), "files": files, "config": public,
+                      "fingerprint": fingerprints[name]}  # fmt: skip
             out.write_json(done_marker(f"{method}/{name}", LABEL), record)
             report.done[method].append(name)
         if options.progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -187,6 +188,33 @@ def test_set_metrics_score_each_methods_written_images_together(tmp_path, monkey
     columns = list(rows["bicubic"])
     assert columns.index("set_size") > columns.index("l1")  # after the per-image means
     assert "set_size" not in _rows(tmp_path / "per_image.csv")[0]
+
+
+def brightness_evaluator():
+    """A stand-in per-image metric: each result's mean."""
+    return lambda restored, reference: {"brightness": np.mean(restored, axis=(1, 2, 3))}
+
+
+def test_a_rerun_with_more_metrics_scores_the_done_images_from_their_files(tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    from dgp_jax.metrics import registry
+
+    monkeypatch.setitem(registry.EVALUATORS, "brightness",
+                        "tests.test_compare:brightness_evaluator")  # fmt: skip
+    options = compare.CompareOptions(task="SR", methods=["observation"], inputs=PHOTOS,
+                                     out=str(tmp_path), progress=False)  # fmt: skip
+    compare.execute(options)
+    # the added metric had no value for the done images: its column was blank
+    report = compare.execute(dataclasses.replace(options, metrics=["brightness"]))
+    assert report.skipped["observation"] == [Path(p).stem for p in PHOTOS]
+    files = [load_image(tmp_path / "observation" / f"{Path(p).stem}.png", 64) for p in PHOTOS]
+    (row,) = _rows(report.table)
+    assert float(row["brightness"]) == pytest.approx(np.mean([f.mean() for f in files]), abs=1e-4)
+    record = json.loads((tmp_path / "observation" / f"{Path(PHOTOS[0]).stem}_compare.done.json")
+                        .read_text())  # fmt: skip
+    assert record["evaluators"] == ["restoration", "brightness"]
+    assert record["scored_from_file"] == ["brightness"]
+    assert {"psnr", "ssim", "brightness"} <= set(record["metrics"])
 
 
 def test_a_metric_that_fails_fails_those_images_and_the_run_goes_on(tmp_path, monkeypatch):
