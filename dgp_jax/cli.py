@@ -107,7 +107,8 @@ def cmd_evaluate(args) -> int:
     from dgp_jax.evaluate import evaluate
 
     scores, paths = evaluate(args.results, args.reference, args.metrics, nets=args.nets,
-                             labels=args.labels, out=args.out, mode=args.mode)  # fmt: skip
+                             labels=args.labels, out=args.out, mode=args.mode,
+                             masks=args.masks, mask_keep=args.mask_keep)  # fmt: skip
     print(paths["markdown"].read_text(), end="")
     print(f"per image: {paths['per_image']}; table: {paths['markdown']}, {paths['csv']}, "
           f"{paths['json']}")  # fmt: skip
@@ -384,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="reconstruct",
                    help="DGP mode psnr/ssim score as: reconstruct (whole image, default) or "
                         "inpainting (the centre hole)")  # fmt: skip
+    p.add_argument("--masks", help="folder of inpainting masks, one per result (matched by "
+                   "file name): psnr/ssim score each mask's hole, and the mask metrics "
+                   "(inpainting_hole, aot_gan) can run")  # fmt: skip
+    p.add_argument("--mask-keep", default="white", choices=["white", "black"],
+                   help="which mask colour marks kept pixels")  # fmt: skip
     p.add_argument("--out", help="output folder (default RESULTS/evaluation)")
     p.set_defaults(func=cmd_evaluate)
 

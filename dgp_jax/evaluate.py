@@ -94,6 +94,7 @@ class Evaluators:
         metrics: str | Sequence[str],
         nets: str | os.PathLike | None = None,
         mode: str = "reconstruct",
+        masks: bool = False,
         **options: Any,
     ):
         """Args:
@@ -101,6 +102,8 @@ class Evaluators:
         nets: the folder holding the metrics' weight files (passed to every factory that
           has a ``nets`` argument).
         mode: the DGP mode the restoration metrics score as (default: the whole image).
+        masks: whether each image's inpainting mask will be given (``evaluate --masks``):
+          the mask metrics need them, and 'inpainting' then scores each mask's hole.
         options: further factory arguments, each passed where a factory declares it.
         """
         self.metrics = parse_metrics(metrics)
@@ -118,11 +121,11 @@ class Evaluators:
         for name, columns in wanted.items():
             factory = registry.get(name)
             function = factory(**factory_options(factory, config))
-            if registry.needs_masks(function):
+            if registry.needs_masks(function) and not masks:
                 raise EvaluationError(
-                    f"metric {name!r} scores inpainting holes and needs each image's mask, "
-                    "which dgp-jax evaluate and restore --metrics do not take: use dgp-jax "
-                    "compare --task inpainting [--mask FILE] or experiments/inpainting_protocol.py"
+                    f"metric {name!r} scores inpainting holes and needs each image's mask: "
+                    "give dgp-jax evaluate --masks DIR (restore --metrics takes none; dgp-jax "
+                    "compare --task inpainting and experiments/inpainting_protocol.py pass them)"
                 )
             params = inspect.signature(function).parameters
             positional = [
@@ -159,9 +162,14 @@ class Evaluators:
         return [e.name for e in self.evaluators if e.takes_labels]
 
     def __call__(
-        self, restored: Any, reference: Any = None, labels: Sequence[int | None] | None = None
+        self,
+        restored: Any,
+        reference: Any = None,
+        labels: Sequence[int | None] | None = None,
+        masks: Any = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """(per-image columns {name: (N,) float64}, set values {name: float})."""
+        """(per-image columns {name: (N,) float64}, set values {name: float}); ``masks``
+        ((N, H, W, 1), 1 = keep) go to the evaluators that take them."""
         n = len(restored)
         per_image: dict[str, np.ndarray] = {}
         per_set: dict[str, float] = {}
@@ -171,6 +179,8 @@ class Evaluators:
                     f"metric {e.name!r} compares with reference images: give them (--reference)"
                 )
             kwargs = {"labels": labels} if e.takes_labels else {}
+            if masks is not None and registry.takes_masks(e.function):
+                kwargs["masks"] = masks
             values = e.function(restored, reference, **kwargs)
             for key in e.columns if e.columns is not None else values:  # as asked
                 array = np.asarray(values[key], np.float64)
@@ -194,6 +204,7 @@ class Entry:
     result: Path
     reference: Path | None = None
     label: int | None = None
+    mask: Path | None = None
 
 
 def _image_files(folder: Path) -> dict[str, Path]:
@@ -267,6 +278,7 @@ def collect(
     results: str | os.PathLike,
     reference: str | os.PathLike | None = None,
     labels: str | os.PathLike | None = None,
+    masks: str | os.PathLike | None = None,
 ) -> list[Entry]:
     """The images to score, in name order: see the module docstring."""
     results = Path(results)
@@ -292,6 +304,16 @@ def collect(
         for e in entries:
             stem = e.reference.stem if e.reference is not None else e.name
             e.label = table.get(e.name, table.get(stem, e.label))
+    if masks is not None:
+        found = _image_files(Path(masks))
+        missing = [e.name for e in entries if e.name not in found]
+        if missing:
+            raise EvaluationError(
+                f"no mask in {masks} for {missing[:5]}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            )
+        for e in entries:
+            e.mask = found[e.name]
     return sorted(entries, key=lambda e: e.name)
 
 
@@ -322,6 +344,26 @@ def _read(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     return image
 
 
+def _read_mask(path: Path, size: tuple[int, int], keep: str) -> np.ndarray:
+    """(H, W, 1) float64, 1 = keep: the mask file at its result's size, thresholded at 128."""
+    from PIL import Image
+
+    if keep not in ("white", "black"):
+        raise EvaluationError(f"--mask-keep must be 'white' or 'black', got {keep!r}")
+    try:
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("L"))
+    except OSError as err:
+        raise EvaluationError(f"cannot read mask {path}: {err}") from None
+    if pixels.shape != size:
+        raise EvaluationError(
+            f"mask {path} is {pixels.shape[1]}x{pixels.shape[0]}, its result "
+            f"{size[1]}x{size[0]}: sizes must match"
+        )
+    kept = pixels >= 128 if keep == "white" else pixels < 128
+    return kept.astype(np.float64)[..., None]
+
+
 def _stack(images: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     return np.stack(images) if len({im.shape for im in images}) == 1 else images
 
@@ -340,8 +382,9 @@ class Scores:
         return {**means, **self.per_set}
 
 
-def score(entries: Sequence[Entry], evaluators: Evaluators) -> Scores:
-    """Read the images and run every evaluator on the whole set."""
+def score(entries: Sequence[Entry], evaluators: Evaluators, mask_keep: str = "white") -> Scores:
+    """Read the images (and masks, where the entries have them) and run every evaluator on
+    the whole set."""
     if evaluators.needs_reference and any(e.reference is None for e in entries):
         raise EvaluationError(
             f"metrics {evaluators.needs_reference} compare with reference "
@@ -360,7 +403,11 @@ def score(entries: Sequence[Entry], evaluators: Evaluators) -> Scores:
         pairs = zip(entries, restored, strict=True)
         reference = _stack([_read(e.reference, r.shape[:2]) for e, r in pairs])
     labels = [e.label for e in entries]
-    per_image, per_set = evaluators(_stack(restored), reference, labels=labels)
+    masks = None
+    if entries and all(e.mask is not None for e in entries):
+        masks = _stack([_read_mask(e.mask, r.shape[:2], mask_keep)
+                        for e, r in zip(entries, restored, strict=True)])  # fmt: skip
+    per_image, per_set = evaluators(_stack(restored), reference, labels=labels, masks=masks)
     return Scores(list(entries), per_image, per_set)
 
 
@@ -426,18 +473,26 @@ def evaluate(
     labels: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     mode: str = "reconstruct",
+    masks: str | os.PathLike | None = None,
+    mask_keep: str = "white",
 ) -> tuple[Scores, dict[str, Path]]:
     """What ``dgp-jax evaluate`` does: evaluators first, then the images, then the files
     (``out``, default ``RESULTS/evaluation``)."""
     from dgp_jax.run.folder import OutputDir
     from dgp_jax.run.settings import RunError
 
-    evaluators = Evaluators(metrics, nets=nets, mode=mode)
-    entries = collect(results, reference, labels)
+    if masks is not None and mode not in ("inpainting", "reconstruct"):
+        raise EvaluationError(f"--masks scores inpainting holes; --mode {mode} has none")
+    if masks is not None:
+        mode = "inpainting"  # psnr/ssim on each mask's hole
+    if mask_keep not in ("white", "black"):
+        raise EvaluationError(f"--mask-keep must be 'white' or 'black', got {mask_keep!r}")
+    evaluators = Evaluators(metrics, nets=nets, mode=mode, masks=masks is not None)
+    entries = collect(results, reference, labels, masks)
     target = Path(out) if out is not None else Path(results) / "evaluation"
     try:  # before any scoring (an FID can take long): a folder the tables can go into
         OutputDir.check_writable(target, keep=False, flag="--out (the tables' folder)")
     except RunError as err:
         raise EvaluationError(str(err)) from None
-    scores = score(entries, evaluators)
+    scores = score(entries, evaluators, mask_keep)
     return scores, write_outputs(target, scores, title=f"Metrics of {results}")

@@ -363,3 +363,48 @@ def test_the_registry_marks_the_metrics_that_need_masks_or_a_whole_set():
     assert not np.array_equal(hole["psnr"], centre["psnr"])
     sr = registry.build("restoration", mode="SR")
     np.testing.assert_array_equal(sr(x, ref, masks=masks)["psnr"], sr(x, ref)["psnr"])
+
+
+def test_evaluate_with_masks_scores_each_masks_hole(tmp_path, capsys):
+    """--masks: psnr/ssim on each mask's hole and the mask metrics, as the registry's
+    evaluators give them with those masks (they were refused without a way to give them)."""
+    rng = np.random.default_rng(3)
+    results, originals, masks = tmp_path / "results", tmp_path / "originals", tmp_path / "masks"
+    for folder in (results, originals, masks):
+        folder.mkdir()
+    keep = np.full((2, 32, 32), 255, np.uint8)
+    keep[0, :, :12] = 0  # image a: a hole on the left
+    keep[1, 20:, :] = 0  # image b: a hole at the bottom
+    for i, name in enumerate("ab"):
+        for folder in (results, originals):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}.png")
+        Image.fromarray(keep[i]).save(masks / f"{name}.png")
+    metrics = "psnr,ssim,inpainting_hole,aot_gan"
+    argv = ["evaluate", str(results), "--reference", str(originals), "--masks", str(masks),
+            "--metrics", metrics, "--out", str(tmp_path / "t")]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = list(csv.DictReader((tmp_path / "t" / "per_image.csv").open()))
+    x = np.stack([_read(results / f"{n}.png") for n in "ab"])
+    ref = np.stack([_read(originals / f"{n}.png") for n in "ab"])
+    mask = (keep > 127).astype(np.float64)[..., None]
+    want = {**restoration_metrics(x, ref, "inpainting", mask=mask),
+            **registry.build("inpainting_hole")(x, ref, masks=mask),
+            **registry.build("aot_gan")(x, ref, masks=mask)}  # fmt: skip
+    for column in ("psnr", "ssim", "hole_psnr", "aot_l1"):
+        np.testing.assert_allclose([float(r[column]) for r in rows], want[column], rtol=1e-12)
+    np.testing.assert_allclose([float(r["psnr"]) for r in rows], want["hole_psnr"], rtol=1e-12)
+    # a result without a mask, and a mask of another size, are named; nothing is written
+    (masks / "b.png").unlink()
+    assert cli.main(argv) == 2
+    assert f"no mask in {masks} for ['b']" in capsys.readouterr().err
+    Image.fromarray(np.full((16, 32), 255, np.uint8)).save(masks / "b.png")
+    assert cli.main(argv) == 2
+    assert f"mask {masks / 'b.png'} is 32x16, its result 32x32: sizes must match" in (
+        capsys.readouterr().err
+    )
+    assert cli.main([*argv[:-2], "--mode", "colorization", "--out", str(tmp_path / "c")]) == 2
+    assert "--masks scores inpainting holes; --mode colorization has none" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "c").exists()

@@ -42,7 +42,7 @@ EVALUATORS: dict[str, str] = {
 # each method's images together, once every method has run, not on each call's batch.
 SET_METRICS = frozenset({"fid", "kid", "is", "ids"})
 # Evaluators that need each image's inpainting mask (a ``masks`` parameter without default):
-# evaluate and restore --metrics have none; compare and the inpainting protocol pass them.
+# restore --metrics has none; evaluate --masks, compare and the inpainting protocol pass them.
 MASK_METRICS = frozenset({"inpainting_hole", "aot_gan"})
 
 
