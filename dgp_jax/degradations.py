@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from dgp_jax.checks import is_int
+
 __all__ = [
     "MODES",
     "Degradation",
@@ -149,9 +151,7 @@ def hole_box(height: int, width: int) -> tuple[int, int]:
     at 256). Like the reference, the column range is computed from H as well; the two agree
     for the square images DGP works on.
     """
-    if not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in (height, width)
-    ):
+    if not (is_int(height) and is_int(width)):
         raise ValueError(f"image size must be integers, got height={height!r}, width={width!r}")
     height, width = int(height), int(width)
     if height < 1 or width < 1:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dgp_jax.checks import unit_range_images
+from dgp_jax.checks import is_int, unit_range_images
 
 
 def check_settings(method: str, config: Mapping[str, Any], known: Sequence[str]) -> None:
@@ -77,7 +77,7 @@ def image_keys(seed, count: int) -> np.ndarray:
     if (
         isinstance(seed, str | bytes)
         or not hasattr(seed, "__len__")
-        or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seed)
+        or not all(is_int(s) for s in seed)
     ):
         raise ValueError(f"seed must be an int or one int per image, got {seed!r}")
     seeds = [int(s) for s in seed]

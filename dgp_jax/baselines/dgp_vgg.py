@@ -33,6 +33,7 @@ import numpy as np
 
 from dgp_jax import solve
 from dgp_jax.baselines.common import image_keys
+from dgp_jax.checks import is_int
 from dgp_jax.degradations import MODES, Degradation
 from dgp_jax.metrics.weights import WeightFile, require
 from dgp_jax.nets import vgg as vgg_lib
@@ -123,7 +124,7 @@ def restore(
     solver_config = _solver_config(config, degradation, model.config.resolution)
     observed = np.asarray(observed)
     # an int seed as before; one seed per image (compare --batch): each image its own key
-    key = int(seed) if isinstance(seed, int | np.integer) else image_keys(seed, len(observed))
+    key = int(seed) if is_int(seed) else image_keys(seed, len(observed))
     result = solve.restore(
         model, observed, config.get("classes"), solver_config, key=key,
         degradation=degradation, observed=True, vgg=_vgg_params(config.get("vgg"), model.dtype),

@@ -43,6 +43,7 @@ from PIL import Image
 
 from dgp_jax import pth
 from dgp_jax.batching import pad_to
+from dgp_jax.checks import is_int
 from dgp_jax.metrics.weights import WeightFile, locate
 from dgp_jax.nets import resnet
 
@@ -243,7 +244,7 @@ def topk_correct(logits: Any, labels: Any, k: int) -> np.ndarray:
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
     if np.any((labels < 0) | (labels >= logits.shape[1])):
         raise ValueError(f"labels must be class indices in [0, {logits.shape[1]})")
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= logits.shape[1]:
+    if not is_int(k) or not 1 <= k <= logits.shape[1]:
         # k above the class count would count every image as correct
         raise ValueError(f"k must be an integer in [1, {logits.shape[1]}] (the classes), got {k!r}")
     order = np.argsort(-logits, axis=1, kind="stable")[:, :k]

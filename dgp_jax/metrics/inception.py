@@ -41,7 +41,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from dgp_jax.checks import integer_at_least
+from dgp_jax.checks import integer_at_least, is_int
 from dgp_jax.nets import inception as inception_net
 
 Array = Any
@@ -241,7 +241,7 @@ def inception_score(
     """
     x = _features(logits, "logits")
     n = len(x)
-    if isinstance(splits, bool) or not isinstance(splits, int | np.integer) or not 1 <= splits <= n:
+    if not is_int(splits) or not 1 <= splits <= n:
         raise ValueError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
     if shuffle:
         x = x[np.random.RandomState(seed).permutation(n), :]
