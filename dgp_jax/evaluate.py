@@ -348,8 +348,6 @@ def _read_mask(path: Path, size: tuple[int, int], keep: str) -> np.ndarray:
     """(H, W, 1) float64, 1 = keep: the mask file at its result's size, thresholded at 128."""
     from PIL import Image
 
-    if keep not in ("white", "black"):
-        raise EvaluationError(f"--mask-keep must be 'white' or 'black', got {keep!r}")
     try:
         with Image.open(path) as im:
             pixels = np.asarray(im.convert("L"))
@@ -403,6 +401,8 @@ def score(entries: Sequence[Entry], evaluators: Evaluators, mask_keep: str = "wh
         pairs = zip(entries, restored, strict=True)
         reference = _stack([_read(e.reference, r.shape[:2]) for e, r in pairs])
     labels = [e.label for e in entries]
+    if mask_keep not in ("white", "black"):
+        raise EvaluationError(f"--mask-keep must be 'white' or 'black', got {mask_keep!r}")
     masks = None
     if entries and all(e.mask is not None for e in entries):
         masks = _stack([_read_mask(e.mask, r.shape[:2], mask_keep)
