@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,10 @@ def test_profile_step_lists_the_step_s_ops():
     assert len(top) == 3
     for line in top:  # time, the op, its shape (and the JAX code it came from, when known)
         ms, op, shape = line.split()[:3]
-        assert float(ms) >= 0 and "." in op and "[" in shape, line
+        # an HLO instruction name: "convolution.12", or (the first of its kind) a fusion's
+        # bare name such as "bitcast_copy_fusion"; which ops are slowest varies run to run
+        assert float(ms) >= 0 and re.fullmatch(r"[a-z][\w\-]*(\.\d+)?", op), line
+        assert "[" in shape, line
 
 
 def test_memory_per_image_fits_a_positive_number_of_images():
