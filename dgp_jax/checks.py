@@ -87,3 +87,17 @@ def unit_range_images(values: Any, name: str, *, slack: float, nan_ok: bool) -> 
                 f"{name} must be in [-1, 1], got values in [{lo:g}, {hi:g}]; {_RANGE_HINT}"
             )
     return array
+
+
+def mask_values(mask: Any) -> None:
+    """A ValueError unless every value is finite and in [0, 1] (1 = keep, 0 = hole; soft
+    values between are allowed): a 0/255 mask or a NaN would scale or poison the image,
+    or a hole ratio, silently."""
+    mask = np.asarray(mask)
+    if mask.size and (not np.all(np.isfinite(mask)) or mask.min() < 0 or mask.max() > 1):
+        low, high = np.min(mask), np.max(mask)
+        raise ValueError(
+            f"mask values must be finite and in [0, 1] (1 = keep, 0 = hole), got "
+            f"[{low:g}, {high:g}]{' with NaN' if np.isnan(mask).any() else ''}"
+            + (" (a 0/255 mask: divide it by 255)" if high > 1 else "")
+        )

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from dgp_jax.checks import is_int
+from dgp_jax.checks import is_int, mask_values
 
 __all__ = [
     "MODES",
@@ -195,18 +195,6 @@ def _check_mask_matches(mask: Array, image_shape: Sequence[int]) -> None:
         raise ValueError(
             f"{mask.shape[0]} masks {tuple(mask.shape)} for {image_shape[0]} images "
             f"{tuple(image_shape)}: one mask, or one per image"
-        )
-
-
-def _check_mask_values(mask: np.ndarray) -> None:
-    """1 = keep, 0 = hole (soft values between are allowed); a 0/255 mask or NaN would
-    scale or poison the image silently."""
-    if not np.all(np.isfinite(mask)) or mask.min() < 0 or mask.max() > 1:
-        low, high = np.min(mask), np.max(mask)
-        raise ValueError(
-            f"mask values must be finite and in [0, 1] (1 = keep, 0 = hole), got "
-            f"[{low:g}, {high:g}]{' with NaN' if np.isnan(mask).any() else ''}"
-            + (" (a 0/255 mask: divide it by 255)" if high > 1 else "")
         )
 
 
@@ -503,7 +491,7 @@ def inpainting(
         mask_np = center_mask(height, width, np.float32)
     else:
         mask_np = _normalise_mask(np.asarray(mask))
-        _check_mask_values(mask_np)
+        mask_values(mask_np)
         if (height is not None and mask_np.shape[-3] != height) or (
             width is not None and mask_np.shape[-2] != width
         ):

@@ -345,21 +345,19 @@ def _read(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
 
 
 def _read_mask(path: Path, size: tuple[int, int], keep: str) -> np.ndarray:
-    """(H, W, 1) float64, 1 = keep: the mask file at its result's size, thresholded at 128."""
-    from PIL import Image
+    """(H, W, 1) float64, 1 = keep: the mask file at its result's size (images.read_mask)."""
+    from dgp_jax.images import ImageError, read_mask
 
     try:
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert("L"))
-    except OSError as err:
-        raise EvaluationError(f"cannot read mask {path}: {err}") from None
-    if pixels.shape != size:
+        mask = read_mask(path, keep)
+    except (ImageError, OSError) as err:
+        raise EvaluationError(str(err)) from None  # it names the file
+    if mask.shape[:2] != size:
         raise EvaluationError(
-            f"mask {path} is {pixels.shape[1]}x{pixels.shape[0]}, its result "
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, its result "
             f"{size[1]}x{size[0]}: sizes must match"
         )
-    kept = pixels >= 128 if keep == "white" else pixels < 128
-    return kept.astype(np.float64)[..., None]
+    return mask
 
 
 def _stack(images: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:

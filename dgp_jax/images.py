@@ -130,32 +130,37 @@ def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
     return load_image_with_size(path, resolution)[0]
 
 
-def load_mask(path: str | os.PathLike, resolution: int, keep: str = "white") -> np.ndarray:
-    """An inpainting mask file -> (resolution, resolution, 1) float64, 1 = keep.
+def read_mask(path: str | os.PathLike, keep: str = "white") -> np.ndarray:
+    """A mask file at its own size -> (H, W, 1) float64, 1 = keep.
 
-    The mask must already be ``resolution`` x ``resolution``: it is not cropped or resized,
-    because a mask drawn on a photo of another size would land somewhere else after the
-    photo's centre crop and resize, and a resized mask is no longer binary. Pixels are read
-    as grayscale and thresholded at 128, so anti-aliased edges fall on one side.
+    Pixels are read as grayscale and thresholded at 128, so anti-aliased edges fall on one
+    side.
 
     Args:
       keep: "white" (pixels >= 128 are kept) or "black" (pixels < 128 are kept).
     """
     if keep not in ("white", "black"):
         raise ValueError(f"mask keep must be 'white' or 'black', got {keep!r}")
-    path = Path(path)
-
-    def gray(im: Image.Image) -> np.ndarray:
-        if im.size != (resolution, resolution):
-            raise ImageError(
-                f"mask {path} is {im.width}x{im.height} but the model works at "
-                f"{resolution}x{resolution}: draw the mask at {resolution}x{resolution}"
-            )
-        return np.asarray(im.convert("L"))
-
-    pixels = _decode(path, gray, "mask ")
+    pixels = _decode(Path(path), lambda im: np.asarray(im.convert("L")), "mask ")
     kept = pixels >= 128 if keep == "white" else pixels < 128
     return kept.astype(np.float64)[..., None]
+
+
+def load_mask(path: str | os.PathLike, resolution: int, keep: str = "white") -> np.ndarray:
+    """An inpainting mask file for the model -> (resolution, resolution, 1) float64, 1 = keep.
+
+    The mask must already be ``resolution`` x ``resolution``: it is not cropped or resized,
+    because a mask drawn on a photo of another size would land somewhere else after the
+    photo's centre crop and resize, and a resized mask is no longer binary. Read as
+    ``read_mask`` reads (``keep``: "white" or "black").
+    """
+    mask = read_mask(path, keep)
+    if mask.shape[:2] != (resolution, resolution):
+        raise ImageError(
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the model works at "
+            f"{resolution}x{resolution}: draw the mask at {resolution}x{resolution}"
+        )
+    return mask
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dgp_jax.checks import integer_at_least, is_int
+from dgp_jax.checks import integer_at_least, is_int, mask_values
 
 __all__ = [
     "BUCKET_SETS",
@@ -223,10 +223,7 @@ def hole_ratio(mask: np.ndarray) -> np.ndarray | float:
         mask = mask[..., 0]
     if mask.ndim < 2:
         raise ValueError(f"a mask must have shape (..., H, W), got {mask.shape}")
-    if mask.size and not (np.all(np.isfinite(mask)) and mask.min() >= 0 and mask.max() <= 1):
-        raise ValueError(
-            f"mask values must be in [0, 1] (1 = keep), got [{mask.min()}, {mask.max()}]"
-        )
+    mask_values(mask)
     ratio = 1 - np.mean(mask, axis=(-2, -1), dtype=np.float64)
     return float(ratio) if np.ndim(ratio) == 0 else ratio
 

@@ -403,6 +403,9 @@ def test_evaluate_with_masks_scores_each_masks_hole(tmp_path, capsys):
     assert f"mask {masks / 'b.png'} is 32x16, its result 32x32: sizes must match" in (
         capsys.readouterr().err
     )
+    (masks / "b.png").write_bytes(b"not a png")
+    assert cli.main(argv) == 2
+    assert f"mask {masks / 'b.png'} is not a readable image" in capsys.readouterr().err
     assert cli.main([*argv[:-2], "--mode", "colorization", "--out", str(tmp_path / "c")]) == 2
     assert "--masks scores inpainting holes; --mode colorization has none" in (
         capsys.readouterr().err

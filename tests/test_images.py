@@ -175,6 +175,15 @@ def test_mask_keep_white_black_and_wrong_size(tmp_path):
         load_mask(path, 32)
     with pytest.raises(ValueError, match="keep"):
         load_mask(path, RES, keep="gray")
+    # read_mask takes any size (evaluate's masks match their results, not the model)
+    wide = np.zeros((RES, 2 * RES), np.uint8)
+    wide[0, 0] = 128  # the threshold is kept as white
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    mask = images.read_mask(tmp_path / "wide.png")
+    assert mask.shape == (RES, 2 * RES, 1) and mask.sum() == 1 and mask[0, 0, 0] == 1
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ImageError, match=r"mask .*bad\.png is not a readable image"):
+        images.read_mask(tmp_path / "bad.png")
 
 
 def test_save_is_atomic_and_reference_rounding(tmp_path, monkeypatch):

@@ -71,7 +71,9 @@ def test_ranges_no_mask_can_reach_are_refused_rather_than_drawn_forever(monkeypa
     with pytest.raises(ValueError, match="no 4x4 mask has a hole ratio strictly between 0.01"):
         masks.bucket_masks(4, masks.parse_buckets("1-2")[0], 1)
     with pytest.raises(
-        ValueError, match=r"mask values must be in \[0, 1\] \(1 = keep\), got \[0, 255\]"
+        ValueError,
+        match=r"mask values must be finite and in \[0, 1\] \(1 = keep, 0 = hole\), "
+        r"got \[0, 255\] \(a 0/255 mask: divide it by 255\)",
     ):
         masks.hole_ratio(np.array([[0, 255], [255, 255]], np.uint8))
     with pytest.raises(TypeError, match="buckets must be text such as '0-10,10-20'"):
