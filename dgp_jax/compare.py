@@ -31,7 +31,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,32 +121,23 @@ def _seed_of(seed: int, name: str) -> int:
 
 
 # --------------------------------------------------------------------------- scoring
-def _evaluators(mode: str, extra: Sequence[str], *, nets: str | None, task: str, masks: bool
-                ) -> tuple[list[tuple[str, Callable]], list[tuple[str, Callable]]]:  # fmt: skip
-    """(per-image, set) evaluators: the restoration metrics and the ``--metrics`` ones, built
-    (weights read) before any work; each gets the options it declares among ``nets`` and
-    ``mode``. Set metrics (registry.SET_METRICS) score each method's images together, once
-    every method has run (:func:`_set_scores`)."""
-    from dgp_jax.evaluate import factory_options
+def _evaluators(mode: str, extra: Sequence[str], *, nets: str | None, task: str, masks: bool):
+    """(per-image, set) evaluate.Evaluators: the restoration metrics and the ``--metrics``
+    ones, built (weights read) before any work; each gets the options it declares among
+    ``nets`` and ``mode``. Set metrics (registry.SET_METRICS) score each method's images
+    together, once every method has run (:func:`_set_scores`)."""
+    from dgp_jax.evaluate import RESTORATION_COLUMNS, Evaluators
     from dgp_jax.metrics import registry
 
     if nets is not None and not Path(nets).is_dir():
         raise RunError(f"--nets {nets} is not a folder")
-    out = [("restoration", registry.build("restoration", mode=mode))]
-    sets = []
-    for name in extra:
-        if name == "restoration":
-            continue
-        try:
-            factory = registry.get(name)
-            evaluator = factory(**factory_options(factory, {"nets": nets, "mode": mode}))
-        except (OSError, ValueError) as err:
-            raise RunError(f"--metrics: {err}") from None
-        if registry.needs_masks(evaluator) and not masks:
-            raise RunError(f"--metrics: {name} scores inpainting holes, and the task {task} has "
-                           "none (inpainting and hybrid have)")  # fmt: skip
-        (sets if name in registry.SET_METRICS else out).append((name, evaluator))
-    return out, sets
+    names = [*RESTORATION_COLUMNS, *(n for n in extra if n != "restoration")]
+    hint = f"the task {task} has none (inpainting and hybrid have)"
+    try:
+        evaluators = Evaluators(names, nets=nets, mode=mode, masks=masks, masks_hint=hint)
+    except (OSError, ValueError) as err:
+        raise RunError(f"--metrics: {err}") from None
+    return evaluators.split(registry.SET_METRICS)
 
 
 def _score_what_is_missing(out: OutputDir, method: str, done: Sequence[int], items, originals,
@@ -160,20 +151,21 @@ def _score_what_is_missing(out: OutputDir, method: str, done: Sequence[int], ite
         marker = done_marker(f"{method}/{name}", LABEL)
         record = json.loads(out.path(marker).read_text())
         have = record.get("evaluators", ["restoration"])  # (records before this field)
-        missing = [(n, f) for n, f in evaluators if n not in have]
+        missing = [n for n in evaluators.names if n not in have]
         if not missing:
             continue
         result = _read(out.path(record["files"][0]), originals.shape[1])[None]
         masks = None if keep is None else np.broadcast_to(keep, result.shape[:-1] + (1,))
         try:
-            scores = _score(missing, result, originals[i : i + 1], masks, [items[i].cls])
+            scores = _score(evaluators.split(missing)[1], result, originals[i : i + 1], masks,
+                            [items[i].cls])  # fmt: skip
         except Exception as err:  # noqa: BLE001 - the image stays done, its columns blank
             print(f"compare: scoring {method}'s {name} failed: {type(err).__name__}: {err}",
                   file=sys.stderr, flush=True)  # fmt: skip
             continue
         record["metrics"].update(scores[0])
-        record["evaluators"] = have + [n for n, _ in missing]
-        record["scored_from_file"] = record.get("scored_from_file", []) + [n for n, _ in missing]
+        record["evaluators"] = have + missing
+        record["scored_from_file"] = record.get("scored_from_file", []) + missing
         out.write_json(marker, record)
 
 
@@ -183,7 +175,7 @@ def _set_scores(out: OutputDir, methods: Sequence[str], items: Sequence[Item],
     as written (the files a reader of the folder scores), against their originals. A method
     with fewer than two done images gets none; a metric that fails is named on stderr."""
     scores: dict[str, dict[str, float]] = {m: {} for m in methods}
-    if not set_evaluators:
+    if not set_evaluators.names:
         return scores
     index = {it.name: i for i, it in enumerate(items)}
     for m in methods:
@@ -192,48 +184,34 @@ def _set_scores(out: OutputDir, methods: Sequence[str], items: Sequence[Item],
             continue
         results = np.stack([_read(out.path(f"{m}/{n}.png"), res) for n in names])
         refs = originals[[index[n] for n in names]]
-        for name, evaluate in set_evaluators:
+        for name in set_evaluators.names:
             try:
-                values = evaluate(results, refs)
+                _, values = set_evaluators.split([name])[1](results, refs)
             except Exception as err:  # noqa: BLE001 - the per-image results stand
                 print(f"compare: {name} on {m}'s images failed: {type(err).__name__}: {err}",
                       file=sys.stderr, flush=True)  # fmt: skip
                 continue
-            for key, value in values.items():
-                scores[m][key] = float(np.asarray(value, np.float64).reshape(-1)[0])
+            scores[m].update(values)
     return scores
 
 
 def _check_labels(evaluators, items: Sequence[Item]) -> None:
     """An evaluator that declares ``labels`` (ResNet-50 accuracy) needs every input's class."""
-    import inspect
-
     unknown = [it.name for it in items if it.cls < 0]
-    for name, evaluate in evaluators:
-        if "labels" in inspect.signature(evaluate).parameters and unknown:
-            raise RunError(f"--metrics: {name} needs every input's ImageNet class (a list "
-                           f"file of 'path class' lines); none for {unknown[:3]}")  # fmt: skip
+    if evaluators.needs_labels and unknown:
+        raise RunError(
+            f"--metrics: {evaluators.needs_labels[0]} needs every input's ImageNet class (a "
+            f"list file of 'path class' lines); none for {unknown[:3]}"
+        )
 
 
 def _score(evaluators, results: np.ndarray, originals: np.ndarray, masks: np.ndarray | None,
            labels: list) -> list[dict[str, float]]:  # fmt: skip
-    """Per image, every evaluator's values; the masks (B, H, W, 1) and the inputs' classes
-    go to the evaluators that declare ``masks`` / ``labels``."""
-    import inspect
-
-    from dgp_jax.metrics import registry
-
-    per_image: list[dict[str, float]] = [{} for _ in range(len(results))]
-    for _, evaluate in evaluators:
-        kwargs = {"masks": masks} if masks is not None and registry.takes_masks(evaluate) else {}
-        if "labels" in inspect.signature(evaluate).parameters:
-            kwargs["labels"] = labels
-        values = evaluate(results, originals, **kwargs)
-        for key, value in values.items():
-            arr = np.asarray(value, np.float64).reshape(-1)
-            for i in range(len(results)):
-                per_image[i][key] = float(arr[i] if arr.size == len(results) else arr[0])
-    return per_image
+    """Per image, every evaluator's values (a value for the whole batch goes to each image);
+    the masks (B, H, W, 1) and the inputs' classes go to the evaluators that take them."""
+    per_image, per_set = evaluators(results, originals, labels=labels, masks=masks)
+    return [{**{k: float(v[i]) for k, v in per_image.items()}, **per_set}
+            for i in range(len(results))]  # fmt: skip
 
 
 def finish(results: np.ndarray, observed: np.ndarray, mode: str, keep: np.ndarray | None):
@@ -428,7 +406,7 @@ def _run_method(out, method, config, items, originals, observed, phi, mode, keep
             files = [f"{method}/{name}.png"]
             out.write_image(files[0], results[j])
             record = {"method": method, "name": name, "input": str(items[i].path),
-                      "metrics": scores[j], "evaluators": [n for n, _ in evaluators],
+                      "metrics": scores[j], "evaluators": evaluators.names,
                       "seconds": round(seconds, 3), "files": files, "config": public,
                       "fingerprint": fingerprints[name]}  # fmt: skip
             out.write_json(done_marker(f"{method}/{name}", LABEL), record)

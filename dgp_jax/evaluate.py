@@ -23,6 +23,7 @@ as float64.
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import inspect
@@ -30,7 +31,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,11 @@ class _Evaluator:
     takes_labels: bool
 
 
+def _owner(metric: str) -> str:
+    """The evaluator that gives ``metric``: 'restoration' for its columns, else itself."""
+    return _RESTORATION if metric in RESTORATION_COLUMNS else metric
+
+
 def factory_options(factory: Callable, options: Mapping[str, Any]) -> dict[str, Any]:
     """The options ``factory`` declares (all of them if it takes ``**kwargs``)."""
     params = inspect.signature(factory).parameters
@@ -95,6 +101,10 @@ class Evaluators:
         nets: str | os.PathLike | None = None,
         mode: str = "reconstruct",
         masks: bool = False,
+        masks_hint: str = (
+            "give dgp-jax evaluate --masks DIR (restore --metrics takes none; dgp-jax "
+            "compare --task inpainting and experiments/inpainting_protocol.py pass them)"
+        ),
         **options: Any,
     ):
         """Args:
@@ -104,6 +114,7 @@ class Evaluators:
         mode: the DGP mode the restoration metrics score as (default: the whole image).
         masks: whether each image's inpainting mask will be given (``evaluate --masks``):
           the mask metrics need them, and 'inpainting' then scores each mask's hole.
+        masks_hint: what the refusal of a mask metric without masks tells the user.
         options: further factory arguments, each passed where a factory declares it.
         """
         self.metrics = parse_metrics(metrics)
@@ -124,8 +135,7 @@ class Evaluators:
             if registry.needs_masks(function) and not masks:
                 raise EvaluationError(
                     f"metric {name!r} scores inpainting holes and needs each image's mask: "
-                    "give dgp-jax evaluate --masks DIR (restore --metrics takes none; dgp-jax "
-                    "compare --task inpainting and experiments/inpainting_protocol.py pass them)"
+                    + masks_hint
                 )
             params = inspect.signature(function).parameters
             positional = [
@@ -142,6 +152,21 @@ class Evaluators:
                     "labels" in params,
                 )
             )
+
+    @property
+    def names(self) -> list[str]:
+        """The evaluators' registry names ('restoration' for the restoration columns)."""
+        return [e.name for e in self.evaluators]
+
+    def split(self, names: Collection[str]) -> tuple[Evaluators, Evaluators]:
+        """(the evaluators not in ``names``, those in it), built once: e.g. the per-image
+        metrics and the set metrics (registry.SET_METRICS), which compare runs apart."""
+        rest, chosen = copy.copy(self), copy.copy(self)
+        for part, keep in ((rest, False), (chosen, True)):
+            part.evaluators = [e for e in self.evaluators if (e.name in names) == keep]
+            owners = set(part.names)
+            part.metrics = [m for m in self.metrics if _owner(m) in owners]
+        return rest, chosen
 
     @property
     def needs_reference(self) -> list[str]:

@@ -235,7 +235,8 @@ def test_a_metric_that_fails_fails_those_images_and_the_run_goes_on(tmp_path, mo
 def test_metrics_are_refused_before_any_work_where_they_cannot_score(tmp_path, with_fake):
     for metrics, kw, says in (
         (["fid"], {}, "fid needs the Inception weights pt_inception-2015-12-05-6726825d.pth"),
-        (["inpainting_hole"], {}, "inpainting_hole scores inpainting holes, and the task SR"),
+        (["inpainting_hole"], {}, "'inpainting_hole' scores inpainting holes and needs each "
+                                  "image's mask: the task SR has none"),
         (["lpips"], {}, "alexnet-owt-7be5be79.pth"),
         (["lpips"], {"nets": str(tmp_path / "nowhere")}, "--nets .*nowhere is not a folder"),
         (["resnet50"], {"nets": str(tmp_path)}, "resnet50-0676ba61.pth"),

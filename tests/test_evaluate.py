@@ -365,6 +365,34 @@ def test_the_registry_marks_the_metrics_that_need_masks_or_a_whole_set():
     np.testing.assert_array_equal(sr(x, ref, masks=masks)["psnr"], sr(x, ref)["psnr"])
 
 
+def mean_gap(nets=None):
+    """A set metric for the tests (a stand-in for KID, whose weights are not here)."""
+    return lambda x, ref: {"mean_gap": float(np.mean(x) - np.mean(ref))}
+
+
+def test_evaluators_split_into_per_image_and_set_parts_built_once(monkeypatch):
+    """compare runs the set metrics apart (once every method has run): split keeps each
+    part's evaluators (not rebuilt) and the metric names each part answers for."""
+    from dgp_jax.evaluate import Evaluators
+
+    monkeypatch.setitem(registry.EVALUATORS, "kid", "tests.test_evaluate:mean_gap")
+    built = Evaluators("psnr,ssim,l1,kid", mode="SR")
+    per_image, sets = built.split(registry.SET_METRICS)
+    assert built.names == ["restoration", "kid"]
+    assert (per_image.names, per_image.metrics) == (["restoration"], ["psnr", "ssim", "l1"])
+    assert (sets.names, sets.metrics) == (["kid"], ["kid"])
+    assert per_image.evaluators[0] is built.evaluators[0]
+    assert sets.evaluators[0] is built.evaluators[1]
+    rng = np.random.default_rng(0)
+    x, ref = rng.uniform(-1, 1, (2, 3, 16, 16, 3))
+    columns, set_values = per_image(x, ref)
+    assert list(columns) == ["psnr", "ssim", "l1"] and set_values == {}
+    np.testing.assert_array_equal(columns["l1"], restoration_metrics(x, ref, "SR")["l1"])
+    assert sets(x, ref) == ({}, {"mean_gap": float(np.mean(x) - np.mean(ref))})
+    nothing, everything = built.split(["restoration", "kid"])
+    assert nothing.names == [] and everything.names == built.names
+
+
 def test_evaluate_with_masks_scores_each_masks_hole(tmp_path, capsys):
     """--masks: psnr/ssim on each mask's hole and the mask metrics, as the registry's
     evaluators give them with those masks (they were refused without a way to give them)."""
