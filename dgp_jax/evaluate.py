@@ -102,8 +102,8 @@ class Evaluators:
         mode: str = "reconstruct",
         masks: bool = False,
         masks_hint: str = (
-            "give dgp-jax evaluate --masks DIR (restore --metrics takes none; dgp-jax "
-            "compare --task inpainting and experiments/inpainting_protocol.py pass them)"
+            "give dgp-jax evaluate --masks DIR (restore and compare pass them for the tasks "
+            "inpainting and hybrid, experiments/inpainting_protocol.py always)"
         ),
         **options: Any,
     ):
@@ -403,9 +403,16 @@ class Scores:
         return {**means, **self.per_set}
 
 
-def score(entries: Sequence[Entry], evaluators: Evaluators, mask_keep: str = "white") -> Scores:
+def score(
+    entries: Sequence[Entry],
+    evaluators: Evaluators,
+    mask_keep: str = "white",
+    *,
+    mask: np.ndarray | None = None,
+) -> Scores:
     """Read the images (and masks, where the entries have them) and run every evaluator on
-    the whole set."""
+    the whole set. ``mask`` ((H, W, 1), 1 = keep) is every image's inpainting mask instead
+    (restore --metrics: its --mask or the centre hole)."""
     if evaluators.needs_reference and any(e.reference is None for e in entries):
         raise EvaluationError(
             f"metrics {evaluators.needs_reference} compare with reference "
@@ -427,7 +434,15 @@ def score(entries: Sequence[Entry], evaluators: Evaluators, mask_keep: str = "wh
     if mask_keep not in ("white", "black"):
         raise EvaluationError(f"--mask-keep must be 'white' or 'black', got {mask_keep!r}")
     masks = None
-    if entries and all(e.mask is not None for e in entries):
+    if mask is not None:
+        sizes = sorted({r.shape[:2] for r in restored})
+        if sizes != [np.shape(mask)[:2]]:
+            raise EvaluationError(
+                f"the mask is {np.shape(mask)[:2]}, the results {sizes}: one mask scores "
+                "results of its own size"
+            )
+        masks = np.broadcast_to(np.asarray(mask, np.float64), (len(restored), *np.shape(mask)))
+    elif entries and all(e.mask is not None for e in entries):
         masks = _stack([_read_mask(e.mask, r.shape[:2], mask_keep)
                         for e, r in zip(entries, restored, strict=True)])  # fmt: skip
     per_image, per_set = evaluators(_stack(restored), reference, labels=labels, masks=masks)

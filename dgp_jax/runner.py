@@ -330,16 +330,19 @@ def _check_manipulation(kind: str, settings: dict, n_classes: int) -> None:
             raise RunError(f"--classes {bad or classes} out of range [0, {n_classes})")
 
 
-def _extra_metrics(options: RunOptions, items: Sequence[Item]):
-    """restore --metrics: the evaluators, built (weights read) before any image is solved."""
+def _extra_metrics(options: RunOptions, items: Sequence[Item], *, holes: bool):
+    """restore --metrics: the evaluators, built (weights read) before any image is solved;
+    ``holes``: whether the task has an inpainting mask for the mask metrics."""
     if not options.metrics:
         return None
     if options.kind != "restore":
         raise RunError(f"--metrics applies to restore, not {options.kind}")
     from dgp_jax.evaluate import Evaluators
 
+    hint = (f"the task {canonical_task(options.task)} has none (inpainting and hybrid have: "
+            "their --mask, or the centre hole)")  # fmt: skip
     try:
-        evaluators = Evaluators(options.metrics, nets=options.nets)
+        evaluators = Evaluators(options.metrics, nets=options.nets, masks=holes, masks_hint=hint)
     except (OSError, ValueError) as err:
         raise RunError(str(err)) from None
     if options.observed and evaluators.needs_reference:
@@ -397,7 +400,8 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
         except (ImageError, OSError, ValueError) as err:
             raise RunError(str(err)) from None
     _check_manipulation(options.kind, options.manipulation, model.config.n_classes)
-    extra_metrics = _extra_metrics(options, items)
+    holes = config.dgp_mode in ("inpainting", "hybrid")
+    extra_metrics = _extra_metrics(options, items, holes=holes)
     vgg = _perceptual_net(options, config, model.dtype)
     label = task if options.kind == "restore" else options.kind
     spec = RunSpec(

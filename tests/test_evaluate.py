@@ -245,7 +245,8 @@ def test_restore_metrics_add_summary_columns(tmp_path, tmp_path_factory, level_m
     assert cli.main([*base, "--metrics", "inpainting_hole"]) == 2  # it crashed after solving
     err = capsys.readouterr().err
     assert "unknown metrics ['nope']" in err and "resnet50-0676ba61.pth" in err
-    assert "'inpainting_hole' scores inpainting holes and needs each image's mask" in err
+    assert ("'inpainting_hole' scores inpainting holes and needs each image's mask: the task "
+            "colorization has none (inpainting and hybrid have" in err)  # fmt: skip
     assert not out.exists()
 
     assert cli.main([*base, "--metrics", "level,psnr"]) == 0

@@ -387,6 +387,26 @@ def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
     assert sorted(summary["images"]) == ["p0", "p1"] and summary["total"] == 2
 
 
+def test_restore_metrics_score_the_hole_the_run_filled(tmp_path):
+    """restore --metrics: the mask metrics get the run's --mask, else the centre hole at the
+    result's size; the tasks without a hole give none."""
+    import types
+
+    from dgp_jax.degradations import center_mask
+    from dgp_jax.run.results import _filled_hole
+
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "result.png")
+    anysize = ["resolution=none"]
+    spec = types.SimpleNamespace(config=runner.build_config("inpainting", 24, sets=anysize),
+                                 mask=None)  # fmt: skip
+    np.testing.assert_array_equal(_filled_hole(spec, tmp_path / "result.png"),
+                                  center_mask(24, 24, np.float64))  # fmt: skip
+    spec.mask = np.ones((24, 24, 1))
+    assert _filled_hole(spec, tmp_path / "result.png") is spec.mask
+    spec.config = runner.build_config("colorization", 24, sets=anysize)
+    assert _filled_hole(spec, tmp_path / "result.png") is None
+
+
 def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
     photos = make_photos(tmp_path / "photos", 1)
     keep = np.full((32, 32), 255, np.uint8)
@@ -394,7 +414,7 @@ def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
     Image.fromarray(keep).save(tmp_path / "mask.png")
     out = tmp_path / "out"
     opts = options(tiny, out, photos, task="inpainting", mask=str(tmp_path / "mask.png"),
-                   batch=1)  # fmt: skip
+                   batch=1, metrics="inpainting_hole")  # fmt: skip
     assert not runner.execute(opts, mesh=mesh).failed
     degraded = np.asarray(Image.open(out / "p0_inpainting_degraded.png"))
     assert np.all(degraded[:, :8] == 127) and not np.all(degraded[:, 8:] == 127)
@@ -410,6 +430,13 @@ def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):
     hole[:, :8] = 0
     assert abs(record["metrics"]["psnr"] - hole_psnr(raw, original, hole)) < 0.1
     assert abs(record["metrics"]["ssim"] - hole_ssim(raw, original, hole)) < 0.02
+    # --metrics inpainting_hole scores the result file in the --mask's hole
+    hole_columns = json.loads((out / "summary.json").read_text())["extra_metrics"]["per_image"]
+    result = load_image(out / "p0_inpainting.png", 32)
+    assert hole_columns["p0"] == {
+        "hole_psnr": pytest.approx(hole_psnr(result, original, hole), rel=1e-12),
+        "hole_ssim": pytest.approx(hole_ssim(result, original, hole), rel=1e-12),
+    }
     config = json.loads((out / "config.json").read_text())
     assert config["run"]["mask"].endswith("mask.png (keep white)")
     assert config["run"]["mask_sha256"]

@@ -150,6 +150,21 @@ def write_solved(out: OutputDir, model, spec: RunSpec, solved: Solved, fingerpri
 
 
 # --------------------------------------------------------------------------- summaries
+def _filled_hole(spec: RunSpec, result: Path) -> np.ndarray | None:
+    """The inpainting mask the run filled ((H, W, 1), 1 = keep): its --mask, else the
+    centre hole at the result's size; None for the tasks without one."""
+    if spec.config.dgp_mode not in ("inpainting", "hybrid"):
+        return None
+    if spec.mask is not None:
+        return spec.mask
+    from PIL import Image
+
+    from dgp_jax.degradations import center_mask
+
+    with Image.open(result) as image:  # every result is the model's size
+        return center_mask(image.height, image.width, np.float64)
+
+
 def _extra_metrics(out: OutputDir, spec: RunSpec, records: dict[str, dict]
                    ) -> tuple[list[str], dict | None]:  # fmt: skip
     """restore --metrics: the evaluators on every done image's result file against its input
@@ -165,7 +180,7 @@ def _extra_metrics(out: OutputDir, spec: RunSpec, records: dict[str, dict]
         for name, r in records.items()
     ]  # fmt: skip
     try:
-        scores = score(entries, spec.extra_metrics)
+        scores = score(entries, spec.extra_metrics, mask=_filled_hole(spec, entries[0].result))
     except Exception as err:  # noqa: BLE001 - any metric's failure, a bug in one included
         # After the solving: the results stay, and the summary is written (this runs as the
         # run ends), saying why the columns are missing.
