@@ -13,11 +13,8 @@ from dgp_jax.nets.biggan import BigGANConfig
 TINY = BigGANConfig(resolution=32, G_ch=4, D_ch=4, n_classes=10, shared_dim=16, dim_z=20,
                     G_attn="0", D_attn="0")  # fmt: skip
 
-
-# Tests share programs, within a worker and across xdist's two: the session's cache. Not
-# cheap compiles: the 8-image runs lose more at run time than the compiles save (the module
-# alone, one process: 217 s with them, 171 s without).
-pytestmark = pytest.mark.usefixtures("compilation_cache")
+# Not cheap compiles: the 8-image runs lose more at run time than the compiles save (the
+# module alone, one process: 217 s with them, 171 s without).
 
 
 @pytest.fixture(scope="module")
