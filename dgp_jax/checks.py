@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -18,6 +19,14 @@ def integer_at_least(value: Any, name: str, least: int) -> int:
     if not is_int(value) or value < least:
         raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     return int(value)
+
+
+def is_nonnegative_number(value: Any, *, positive: bool = False) -> bool:
+    """A real number, not a bool, finite and >= 0 (> 0 with ``positive``): rates, weights
+    and epsilons, where a NaN or a negative value trains silently to garbage."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool | np.bool_):
+        return False
+    return math.isfinite(value) and (value > 0 if positive else value >= 0)
 
 
 _FIELD_KINDS = {"int": numbers.Integral, "float": numbers.Real, "bool": (bool, np.bool_),

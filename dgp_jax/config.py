@@ -15,13 +15,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-from dgp_jax.checks import integer_at_least, is_int
+from dgp_jax.checks import integer_at_least, is_int, is_nonnegative_number
 from dgp_jax.degradations import MODES  # one list of mode names for φ and config
 
 FTR_TYPES = ("Discriminator", "VGG", "johnson")  # dgp_jax.perceptual
@@ -36,10 +34,6 @@ ALIASES = {
     "sr": "imagenet1k_128/SR_D_biased",
     "reconstruct": "imagenet1k_128/reconstruct",
 }
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,11 +106,11 @@ class SolverConfig:
         # rates and weights: a NaN or a negative one trains silently to garbage
         for name in ("lr_ratio", "G_lrs", "z_lrs", "w_D_loss", "w_mse"):
             values = getattr(self, name)
-            if not all(_is_number(v) and math.isfinite(v) and v >= 0 for v in values):
+            if not all(is_nonnegative_number(v) for v in values):
                 raise ValueError(f"{name} must be finite numbers >= 0, got {values}")
         for name in ("w_nll", "sample_std", "stop_mse", "stop_ftr", "style_weight"):
             value = getattr(self, name)
-            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+            if not is_nonnegative_number(value):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if any(int(i) < 0 for i in self.iterations):
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import signal
 from collections.abc import Iterator, Sequence
 
+from dgp_jax.checks import is_nonnegative_number
 from dgp_jax.config import SolverConfig
 from dgp_jax.default_model import DEFAULT_MODEL
 from dgp_jax.images import ImageError, image_sheet, load_mask
@@ -317,7 +317,7 @@ def load_model(weights: str | None):
 def _check_manipulation(kind: str, settings: dict, n_classes: int) -> None:
     if kind == "jitter":
         stds = settings.get("stds")
-        if not stds or not all(math.isfinite(s) and s >= 0 for s in stds):
+        if not stds or not all(is_nonnegative_number(s) for s in stds):
             raise RunError(f"--stds must be one or more finite values >= 0, got {stds}")
         if settings.get("samples", 0) < 1:
             raise RunError(f"--samples must be >= 1, got {settings.get('samples')}")

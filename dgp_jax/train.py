@@ -51,7 +51,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import math
 import os
 import re
 import shutil
@@ -69,7 +68,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from dgp_jax import checkpoint as checkpoint_lib
-from dgp_jax.checks import fits_field_type
+from dgp_jax.checks import fits_field_type, is_nonnegative_number
 from dgp_jax.images import sample_grid
 from dgp_jax.model import random_biggan
 from dgp_jax.nets.biggan import BigGANConfig, Discriminator, Generator
@@ -147,7 +146,7 @@ class TrainConfig:
             ("z_std", "> 0"),
         ):
             value = getattr(self, name)
-            if not (math.isfinite(value) and (value > 0 if says == "> 0" else value >= 0)):
+            if not is_nonnegative_number(value, positive=says == "> 0"):
                 raise ValueError(
                     f"TrainConfig.{name} must be a finite number {says}, got {value!r}"
                 )

@@ -214,6 +214,8 @@ def test_bad_arguments_are_named(tiny_model):
         ({"iterations": (2.5,) * 3}, r"iterations must be integers, got \(2.5, 2.5, 2.5\)"),
         ({"select_num": 2.5}, "select_num must be an integer >= 0, got 2.5"),
         ({"sample_std": np.inf}, "sample_std must be a finite number >= 0, got inf"),
+        ({"w_nll": True}, "w_nll must be a finite number >= 0, got True"),  # a bool is no rate
+        ({"w_mse": (1.0, np.bool_(True), 1.0)}, "w_mse must be finite numbers >= 0"),
         ({"factor": 0}, "factor must be a positive integer or None, got 0"),
         ({"resolution": "x"}, "resolution must be a positive integer or None, got 'x'"),
     ):  # fmt: skip

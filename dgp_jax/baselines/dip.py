@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,7 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dgp_jax import degradations as deg_lib
 from dgp_jax.baselines.common import check_settings, image_keys, low_resolution, sr_factor
 from dgp_jax.batching import pad_to
-from dgp_jax.checks import integer_at_least
+from dgp_jax.checks import integer_at_least, is_nonnegative_number
 from dgp_jax.nets import dip_skip
 from dgp_jax.optim import torch_adam
 
@@ -193,11 +192,7 @@ def _settings(config: Mapping[str, Any], degradation, factor: int | None):
     hp = {"lr": config.get("lr", LR),
           "reg_noise_std": config.get("reg_noise_std", schedule.reg_noise_std)}  # fmt: skip
     for key, value in hp.items():
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not (math.isfinite(value) and value >= 0 and (value > 0 or key != "lr"))
-        ):
+        if not is_nonnegative_number(value, positive=key == "lr"):
             least = "> 0" if key == "lr" else ">= 0"
             raise ValueError(f"dip: {key} must be a finite number {least}, got {value!r}")
         hp[key] = float(value)
