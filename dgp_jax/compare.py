@@ -261,7 +261,7 @@ def execute(options: CompareOptions) -> CompareReport:
         factor = 4 if task == "SR" else 2
     keep = None
     if options.mask is not None:
-        if task not in ("inpainting", "hybrid"):
+        if task not in degradations.MASK_MODES:
             raise RunError(f"--mask applies to the tasks inpainting and hybrid, not {task}")
         try:
             keep = load_mask(options.mask, res, options.mask_keep)
@@ -271,7 +271,7 @@ def execute(options: CompareOptions) -> CompareReport:
         phi = degradations.for_mode(task, res, factor=factor, mask=keep)
     except ValueError as err:
         raise RunError(str(err)) from None
-    if task in ("inpainting", "hybrid") and keep is None:
+    if task in degradations.MASK_MODES and keep is None:
         keep = degradations.center_mask(res, res)
     mode = "reconstruct" if task == "defense" else task
 

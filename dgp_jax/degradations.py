@@ -34,6 +34,7 @@ from PIL import Image
 from dgp_jax.checks import is_int, mask_values
 
 __all__ = [
+    "MASK_MODES",
     "MODES",
     "Degradation",
     "apply_mask",
@@ -70,6 +71,9 @@ MODES: tuple[str, ...] = (
     "morphing",
     "category_transfer",
 )
+# The modes whose degradation removes a hole (an inpainting mask; the centre square unless
+# one is given): the only ones a mask, or a metric of the hole, applies to.
+MASK_MODES: tuple[str, ...] = ("inpainting", "hybrid")
 
 # ITU-R 601 luma weights, exactly as the reference writes them.
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -590,14 +594,12 @@ def for_mode(
     """
     if mode not in MODES:
         raise ValueError(f"unknown DGP mode {mode!r}; valid modes: {', '.join(MODES)}")
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
-    if resolution < 1:
+    if not is_int(resolution) or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
     resolution = int(resolution)
     if factor is not None and mode not in ("SR", "hybrid"):
         raise ValueError(f"factor={factor!r} applies only to modes 'SR' and 'hybrid', not {mode!r}")
-    if mask is not None and mode not in ("inpainting", "hybrid"):
+    if mask is not None and mode not in MASK_MODES:
         raise ValueError(f"a mask applies only to modes 'inpainting' and 'hybrid', not {mode!r}")
     if mode in ("SR", "hybrid"):
         factor = _check_factor(factor if factor is not None else (4 if mode == "SR" else 2))

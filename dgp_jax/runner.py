@@ -44,6 +44,7 @@ from collections.abc import Iterator, Sequence
 from dgp_jax.checks import is_nonnegative_number
 from dgp_jax.config import SolverConfig
 from dgp_jax.default_model import DEFAULT_MODEL
+from dgp_jax.degradations import MASK_MODES
 from dgp_jax.images import ImageError, image_sheet, load_mask
 from dgp_jax.run.folder import OutputDir
 from dgp_jax.run.markers import RunSpec, done_marker, is_done, weights_id, write_run_config
@@ -393,15 +394,14 @@ def execute(options: RunOptions, model=None, *, mesh=None) -> Report:
     check_classes(items, model.config.n_classes)
     mask = None
     if options.mask is not None:
-        if config.dgp_mode not in ("inpainting", "hybrid"):
+        if config.dgp_mode not in MASK_MODES:
             raise RunError(f"--mask applies to the tasks inpainting and hybrid, not {task}")
         try:
             mask = load_mask(options.mask, res, options.mask_keep)
         except (ImageError, OSError, ValueError) as err:
             raise RunError(str(err)) from None
     _check_manipulation(options.kind, options.manipulation, model.config.n_classes)
-    holes = config.dgp_mode in ("inpainting", "hybrid")
-    extra_metrics = _extra_metrics(options, items, holes=holes)
+    extra_metrics = _extra_metrics(options, items, holes=config.dgp_mode in MASK_MODES)
     vgg = _perceptual_net(options, config, model.dtype)
     label = task if options.kind == "restore" else options.kind
     spec = RunSpec(

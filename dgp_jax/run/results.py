@@ -153,13 +153,13 @@ def write_solved(out: OutputDir, model, spec: RunSpec, solved: Solved, fingerpri
 def _filled_hole(spec: RunSpec, result: Path) -> np.ndarray | None:
     """The inpainting mask the run filled ((H, W, 1), 1 = keep): its --mask, else the
     centre hole at the result's size; None for the tasks without one."""
-    if spec.config.dgp_mode not in ("inpainting", "hybrid"):
+    from dgp_jax.degradations import MASK_MODES, center_mask
+
+    if spec.config.dgp_mode not in MASK_MODES:
         return None
     if spec.mask is not None:
         return spec.mask
     from PIL import Image
-
-    from dgp_jax.degradations import center_mask
 
     with Image.open(result) as image:  # every result is the model's size
         return center_mask(image.height, image.width, np.float64)
