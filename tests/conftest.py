@@ -75,9 +75,10 @@ def _session_cache(tmp_path_factory, cheap: bool):
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """The session's persistent compilation cache, for every test: shared by both xdist
-    workers and every CLI subprocess, so a program compiles once per session (measured
-    2026-12-01: 1195 of 3462 compiles were hits, the suite 8 % quicker). Until the session
-    ends, JAX's cache and DGP_JAX_CACHE name that folder; yields its path."""
+    workers and every CLI subprocess, so a program compiles once per session (2026-12-01:
+    1195 of 3462 compiles were hits, 90 s of compile time by JAX's count; the suite's time
+    changed within its spread between runs). Until the session ends, JAX's cache and
+    DGP_JAX_CACHE name that folder; yields its path."""
     yield from _session_cache(tmp_path_factory, cheap=False)
 
 

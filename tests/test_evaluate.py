@@ -394,6 +394,23 @@ def test_evaluators_split_into_per_image_and_set_parts_built_once(monkeypatch):
     assert nothing.names == [] and everything.names == built.names
 
 
+def test_one_mask_for_every_result_must_be_their_size(tmp_path):
+    """score(mask=) (restore --metrics' hole): the mask of the run, refused when the
+    results are another size, naming both."""
+    from dgp_jax.evaluate import Entry, EvaluationError, Evaluators, score
+
+    for name in "ab":
+        Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(tmp_path / f"{name}.png")
+    entries = [Entry(n, tmp_path / f"{n}.png", tmp_path / f"{n}.png") for n in "ab"]
+    keep = np.ones((32, 32, 1))
+    keep[8:24, 8:24] = 0
+    scores = score(entries, Evaluators("inpainting_hole", masks=True), mask=keep)
+    np.testing.assert_array_equal(scores.per_image["hole_psnr"], [np.inf, np.inf])
+    says = r"the mask is \(16, 16\), the results \[\(32, 32\)\]: one mask scores results"
+    with pytest.raises(EvaluationError, match=says):
+        score(entries, Evaluators("inpainting_hole", masks=True), mask=keep[:16, :16])
+
+
 def test_evaluate_with_masks_scores_each_masks_hole(tmp_path, capsys):
     """--masks: psnr/ssim on each mask's hole and the mask metrics, as the registry's
     evaluators give them with those masks (they were refused without a way to give them)."""
