@@ -316,6 +316,7 @@ def worker_dgp(spec: dict) -> dict:
     """One (lowering, batch, precision): step, selection, compile, memory and FLOPs."""
     import jax
     import numpy as np
+    from selection_timer import selection_seconds  # this script's folder is on sys.path
 
     import dgp_jax
     import dgp_jax.solve as solve
@@ -334,17 +335,7 @@ def worker_dgp(spec: dict) -> dict:
     captured: dict = {}
     make_step = solve._make_step
 
-    select_times: list = []
-    select = solve._select
-
-    def timed_select(*a, **k):
-        t = time.perf_counter()
-        out = select(*a, **k)  # returns host arrays: the scores have been computed
-        select_times.append(time.perf_counter() - t)
-        return out
-
     solve._make_step = capturing_make_step(make_step, captured, compile_ahead=True)
-    solve._select = timed_select
 
     def run(config):
         stamps = []
@@ -422,8 +413,9 @@ def worker_dgp(spec: dict) -> dict:
     row["select_chunk"] = solve.select_chunk(spec["select_images"], batch, cands)
     row["s_per_select_per_image"] = None
     try:
-        run(sel_cfg)
-        run(sel_cfg)
+        with selection_seconds() as select_times:
+            run(sel_cfg)
+            run(sel_cfg)
         row["s_per_select_per_image"] = select_times[-1] / cands / batch
     except Exception as e:  # noqa: BLE001 - an OOM here keeps the step's numbers
         row["select_error"] = f"{type(e).__name__}: {e}"[:300]

@@ -2,7 +2,7 @@
 
 Subtracting a run without candidates from a run with them would also time the setup
 around the search, and a busy machine can turn that difference negative (CI did, with two
-candidates). ``experiments/bench_accelerator.py`` times its workers' searches the same way.
+candidates). ``experiments/bench_accelerator.py``'s workers use this timer too.
 """
 
 from __future__ import annotations
