@@ -181,7 +181,9 @@ def run_items(
     finally:
         bar.close()
         names = [(it.name, str(it.path)) for it in items]
-        report.summary = write_summary(out, spec, names, report.failed, fingerprint)
+        report.summary = write_summary(
+            out, spec, names, report.failed, fingerprint, model.config.resolution
+        )
     return report
 
 
@@ -254,7 +256,9 @@ def run_morph(
         report.interrupted = True
     finally:
         bar.close()
-        report.summary = write_summary(out, spec, names, report.failed, fingerprint)
+        report.summary = write_summary(
+            out, spec, names, report.failed, fingerprint, model.config.resolution
+        )
     return report
 
 

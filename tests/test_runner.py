@@ -387,24 +387,23 @@ def test_restore_run_resume_force_and_batch_split(tmp_path, tiny, mesh, capsys):
     assert sorted(summary["images"]) == ["p0", "p1"] and summary["total"] == 2
 
 
-def test_restore_metrics_score_the_hole_the_run_filled(tmp_path):
+def test_restore_metrics_score_the_hole_the_run_filled():
     """restore --metrics: the mask metrics get the run's --mask, else the centre hole at the
-    result's size; the tasks without a hole give none."""
+    model's resolution; the tasks without a hole give none."""
     import types
 
     from dgp_jax.degradations import center_mask
     from dgp_jax.run.results import _filled_hole
 
-    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "result.png")
     anysize = ["resolution=none"]
     spec = types.SimpleNamespace(config=runner.build_config("inpainting", 24, sets=anysize),
                                  mask=None)  # fmt: skip
-    np.testing.assert_array_equal(_filled_hole(spec, tmp_path / "result.png"),
-                                  center_mask(24, 24, np.float64))  # fmt: skip
+    np.testing.assert_array_equal(_filled_hole(spec, 24), center_mask(24, 24, np.float64))
+    assert _filled_hole(spec, 24).shape == (24, 24, 1)
     spec.mask = np.ones((24, 24, 1))
-    assert _filled_hole(spec, tmp_path / "result.png") is spec.mask
+    assert _filled_hole(spec, 24) is spec.mask
     spec.config = runner.build_config("colorization", 24, sets=anysize)
-    assert _filled_hole(spec, tmp_path / "result.png") is None
+    assert _filled_hole(spec, 24) is None
 
 
 def test_custom_mask_and_observed_inputs(tmp_path, tiny, mesh):

@@ -150,22 +150,20 @@ def write_solved(out: OutputDir, model, spec: RunSpec, solved: Solved, fingerpri
 
 
 # --------------------------------------------------------------------------- summaries
-def _filled_hole(spec: RunSpec, result: Path) -> np.ndarray | None:
-    """The inpainting mask the run filled ((H, W, 1), 1 = keep): its --mask, else the
-    centre hole at the result's size; None for the tasks without one."""
+def _filled_hole(spec: RunSpec, resolution: int) -> np.ndarray | None:
+    """The inpainting mask the run filled ((R, R, 1), 1 = keep): its --mask, else the
+    centre hole at the model's resolution (every result's size); None for the tasks
+    without one."""
     from dgp_jax.degradations import MASK_MODES, center_mask
 
     if spec.config.dgp_mode not in MASK_MODES:
         return None
     if spec.mask is not None:
         return spec.mask
-    from PIL import Image
-
-    with Image.open(result) as image:  # every result is the model's size
-        return center_mask(image.height, image.width, np.float64)
+    return center_mask(resolution, resolution, np.float64)
 
 
-def _extra_metrics(out: OutputDir, spec: RunSpec, records: dict[str, dict]
+def _extra_metrics(out: OutputDir, spec: RunSpec, records: dict[str, dict], resolution: int
                    ) -> tuple[list[str], dict | None]:  # fmt: skip
     """restore --metrics: the evaluators on every done image's result file against its input
     (read as the solver read it): (columns, {"per_image": {name: {column: value}},
@@ -180,7 +178,7 @@ def _extra_metrics(out: OutputDir, spec: RunSpec, records: dict[str, dict]
         for name, r in records.items()
     ]  # fmt: skip
     try:
-        scores = score(entries, spec.extra_metrics, mask=_filled_hole(spec, entries[0].result))
+        scores = score(entries, spec.extra_metrics, mask=_filled_hole(spec, resolution))
     except Exception as err:  # noqa: BLE001 - any metric's failure, a bug in one included
         # After the solving: the results stay, and the summary is written (this runs as the
         # run ends), saying why the columns are missing.
@@ -197,9 +195,11 @@ def _extra_metrics(out: OutputDir, spec: RunSpec, records: dict[str, dict]
 
 
 def write_summary(out: OutputDir, spec: RunSpec, names: Sequence[tuple[str, str]],
-                  failed: dict[str, str], fingerprint: str) -> Path:  # fmt: skip
+                  failed: dict[str, str], fingerprint: str, resolution: int
+                  ) -> Path:  # fmt: skip
     """summary(.<process>).json / .csv over this process's share, from the done markers
-    (so images finished by an earlier, interrupted run are included)."""
+    (so images finished by an earlier, interrupted run are included); ``resolution``, the
+    model's, sizes the centre hole that restore --metrics scores."""
     records, pending = {}, []
     for name, _ in names:
         if is_done(out, name, spec.label, fingerprint):
@@ -208,7 +208,7 @@ def write_summary(out: OutputDir, spec: RunSpec, names: Sequence[tuple[str, str]
             pending.append(name)
     scored = [r["metrics"] for r in records.values() if r.get("metrics")]
     mean = {k: float(np.mean([m[k] for m in scored])) for k in METRIC_NAMES} if scored else None
-    extra_columns, extra = _extra_metrics(out, spec, records)
+    extra_columns, extra = _extra_metrics(out, spec, records, resolution)
     if extra is not None:
         mean = {**(mean or {}), **extra["table"]}
     sources = dict(names)
