@@ -59,10 +59,11 @@ class BigGAN:
     def embed(self, classes: Array, params: Variables | None = None) -> Array:
         """Shared class embedding (B,) int -> (B, shared_dim)."""
         params = self.generator[PARAMS] if params is None else params
-        classes = jnp.asarray(classes)
+        given, classes = classes, jnp.asarray(classes)
         if not jnp.issubdtype(classes.dtype, jnp.integer):
             raise TypeError(f"classes must be integers, got dtype {classes.dtype}")
-        _check_class_range(classes, params["shared"]["weight"].shape[0])
+        # The values as given: host input is checked without a round trip to the device.
+        _check_class_range(given, params["shared"]["weight"].shape[0])
         return jnp.take(params["shared"]["weight"], classes, axis=0)
 
     def generate(
@@ -82,14 +83,16 @@ class BigGAN:
         pass that state back to hold the captured statistics.
         """
         params = self.generator[PARAMS] if params is None else params
-        z, y = jnp.asarray(z), jnp.asarray(y)
+        given_y, z, y = y, jnp.asarray(z), jnp.asarray(y)
         if z.ndim >= 1 and y.ndim >= 1 and z.shape[0] != y.shape[0]:
             raise ValueError(
                 f"z holds {z.shape[0]} latents {z.shape} but y {y.shape[0]} classes or "
                 f"embeddings {y.shape}: one each per image"
             )
         if jnp.issubdtype(y.dtype, jnp.integer):
-            _check_class_range(y, params["shared"]["weight"].shape[0])
+            # Looked up here, so that classes and embeddings (morphing) share one compiled
+            # generator per shape: the same values (tests/test_biggan.py).
+            y = self.embed(given_y, params)
         return _generate(self.config, params, self.generator[BUFFERS], z, y, use_in,
                          instance_norm)  # fmt: skip
 

@@ -9,9 +9,13 @@ import pytest
 from flax import traverse_util
 
 import dgp_jax
-from dgp_jax.model import _orthogonal
+from dgp_jax.model import _generate, _orthogonal
 from dgp_jax.nets.biggan import BigGANConfig
 from tests.conftest import fixture_path, reference_model
+
+# Forward passes: compile-bound, so compiled cheaply (tests/_compiling.py); the float64
+# values still agree to 1e-13 (the module alone, one process: 164 s, against 194 s).
+pytestmark = pytest.mark.cheap_compiles
 
 
 def nhwc(a):
@@ -35,11 +39,14 @@ def test_generator_matches_reference(case, dtype, tol):
     model = reference_model(res, dtype)
     z, y = jnp.asarray(ref["z"], dtype), jnp.asarray(ref["y"])
     assert z.shape[1] == model.config.effective_dim_z == (120 if res == 128 else 119)
+    programs = _generate._cache_size()
     out = model.generate(z, y)
     assert out.shape == (2, res, res, 3) and out.dtype == dtype
     assert rel_err(out, nhwc(ref["G_out"])) < tol
-    # Embeddings instead of classes give the same images (morphing interpolates them).
+    # Embeddings instead of classes (morphing interpolates them): the same images, from the
+    # same compiled program (classes are looked up before it).
     assert rel_err(model.generate(z, model.embed(y)), out) < 1e-12
+    assert _generate._cache_size() - programs <= 1
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float64, 1e-13), (jnp.float32, 1e-4)])
@@ -170,11 +177,14 @@ def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match=r"z holds 2 latents \(2, 120\) but y 3 classes"):
         model.generate(z, jnp.array([1, 2, 3]))
     # past the embedding table a class gave NaN images (negative ones wrapped round)
-    for classes, bad in (([999, 1000], "[1000]"), ([-1, 5], "[-1]")):
-        with pytest.raises(ValueError, match=re.escape(f"classes {bad} out of range [0, 1000)")):
-            model.generate(z, jnp.array(classes))
-        with pytest.raises(ValueError, match=re.escape(f"classes {bad} out of range")):
-            model.embed(jnp.array(classes))
+    # (checked on the values as given: device arrays, host arrays, lists)
+    for as_given in (jnp.array, np.array, list):
+        for classes, bad in (([999, 1000], "[1000]"), ([-1, 5], "[-1]")):
+            message = re.escape(f"classes {bad} out of range [0, 1000)")
+            with pytest.raises(ValueError, match=message):
+                model.generate(z, as_given(classes))
+            with pytest.raises(ValueError, match=message):
+                model.embed(as_given(classes))
     with pytest.raises(ValueError, match=r"BigGANConfig.hier must be bool, got 'yes'"):
         BigGANConfig(hier="yes")
     with pytest.raises(ValueError, match=r"BigGANConfig.G_ch must be int, got True"):
