@@ -37,7 +37,7 @@ def config(**kw):
     return dgp_jax.SolverConfig(**base)
 
 
-def test_all_stages_compile_the_step_once(tiny_model, one_device_mesh):
+def test_all_stages_and_a_warm_up_compile_the_step_once(tiny_model, one_device_mesh):
     # Forget programs an earlier test of this process compiled (the same config would
     # otherwise be a cache hit, with no trace to count).
     solve._cached_step.cache_clear()
@@ -55,6 +55,14 @@ def test_all_stages_compile_the_step_once(tiny_model, one_device_mesh):
     assert result.stage_images.shape == (3, 2, 32, 32, 3)
     np.testing.assert_array_equal(result.stage_images[-1], result.images)
     assert np.all(np.isfinite(result.history["loss"]))
+    # Warm-up reaches the solver: the rates are step inputs, so a warm-up far longer than
+    # the run reuses the program, and with every rate ~0 nothing moves from the start.
+    kwargs = dict(classes=[1, -1], key=jax.random.PRNGKey(1), mesh=one_device_mesh)
+    start = dgp_jax.restore(tiny_model, images(2), config=config(iterations=(0, 0, 0)), **kwargs)
+    cold = dgp_jax.restore(tiny_model, images(2), config=config(warm_up=10**12), **kwargs)
+    assert solve.TRACE_COUNTS["step"] - before == 1
+    np.testing.assert_allclose(cold.z, start.z, rtol=0, atol=1e-10)
+    assert np.abs(result.z - start.z).max() > 1e-4
 
 
 def test_eight_devices_give_one_devices_result_and_pad_a_short_batch(tiny_model, one_device_mesh):
@@ -280,17 +288,6 @@ def test_warm_up_scales_the_rates_by_global_step():
     np.testing.assert_allclose(warm["z_lr"], plain["z_lr"] * scale, rtol=1e-15)
     np.testing.assert_allclose(warm["group_lr"], plain["group_lr"] * scale[:, None], rtol=1e-15)
     assert warm["z_lr"][2] == 1e-3 * 3 / 4  # the second stage's rate, at step 3
-
-
-def test_warm_up_reaches_the_solver(tiny_model, one_device_mesh):
-    # A warm-up far longer than the run: every rate is ~0, so nothing moves; the rates are
-    # step inputs, so this reuses the compiled program.
-    kwargs = dict(classes=[1, 2], key=jax.random.PRNGKey(1), mesh=one_device_mesh)
-    start = dgp_jax.restore(tiny_model, images(2), config=config(iterations=(0, 0, 0)), **kwargs)
-    cold = dgp_jax.restore(tiny_model, images(2), config=config(warm_up=10**12), **kwargs)
-    run = dgp_jax.restore(tiny_model, images(2), config=config(), **kwargs)
-    np.testing.assert_allclose(cold.z, start.z, rtol=0, atol=1e-10)
-    assert np.abs(run.z - start.z).max() > 1e-4
 
 
 def test_select_num_zero_and_one(tiny_model, one_device_mesh):
