@@ -2,7 +2,9 @@
 
 Each runs as users run it (a subprocess, ``python experiments/<name>.py ... --json``), with
 XLA's cheap optimisation so that it compiles fast; only the shape and sense of its output
-are checked, no timing.
+are checked, no timing. compile_levels.py solves every 128 and 256 px reference trajectory
+in a fresh process per setting (11 minutes), so its verdict (``compare``) and its refusals
+are tested without a solve.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,3 +140,34 @@ def test_memory_per_image_fits_a_positive_number_of_images():
     assert head.startswith("per image ") and ", shared " in head
     count, rest = fits.split(" ", 1)
     assert int(count) > 0 and rest == "images fit in 1 GiB"
+
+
+def test_compile_levels_compares_every_array_but_the_seconds(tmp_path):
+    """compile_levels.py's verdict (BENCHMARKS.md, "What was tried": "bitwise equal", "within
+    1.8e-14 relative") is ``compare`` over every saved array except the timings."""
+    compile_levels = load_experiment("compile_levels")
+    base = {"images": np.array([1.0, -2.0]), "z": np.array([4.0, 0.5]), "G0": np.zeros(3)}
+    np.savez(tmp_path / "a.npz", seconds=[10.0, 5.0], **base)
+    np.savez(tmp_path / "b.npz", seconds=[99.0, 1.0], **base)
+    assert compile_levels.compare(tmp_path / "a.npz", tmp_path / "b.npz") == (True, 0.0, "")
+    moved = {**base, "z": np.array([4.0, 0.5 + 4e-12]), "images": np.array([1.0, -2.0 + 2e-13])}
+    np.savez(tmp_path / "c.npz", seconds=[10.0, 5.0], **moved)
+    same, worst, where = compile_levels.compare(tmp_path / "a.npz", tmp_path / "c.npz")
+    # relative to each array's largest magnitude: z 4e-12 / 4, images 2e-13 / 2
+    assert (same, where) == (False, "z") and math.isclose(worst, 1e-12, rel_tol=1e-3)
+    # an all-zero array that moves is measured against 1e-300, not divided by zero
+    np.savez(tmp_path / "d.npz", seconds=[0.0, 0.0], **{**base, "G0": np.array([0, 0, 1e-310])})
+    assert compile_levels.compare(tmp_path / "a.npz", tmp_path / "d.npz")[1:] == (
+        1e-310 / 1e-300,
+        "G0",
+    )
+
+
+def test_compile_levels_refuses_unknown_runs_settings_and_dtypes():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "compile_levels.py"), "--runs", "64:SR",
+         "--settings", "level_1,level_9", "--dtypes", "float16"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert "unknown runs, settings or dtypes ['64:SR', 'level_9', 'float16']" in done.stderr
