@@ -318,6 +318,12 @@ def downsample_target(x: Array, factor: int) -> np.ndarray:
     if c not in (1, 3):
         raise ValueError(f"downsample_target needs 1 or 3 channels, got shape {x.shape}")
     _check_divides(factor, h, w)
+    if np.isnan(x).any():
+        # uint8 quantisation would turn NaN into 0 (-1 after the round trip) without a trace
+        raise ValueError(
+            f"downsample_target: the image(s) {x.shape} hold NaN at "
+            f"{np.argwhere(np.isnan(x))[0].tolist()} (first); the 8-bit target needs finite values"
+        )
     v = (x + 1) / 2
     quantised = np.clip(v * 255, 0, 255).astype(np.uint8).reshape((-1, h, w, c))
     size = (w // factor, h // factor)  # PIL sizes are (width, height)

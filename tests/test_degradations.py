@@ -75,6 +75,19 @@ def test_sr_target_quantises_like_the_reference() -> None:
     np.testing.assert_array_equal(codes, (np.round(codes * 255) / 255).astype(np.float32))
 
 
+def test_sr_target_refuses_nan_instead_of_quantising_it_to_black() -> None:
+    image = np.zeros((2, 8, 8, 3))
+    image[1, 2, 5, 0] = np.nan
+    with pytest.raises(ValueError, match=r"\(2, 8, 8, 3\) hold NaN at \[1, 2, 5, 0\]"):
+        dg.downsample_target(image, 2)
+    with pytest.raises(ValueError, match="hold NaN"):
+        dg.super_resolution(2).target_fn(image)
+    # an infinity is clipped to the 8-bit range like any value out of [-1, 1]
+    image[1, 2, 5, 0] = np.inf
+    low = dg.downsample_target(image, 2)
+    assert low.shape == (2, 4, 4, 3) and np.isfinite(low).all() and low[1, 1, 2, 0] > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------
