@@ -51,18 +51,23 @@ FLOPs, XLA:CPU's count of the same step. A row's optional fourth field adds a se
 flags to its worker (``XLA_PRESETS``): ``cublas`` leaves matrix products to cuBLAS instead
 of tuning Triton kernels for each (XLA:GPU compiles and times many tilings per product),
 ``noautotune`` picks kernels without timing any, ``fastcompile`` does both. None of them is
-measured yet. The command below runs the rows with ``cublas``, batch 8 first (a smaller
-program to tune, so the likeliest batched figure), then batch 32 in bfloat16 and float32;
-batch 1 with XLA's defaults (20.4 ms/step, 126 s to compile) is what they are weighed
-against. Last, batch 32 with XLA's defaults: it starts only if 150 s are left, and so gets
-the lease should the ``cublas`` rows fail at once. One call with ``carry: [".ref"]`` and
+measured yet. The command below runs batch 32 first with ``fastcompile``, in bfloat16 (the
+30x target's setting) and float32 (the 10x target's): the cheapest compile, so the likeliest
+batched figures for both targets, and their kernels are what cuBLAS's and cuDNN's
+heuristics pick, a floor on what tuning gives. Then batch 32 in bfloat16 with ``cublas``
+(cuBLAS's and cuDNN's kernels timed: what tuning buys), and last with XLA's defaults;
+batch 1 with the defaults (20.4 ms/step, 126 s to compile) is what they are weighed
+against. With ``--partial-ok`` each row starts while 150 s are left, so a row whose
+compile runs long takes the rest of the lease, and the rows before it have their figures.
+One call with ``carry: [".ref"]`` and
 ``timeout_s: 560``::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_accelerator.py \
         --reference .ref/dgp --out $OUT --budget-s 540 --config-timeout-s 540 \
         --partial-ok --first-estimate-s 150 --flops-per-image-step 1.678e11 \
         --matmul-from experiments/results/h200-2026-11-30/run1_results.jsonl \
-    --rows auto:8:bfloat16:cublas,auto:32:bfloat16:cublas,auto:32:float32:cublas,auto:32:bfloat16
+        --rows auto:32:bfloat16:fastcompile,auto:32:float32:fastcompile \
+        --rows auto:32:bfloat16:cublas,auto:32:bfloat16
 
 ``$OUT`` then holds these four files. A worker killed by its timeout or an OOM
 keeps the numbers it had printed (steps first, then FLOPs, then selection), marked
@@ -973,9 +978,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lowerings", help=f"comma-separated, of {','.join(LOWERINGS)}")
     p.add_argument(
         "--rows",
+        action="append",
         help="instead of the grid, these rows in this order: lowering:batch:precision[:xla],"
-        "... (e.g. auto:64:bfloat16,vmap:largest:float32:cublas); xla adds XLA flags to the "
-        "row's worker: " + _presets_help(),
+        "... (e.g. auto:64:bfloat16,vmap:largest:float32:cublas; given again, its rows "
+        "follow); xla adds XLA flags to the row's worker: " + _presets_help(),
     )
     p.add_argument("--precisions", help=f"comma-separated, of {','.join(PRECISIONS)}")
     p.add_argument("--steps", type=int, default=4, help="warm steps per row (median of diffs)")
@@ -1017,7 +1023,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.earlier_matmul = read_matmul_row(args.matmul_from, p)
     if args.rows:
         try:
-            args.rows = parse_rows(args.rows)
+            args.rows = parse_rows(",".join(args.rows))
         except ValueError as e:
             p.error(f"--rows: {e}")
         # the matmul rates of the precisions the rows use

@@ -252,6 +252,11 @@ def test_explicit_rows_replace_the_grid(bench):
         "dgp_jax vmap batch largest bfloat16",
     ]
     assert args.precisions == ["float32", "bfloat16"]  # the matmul rates measured
+    # --rows given again: its rows follow (a long list over several lines of a command)
+    again = bench.parse_args(["--out", "x", "--rows", "auto:1:float32", "--rows",
+                              "vmap:largest:bfloat16"])  # fmt: skip
+    assert again.rows == args.rows == [("auto", 1, "float32", "default"),
+                                       ("vmap", "largest", "bfloat16", "default")]  # fmt: skip
 
 
 def test_rows_add_their_xla_flags_to_their_own_worker(bench, tmp_path, monkeypatch):
@@ -435,8 +440,8 @@ def test_the_next_lease_command_in_the_docstring_parses(bench, monkeypatch):
     args = bench.parse_args([w.replace("$OUT", "out") for w in words[4:]])
     assert args.earlier_matmul["tflops"]["bfloat16"] > 0
     assert [bench.describe(s) for s in bench.plan(args)][2:] == [
-        "dgp_jax auto batch 8 bfloat16 [cublas]",
+        "dgp_jax auto batch 32 bfloat16 [fastcompile]",
+        "dgp_jax auto batch 32 float32 [fastcompile]",
         "dgp_jax auto batch 32 bfloat16 [cublas]",
-        "dgp_jax auto batch 32 float32 [cublas]",
         "dgp_jax auto batch 32 bfloat16",
     ]
