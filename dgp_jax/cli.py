@@ -196,8 +196,14 @@ def cmd_masks(args) -> int:
     # another run's masks.json and buckets would be overwritten or mixed with these
     if Path(args.out).is_dir() and any(Path(args.out).iterdir()):
         raise RunError(f"--out {args.out} is not empty: choose a new folder")
-    OutputDir.check_writable(args.out)
-    record = masks.write_bucket_masks(args.out, args.size, buckets, args.per_bucket, args.seed)
+    # keep=False: a set that cannot be drawn is refused with no folder made (the masks are
+    # all drawn before write_bucket_masks makes its folders).
+    OutputDir.check_writable(args.out, keep=False)
+    try:
+        record = masks.write_bucket_masks(args.out, args.size, buckets, args.per_bucket,
+                                          args.seed)  # fmt: skip
+    except RuntimeError as err:  # a bucket missed in masks.MAX_DRAWS draws
+        raise RunError(f"--buckets: {err}") from None
     for name, entry in record["buckets"].items():
         ratios = [m["hole_ratio"] for m in entry["masks"]]
         print(f"{name}: {len(ratios)} masks, hole ratio {min(ratios):.3f} to {max(ratios):.3f}")
