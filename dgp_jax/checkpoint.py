@@ -106,6 +106,12 @@ def variables_from_state_dict(
                 )
     if problems:
         raise CheckpointError(f"{source} does not fit the architecture: " + "; ".join(problems))
+    unusable = []
+    for key, where in table.items():
+        unusable += _value_problems(key, np.asarray(state[key]), _leaf(template, where).dtype)
+    if unusable:
+        more = f"; and {len(unusable) - 3} more keys" if len(unusable) > 3 else ""
+        raise CheckpointError(f"{source} has unusable weights: " + "; ".join(unusable[:3]) + more)
     flat: dict[str, dict[tuple[str, ...], Any]] = {PARAMS: {}, BUFFERS: {}}
     for key, (collection, path) in table.items():
         value = np.asarray(state[key])
@@ -113,6 +119,20 @@ def variables_from_state_dict(
         # turn float64 into float32 whenever jax_enable_x64 is off.
         flat[collection][path] = value if dtype is None else jnp.asarray(value, dtype=dtype)
     return {c: traverse_util.unflatten_dict(flat[c]) for c in (PARAMS, BUFFERS)}
+
+
+def _value_problems(key: str, value: np.ndarray, want_dtype) -> list[str]:
+    """A floating-point parameter stored as integers, or holding NaN or infinity: such
+    weights would run, and every image would come out NaN (written black)."""
+    if not np.issubdtype(want_dtype, np.floating):
+        return []
+    if not np.issubdtype(value.dtype, np.floating):
+        return [f"key {key!r} has dtype {value.dtype} in the file, the model expects "
+                "floating point"]  # fmt: skip
+    bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        return [f"key {key!r} holds {bad} NaN or infinite value(s) of {value.size}"]
+    return []
 
 
 def _leaf(tree: Variables, where: tuple[str, tuple[str, ...]]):

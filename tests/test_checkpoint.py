@@ -425,6 +425,38 @@ def test_wrong_shaped_key(tmp_path: Path, which: str) -> None:
     convert_fails(CheckpointError, g, d, tmp_path / "out", bad, repr(key), have, want)
 
 
+@pytest.mark.parametrize("which", ["G", "D"])
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights(tmp_path: Path, which: str, bad_value: float) -> None:
+    # Such weights converted and ran: every solve gave NaN images, written black, exit 0.
+    key = "blocks.2.0.conv1.weight"
+    source = g_pth(128) if which == "G" else d_pth(128)
+    size = source_state(source)[key].size
+
+    def poison(s: StateDict) -> StateDict:
+        value = s[key].copy()
+        value.flat[[0, 5]] = bad_value
+        return {**s, key: value}
+
+    bad = write_modified(tmp_path, source, poison, "bad.pth")
+    g, d = (bad, d_pth(128)) if which == "G" else (g_pth(128), bad)
+    err = convert_fails(CheckpointError, g, d, tmp_path / "out")
+    assert str(err) == (
+        f"{bad} has unusable weights: key {key!r} holds 2 NaN or infinite value(s) of {size}"
+    )
+
+
+def test_integer_weights(tmp_path: Path) -> None:
+    keys = ["blocks.2.0.conv1.weight", "blocks.2.0.conv2.weight"]
+    bad = write_modified(tmp_path, g_pth(128),
+                         lambda s: {k: v.astype(np.int32) if k in keys else v
+                                    for k, v in s.items()}, "bad.pth")  # fmt: skip
+    err = convert_fails(CheckpointError, bad, d_pth(128), tmp_path / "out")
+    assert str(err) == f"{bad} has unusable weights: " + "; ".join(
+        f"key {k!r} has dtype int32 in the file, the model expects floating point" for k in keys
+    )
+
+
 def test_pair_of_different_resolutions(tmp_path: Path) -> None:
     convert_fails(
         CheckpointError,
