@@ -364,7 +364,7 @@ def load(
             state = ckptr.restore(directory / STATE_DIR)
     except Exception as err:  # orbax raises many types for a damaged folder
         raise CheckpointError(
-            f"{directory / STATE_DIR} could not be restored ({type(err).__name__}: {err})"
+            f"{directory / STATE_DIR} could not be restored ({_restore_error(err)})"
         ) from None
     g_template = generator_template(config)
     generator = _check_tree(state.get("generator"), g_template, directory, "generator", dtype)
@@ -375,6 +375,18 @@ def load(
             state.get("discriminator"), d_template, directory, "discriminator", dtype
         )
     return config, generator, discriminator, meta
+
+
+def _restore_error(err: Exception) -> str:
+    """orbax's error in one line: TensorStore's errors append its whole spec (dozens of
+    lines); only the damaged array's name is kept from it."""
+    text = str(err)
+    head = text.split(" See full TensorStore details", 1)[0].strip().splitlines()
+    message = f"{type(err).__name__}: {head[0].rstrip('.') if head else ''}"
+    array = re.findall(r"'path': '([^'/]+)/?'", text)
+    if array:
+        message += f"; array {array[-1]}"
+    return message
 
 
 def _check_tree(tree, template, directory, name, dtype) -> Variables:

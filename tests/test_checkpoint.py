@@ -562,6 +562,27 @@ def test_folder_without_state(folder_copy: Path) -> None:
     assert_names(info.value, folder_copy / checkpoint.STATE_DIR)
 
 
+def test_orbax_restore_errors_in_one_line() -> None:
+    # A folder whose array files are cut short: orbax raised TensorStore's error, which
+    # appends the array's whole spec (60 lines); the message keeps its first line and the
+    # array's name. (Text as orbax 0.11 raised it; a real damaged folder is not used here:
+    # TensorStore's pending reads then print "Event loop is closed" from other threads.)
+    spec = "\n".join(["TensorStore({", "  'kvstore': {", "    'base': {",
+                      "      'path': '/x/ckpt/state/',", "    },",
+                      "    'path': 'discriminator.params.blocks.2.0.conv2.weight/',",
+                      "  },", "})>."])  # fmt: skip
+    err = Exception(
+        "Encountered error while reading array index: (slice(0, 16, 1), slice(0, 3, 1)). "
+        "See full TensorStore details: <bound method spec of " + spec
+    )
+    assert checkpoint._restore_error(err) == (
+        "Exception: Encountered error while reading array index: (slice(0, 16, 1), "
+        "slice(0, 3, 1)); array discriminator.params.blocks.2.0.conv2.weight"
+    )
+    other = ValueError('OUT_OF_RANGE: Error reading "generator.params.linear.weight/0.0"')
+    assert checkpoint._restore_error(other) == f"ValueError: {other}"
+
+
 def test_save_refuses_an_existing_folder(folder_copy: Path, small_model: BigGAN) -> None:
     before = folder_snapshot(folder_copy)
     for attempt in (
