@@ -41,6 +41,11 @@ def cmd_convert(args) -> int:
         raise RunError(f"{args.out} exists; pass --force to replace it")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise RunError(f"--out {args.out} is a file; --force replaces a checkpoint folder only")
+    from dgp_jax.run.folder import OutputDir
+
+    # The folder the checkpoint goes into, before the weights are read (under a file it
+    # failed after them with a bare "[Errno 17] File exists").
+    OutputDir.check_writable(Path(args.out).absolute().parent, keep=False)
     t = time.perf_counter()
     out = checkpoint.convert(
         args.generator, args.discriminator, args.out, overrides=overrides, overwrite=args.force
