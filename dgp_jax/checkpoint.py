@@ -106,6 +106,12 @@ def variables_from_state_dict(
                 )
     if problems:
         raise CheckpointError(f"{source} does not fit the architecture: " + "; ".join(problems))
+    unusable = []
+    for key, where in table.items():
+        unusable += _value_problems(key, np.asarray(state[key]), _leaf(template, where).dtype)
+    if unusable:
+        more = f"; and {len(unusable) - 3} more keys" if len(unusable) > 3 else ""
+        raise CheckpointError(f"{source} has unusable weights: " + "; ".join(unusable[:3]) + more)
     flat: dict[str, dict[tuple[str, ...], Any]] = {PARAMS: {}, BUFFERS: {}}
     for key, (collection, path) in table.items():
         value = np.asarray(state[key])
@@ -113,6 +119,20 @@ def variables_from_state_dict(
         # turn float64 into float32 whenever jax_enable_x64 is off.
         flat[collection][path] = value if dtype is None else jnp.asarray(value, dtype=dtype)
     return {c: traverse_util.unflatten_dict(flat[c]) for c in (PARAMS, BUFFERS)}
+
+
+def _value_problems(key: str, value: np.ndarray, want_dtype) -> list[str]:
+    """A floating-point parameter stored as integers, or holding NaN or infinity: such
+    weights would run, and every image would come out NaN (written black)."""
+    if not np.issubdtype(want_dtype, np.floating):
+        return []
+    if not np.issubdtype(value.dtype, np.floating):
+        return [f"key {key!r} has dtype {value.dtype} in the file, the model expects "
+                "floating point"]  # fmt: skip
+    bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        return [f"key {key!r} holds {bad} NaN or infinite value(s) of {value.size}"]
+    return []
 
 
 def _leaf(tree: Variables, where: tuple[str, tuple[str, ...]]):
@@ -344,7 +364,7 @@ def load(
             state = ckptr.restore(directory / STATE_DIR)
     except Exception as err:  # orbax raises many types for a damaged folder
         raise CheckpointError(
-            f"{directory / STATE_DIR} could not be restored ({type(err).__name__}: {err})"
+            f"{directory / STATE_DIR} could not be restored ({_restore_error(err)})"
         ) from None
     g_template = generator_template(config)
     generator = _check_tree(state.get("generator"), g_template, directory, "generator", dtype)
@@ -355,6 +375,18 @@ def load(
             state.get("discriminator"), d_template, directory, "discriminator", dtype
         )
     return config, generator, discriminator, meta
+
+
+def _restore_error(err: Exception) -> str:
+    """orbax's error in one line: TensorStore's errors append its whole spec (dozens of
+    lines); only the damaged array's name is kept from it."""
+    text = str(err)
+    head = text.split(" See full TensorStore details", 1)[0].strip().splitlines()
+    message = f"{type(err).__name__}: {head[0].rstrip('.') if head else ''}"
+    array = re.findall(r"'path': '([^'/]+)/?'", text)
+    if array:
+        message += f"; array {array[-1]}"
+    return message
 
 
 def _check_tree(tree, template, directory, name, dtype) -> Variables:

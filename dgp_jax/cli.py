@@ -41,6 +41,11 @@ def cmd_convert(args) -> int:
         raise RunError(f"{args.out} exists; pass --force to replace it")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise RunError(f"--out {args.out} is a file; --force replaces a checkpoint folder only")
+    from dgp_jax.run.folder import OutputDir
+
+    # The folder the checkpoint goes into, before the weights are read (under a file it
+    # failed after them with a bare "[Errno 17] File exists").
+    OutputDir.check_writable(Path(args.out).absolute().parent, keep=False)
     t = time.perf_counter()
     out = checkpoint.convert(
         args.generator, args.discriminator, args.out, overrides=overrides, overwrite=args.force
@@ -196,8 +201,14 @@ def cmd_masks(args) -> int:
     # another run's masks.json and buckets would be overwritten or mixed with these
     if Path(args.out).is_dir() and any(Path(args.out).iterdir()):
         raise RunError(f"--out {args.out} is not empty: choose a new folder")
-    OutputDir.check_writable(args.out)
-    record = masks.write_bucket_masks(args.out, args.size, buckets, args.per_bucket, args.seed)
+    # keep=False: a set that cannot be drawn is refused with no folder made (the masks are
+    # all drawn before write_bucket_masks makes its folders).
+    OutputDir.check_writable(args.out, keep=False)
+    try:
+        record = masks.write_bucket_masks(args.out, args.size, buckets, args.per_bucket,
+                                          args.seed)  # fmt: skip
+    except RuntimeError as err:  # a bucket missed in masks.MAX_DRAWS draws
+        raise RunError(f"--buckets: {err}") from None
     for name, entry in record["buckets"].items():
         ratios = [m["hole_ratio"] for m in entry["masks"]]
         print(f"{name}: {len(ratios)} masks, hole ratio {min(ratios):.3f} to {max(ratios):.3f}")

@@ -255,6 +255,8 @@ def execute(options: CompareOptions) -> CompareReport:
         except ValueError as err:
             raise RunError(f"--methods: {err}") from None
     settings = method_settings(methods, options.sets)
+    if options.batch < 1:  # it was taken as 1
+        raise RunError(f"--batch must be >= 1, got {options.batch}")
     res = options.resolution
     factor = options.factor
     if factor is None and task in ("SR", "hybrid"):

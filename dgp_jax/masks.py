@@ -325,8 +325,10 @@ def write_bucket_masks(
         "per_bucket": per_bucket,
         "buckets": {},
     }
-    for bucket in buckets:
-        masks = bucket_masks(size, bucket, per_bucket, seed)
+    # Every bucket drawn before anything is written: a bucket that cannot be drawn (its
+    # range unreachable at this size, or missed MAX_DRAWS times) leaves no half-written set.
+    drawn = [bucket_masks(size, bucket, per_bucket, seed) for bucket in buckets]
+    for bucket, masks in zip(buckets, drawn, strict=True):
         (out / bucket.name).mkdir(parents=True, exist_ok=True)
         entries = []
         for index, mask in enumerate(masks):

@@ -425,6 +425,38 @@ def test_wrong_shaped_key(tmp_path: Path, which: str) -> None:
     convert_fails(CheckpointError, g, d, tmp_path / "out", bad, repr(key), have, want)
 
 
+@pytest.mark.parametrize("which", ["G", "D"])
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights(tmp_path: Path, which: str, bad_value: float) -> None:
+    # Such weights converted and ran: every solve gave NaN images, written black, exit 0.
+    key = "blocks.2.0.conv1.weight"
+    source = g_pth(128) if which == "G" else d_pth(128)
+    size = source_state(source)[key].size
+
+    def poison(s: StateDict) -> StateDict:
+        value = s[key].copy()
+        value.flat[[0, 5]] = bad_value
+        return {**s, key: value}
+
+    bad = write_modified(tmp_path, source, poison, "bad.pth")
+    g, d = (bad, d_pth(128)) if which == "G" else (g_pth(128), bad)
+    err = convert_fails(CheckpointError, g, d, tmp_path / "out")
+    assert str(err) == (
+        f"{bad} has unusable weights: key {key!r} holds 2 NaN or infinite value(s) of {size}"
+    )
+
+
+def test_integer_weights(tmp_path: Path) -> None:
+    keys = ["blocks.2.0.conv1.weight", "blocks.2.0.conv2.weight"]
+    bad = write_modified(tmp_path, g_pth(128),
+                         lambda s: {k: v.astype(np.int32) if k in keys else v
+                                    for k, v in s.items()}, "bad.pth")  # fmt: skip
+    err = convert_fails(CheckpointError, bad, d_pth(128), tmp_path / "out")
+    assert str(err) == f"{bad} has unusable weights: " + "; ".join(
+        f"key {k!r} has dtype int32 in the file, the model expects floating point" for k in keys
+    )
+
+
 def test_pair_of_different_resolutions(tmp_path: Path) -> None:
     convert_fails(
         CheckpointError,
@@ -528,6 +560,27 @@ def test_folder_without_state(folder_copy: Path) -> None:
     with pytest.raises(CheckpointError, match="could not be restored") as info:
         load_biggan(folder_copy)
     assert_names(info.value, folder_copy / checkpoint.STATE_DIR)
+
+
+def test_orbax_restore_errors_in_one_line() -> None:
+    # A folder whose array files are cut short: orbax raised TensorStore's error, which
+    # appends the array's whole spec (60 lines); the message keeps its first line and the
+    # array's name. (Text as orbax 0.11 raised it; a real damaged folder is not used here:
+    # TensorStore's pending reads then print "Event loop is closed" from other threads.)
+    spec = "\n".join(["TensorStore({", "  'kvstore': {", "    'base': {",
+                      "      'path': '/x/ckpt/state/',", "    },",
+                      "    'path': 'discriminator.params.blocks.2.0.conv2.weight/',",
+                      "  },", "})>."])  # fmt: skip
+    err = Exception(
+        "Encountered error while reading array index: (slice(0, 16, 1), slice(0, 3, 1)). "
+        "See full TensorStore details: <bound method spec of " + spec
+    )
+    assert checkpoint._restore_error(err) == (
+        "Exception: Encountered error while reading array index: (slice(0, 16, 1), "
+        "slice(0, 3, 1)); array discriminator.params.blocks.2.0.conv2.weight"
+    )
+    other = ValueError('OUT_OF_RANGE: Error reading "generator.params.linear.weight/0.0"')
+    assert checkpoint._restore_error(other) == f"ValueError: {other}"
 
 
 def test_save_refuses_an_existing_folder(folder_copy: Path, small_model: BigGAN) -> None:

@@ -67,6 +67,8 @@ def test_convert_export_and_restore(tmp_path, tiny, capsys):
          "--set expects field=value, got 'SN_eps'"),
         ([str(g), str(d), "--out", str(regular), "--force"],
          f"--out {regular} is a file; --force replaces a checkpoint folder only"),
+        ([str(g), str(d), "--out", str(regular / "c2")],
+         f"output folder {regular} is not writable (File exists): choose another --out"),
     ):  # fmt: skip
         assert cli.main(["convert", *args]) == 2, args
         err = capsys.readouterr().err

@@ -291,6 +291,9 @@ def test_setup_errors_name_the_problem(tmp_path, with_fake):
     ):  # fmt: skip
         with pytest.raises(RunError, match=re.escape(says)):
             compare.execute(_options(tmp_path / "f", methods=[method], sets=sets))
+    for batch in (0, -2):  # as restore refuses it (compare ran these as --batch 1)
+        with pytest.raises(RunError, match=f"^--batch must be >= 1, got {batch}$"):
+            compare.execute(_options(tmp_path / "f", methods=["observation"], batch=batch))
     with pytest.raises(RunError, match="the model is 64 px but the images are compared at 32 px"):
         compare.execute(_options(tmp_path / "f", methods=["dgp"], resolution=32))
     # Results written among the inputs would be compared on the next run.

@@ -152,11 +152,33 @@ def test_masks_command_writes_the_buckets_as_pngs(tmp_path, capsys):
          "--size must be at least 8 pixels, got 7"),
         (["--size", "32", "--buckets", "0-10", "--per-bucket", "0"],
          "--per-bucket must be at least 1, got 0"),
+        # a bucket no 8x8 mask can reach, after one that is drawn: nothing written either
+        (["--size", "8", "--buckets", "0-10,99-100", "--per-bucket", "1"],
+         "dgp-jax masks: error: no 8x8 mask has a hole ratio strictly between 0.99 and 1.0 "
+         "(ratios are multiples of 1/64): widen the range or enlarge the mask\n"),
     ]  # fmt: skip
     for args, message in refused:
         assert cli_main(["masks", *args, "--out", str(tmp_path / "c")]) == 2, args
         assert message in capsys.readouterr().err, args
         assert not (tmp_path / "c").exists(), args  # refused before any folder is made
+    # A bucket missed MAX_DRAWS times in a row (here: every draw of 20-40) is a setup error
+    # too, exit 2 with no traceback and no folder, although 0-10 was drawn.
+    real_bucket_masks = masks.bucket_masks
+
+    def missing_20_40(size, bucket, count, seed=0):
+        if bucket.name == "20-40":
+            raise RuntimeError(f"bucket {bucket.name}: no {size}x{size} mask in it in 3 draws; "
+                               "widen it or enlarge the masks")  # fmt: skip
+        return real_bucket_masks(size, bucket, count, seed)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(masks, "bucket_masks", missing_20_40)
+        assert cli_main(argv + [str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err == (
+        "dgp-jax masks: error: --buckets: bucket 20-40: no 32x32 mask in it in 3 draws; "
+        "widen it or enlarge the masks\n"
+    )
+    assert not (tmp_path / "c").exists()
     # Another set into a folder that holds one would overwrite its masks.json: refused.
     before = (tmp_path / "a" / "masks.json").read_bytes()
     assert cli_main(["masks", "--size", "32", "--buckets", "0-10", "--per-bucket", "1",

@@ -176,6 +176,17 @@ def test_settings_overrides_and_presets():
     with pytest.raises(runner.RunError, match=r"--set w_nll=x: w_nll must be a number"):
         runner.parse_sets(["w_nll=x"], base)
     assert runner.parse_sets(["factor=none", "use_in=0"], base)["use_in"] == (False,) * 5
+    # The field's annotated type, not its preset value's: presets.json writes the float
+    # weights w_mse, w_D_loss (and lr_ratio) as ints, and select_batch's default is None.
+    sets = runner.parse_sets(["w_mse=0.5", "w_D_loss=0.25", "select_batch=4"],
+                             SolverConfig.preset("wallpapers_64/inpainting"))  # fmt: skip
+    assert sets["w_mse"] == (0.5,) * 5 and sets["w_D_loss"] == (0.25,) * 5
+    assert sets["select_batch"] == 4
+    assert runner.parse_sets(["select_batch=none"], base)["select_batch"] is None
+    for text, expected in (("abc", "an integer"), ("1.5", "an integer")):
+        with pytest.raises(runner.RunError, match=rf"^--set select_batch={text}: select_batch "
+                           rf"must be {expected}, got '{text}'$"):  # fmt: skip
+            runner.parse_sets([f"select_batch={text}"], base)
     for factor in (0, -2):
         with pytest.raises(runner.RunError, match=f"--factor must be a positive .*got {factor}"):
             runner.build_config("SR", 32, sets=["resolution=none"], factor=factor)

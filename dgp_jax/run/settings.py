@@ -90,16 +90,29 @@ def parse_sets(items: Sequence[str], base: SolverConfig) -> dict[str, Any]:
     return out
 
 
-# Fields whose default is None, and their type.
-_OPTIONAL_TYPES = {"factor": int, "resolution": int}
+_ANNOTATION_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _field_type(name: str, example: Any) -> tuple[type, bool]:
+    """(element type, whether None is allowed) of SolverConfig field ``name``, from its
+    annotation: not from its current value, which presets.json may spell as an int
+    (``w_mse: [0, 0]``) in a float field, or which may be None (``select_batch``)."""
+    annotation = {f.name: f.type for f in dataclasses.fields(SolverConfig)}.get(name)
+    if isinstance(annotation, str):
+        inner = annotation.removeprefix("tuple[").removesuffix(", ...]")
+        optional = inner.endswith(" | None")
+        inner = inner.removesuffix(" | None")
+        if inner in _ANNOTATION_TYPES:
+            return _ANNOTATION_TYPES[inner], optional
+    return type(example), example is None
 
 
 def _typed(name: str, text: str, example: Any) -> Any:
-    """``text`` parsed for field ``name`` (the type of ``example``, its current value), or a
-    RunError naming the field."""
+    """``text`` parsed for field ``name`` (its annotated type; ``example``, its current
+    value, for a field without a plain one), or a RunError naming the field."""
     value = parse_value(text)
-    kind = _OPTIONAL_TYPES.get(name, type(example))
-    if value is None and name in _OPTIONAL_TYPES:
+    kind, optional = _field_type(name, example)
+    if value is None and optional:
         return None
     if kind is bool:
         if isinstance(value, bool) or value in (0, 1):
