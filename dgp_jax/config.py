@@ -112,6 +112,14 @@ class SolverConfig:
             value = getattr(self, name)
             if not is_nonnegative_number(value):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        # Adam's settings: eps 0 divides by zero on a parameter with no gradient yet (the
+        # images come out NaN, written black); a beta of 1 never forgets the first step.
+        if not is_nonnegative_number(self.adam_eps, positive=True):
+            raise ValueError(f"adam_eps must be a finite number > 0, got {self.adam_eps!r}")
+        for name in ("G_B1", "G_B2"):
+            value = getattr(self, name)
+            if not (is_nonnegative_number(value) and value < 1):
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
         if any(int(i) < 0 for i in self.iterations):
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if any(int(f) < 0 for f in self.ft_num):

@@ -224,6 +224,9 @@ def test_bad_arguments_are_named(tiny_model):
         ({"sample_std": np.inf}, "sample_std must be a finite number >= 0, got inf"),
         ({"w_nll": True}, "w_nll must be a finite number >= 0, got True"),  # a bool is no rate
         ({"w_mse": (1.0, np.bool_(True), 1.0)}, "w_mse must be finite numbers >= 0"),
+        ({"adam_eps": 0.0}, "adam_eps must be a finite number > 0, got 0.0"),
+        ({"G_B2": 1.0}, r"G_B2 must be a number in \[0, 1\), got 1.0"),
+        ({"G_B1": -0.5}, r"G_B1 must be a number in \[0, 1\), got -0.5"),
         ({"factor": 0}, "factor must be a positive integer or None, got 0"),
         ({"resolution": "x"}, "resolution must be a positive integer or None, got 'x'"),
     ):  # fmt: skip
