@@ -162,6 +162,12 @@ def test_settings_overrides_and_presets():
     assert runner.default_preset("colorization", 64) == "wallpapers_64/colorization"
     assert runner.build_config("inpainting", 64).iterations == (40, 40, 40, 40, 40)
     assert runner.default_preset("hybrid", 128) == "imagenet1k_128/reconstruct"
+    with pytest.raises(runner.RunError, match="^--set dgp_mode=SR contradicts --task inpainting: "
+                       "choose the task with --task$"):  # fmt: skip
+        runner.build_config("inpainting", 64, sets=["dgp_mode=SR"])
+    assert runner.build_config("SR", 64, sets=["dgp_mode=SR"]).dgp_mode == "SR"
+    with pytest.raises(runner.RunError, match="adam_eps must be a finite number > 0, got 0"):
+        runner.build_config("SR", 64, sets=["adam_eps=0"])
     with pytest.raises(runner.RunError, match="--factor applies to the tasks SR and hybrid"):
         runner.build_config("colorization", 32, sets=["resolution=none"], factor=2)
     with pytest.raises(runner.RunError, match="factor 3 does not divide the model resolution"):

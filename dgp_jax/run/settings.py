@@ -170,7 +170,14 @@ def build_config(
         base = SolverConfig.preset(name)
         if preset is None and kind in _MANIPULATION_PRESETS and resolution not in (64, 256):
             base = base.replace(resolution=None)  # the 256 px schedule at this size
-        overrides = {"dgp_mode": task, **parse_sets(sets, base)}
+        overrides = parse_sets(sets, base)
+        if overrides.get("dgp_mode", task) != task:
+            # the files would be labelled with the task but solved as another
+            raise RunError(
+                f"--set dgp_mode={overrides['dgp_mode']} contradicts --task {task}: "
+                "choose the task with --task"
+            )
+        overrides["dgp_mode"] = task
         if factor is not None:
             if task not in ("SR", "hybrid"):
                 raise RunError(f"--factor applies to the tasks SR and hybrid, not {task}")
