@@ -160,6 +160,11 @@ def load_mask(path: str | os.PathLike, resolution: int, keep: str = "white") -> 
             f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the model works at "
             f"{resolution}x{resolution}: draw the mask at {resolution}x{resolution}"
         )
+    if mask.min() == 1:  # it solved for nothing and scored an empty hole as NaN
+        raise ImageError(
+            f"mask {path} has no hole: every pixel is kept (keep={keep!r}), so there is "
+            "nothing to inpaint"
+        )
     return mask
 
 

@@ -175,6 +175,11 @@ def test_mask_keep_white_black_and_wrong_size(tmp_path):
         load_mask(path, 32)
     with pytest.raises(ValueError, match="keep"):
         load_mask(path, RES, keep="gray")
+    Image.fromarray(np.full((RES, RES), 255, np.uint8)).save(path)
+    with pytest.raises(ImageError, match=r"mask .*mask\.png has no hole: every pixel is kept "
+                       r"\(keep='white'\)"):  # fmt: skip
+        load_mask(path, RES)
+    assert load_mask(path, RES, keep="black").max() == 0  # all hole: generation, allowed
     # read_mask takes any size (evaluate's masks match their results, not the model)
     wide = np.zeros((RES, 2 * RES), np.uint8)
     wide[0, 0] = 128  # the threshold is kept as white
