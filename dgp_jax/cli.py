@@ -129,7 +129,11 @@ def _classes(text: str) -> list[int]:
     out: list[int] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         lo, dash, hi = part.partition("-")
+        if dash and lo and int(hi) < int(lo):  # it was an empty list, refused as "[]"
+            raise argparse.ArgumentTypeError(f"range {part} is reversed: write {hi}-{lo}")
         out += range(int(lo), int(hi) + 1) if dash and lo else [int(part)]
+    if not out:
+        raise argparse.ArgumentTypeError(f"no class in {text!r}")
     return out
 
 

@@ -295,7 +295,7 @@ def fake_run(monkeypatch, tmp_path):
     return seen
 
 
-def test_run_flags_reach_the_run_options(fake_run, tmp_path):
+def test_run_flags_reach_the_run_options(fake_run, tmp_path, capsys):
     out = ["--out", str(tmp_path / "o")]
     jitter = ["jitter", "a.png", "--stds", "0.2,0.4", "--samples", "3", "--quiet",
               "--preset", "wallpapers_64/reconstruct", "--set", "use_in=false", *out]  # fmt: skip
@@ -310,6 +310,11 @@ def test_run_flags_reach_the_run_options(fake_run, tmp_path):
     # class lists: single classes and inclusive ranges, in order
     assert cli.main(["transfer", "a.png", "--classes", "151-153,207, 9", *out]) == 0
     assert fake_run["options"].manipulation == {"classes": [151, 152, 153, 207, 9]}
+    for classes, says in (("5-2", "range 5-2 is reversed: write 2-5"), (",", "no class in ','")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["transfer", "a.png", "--classes", classes, *out])
+        assert exit_info.value.code == 2
+        assert f"argument --classes: {says}" in capsys.readouterr().err
     assert cli.main(["restore", "a.png", "--task", "inpainting", "--mask", "m.png",
                      "--mask-keep", "black", "--precision", "tf32", "--batch", "3",
                      "--seed", "7", *out]) == 0  # fmt: skip
