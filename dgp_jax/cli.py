@@ -310,7 +310,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, task_default: str | None) ->
 
 
 def cmd_compare(args) -> int:
-    from dgp_jax import compare
+    from dgp_jax import compare, runner
+
+    # the same persistent cache as restore's: a rerun or another --out skips the compiles
+    runner.configure_compilation_cache(args.cache_dir)
 
     options = compare.CompareOptions(
         task=args.task, methods=[m for m in args.methods.split(",") if m], inputs=args.inputs,
@@ -445,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per method call (default 1)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--cache-dir", help="JAX compilation cache (as restore's)")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser(
         "masks",

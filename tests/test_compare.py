@@ -350,15 +350,17 @@ def test_dgp_and_its_ablations_solve_the_observation_with_the_task_preset(tmp_pa
         assert np.abs(results[a] - results[b]).max() > 0.05, (a, b)
 
 
-def test_compare_command_line(tmp_path, with_fake, capsys):
+def test_compare_command_line(tmp_path, with_fake, capsys, monkeypatch):
     """dgp-jax compare: its flags reach the run, it prints the table, and exits 1 when a
     method failed on an image (0 otherwise)."""
-    from dgp_jax import cli
+    from dgp_jax import cli, runner
 
+    caches = []
+    monkeypatch.setattr(runner, "configure_compilation_cache", caches.append)
     out = tmp_path / "sr"
     argv = ["compare", *PHOTOS, "--task", "SR", "--methods", "fake,bicubic", "--out", str(out),
             "--resolution", "32", "--factor", "2", "--seed", "5", "--batch", "2",
-            "--set", "fake.scale=0.5", "--no-progress"]  # fmt: skip
+            "--set", "fake.scale=0.5", "--no-progress", "--cache-dir", "none"]  # fmt: skip
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "| fake |" in printed and "| bicubic |" in printed and f"table: {out}" in printed
@@ -379,6 +381,7 @@ def test_compare_command_line(tmp_path, with_fake, capsys):
             "--out", str(tmp_path / "color"), "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 1
     assert "| observation |" in capsys.readouterr().out
+    assert caches == ["none", None]  # as restore: None is $DGP_JAX_CACHE or ~/.cache
 
 
 STOP = {"how": "ctrl-c"}
