@@ -212,6 +212,8 @@ def run_step(*args: str) -> dict[str, Any]:
 def drive(workdir: Path | None, seed: int) -> None:
     print(f"architecture: {FULL_SIZE}, float32, jax_enable_x64 off")
     print(f"host: {os.cpu_count()} CPU cores visible to Python, {_total_mem_gib():.1f} GiB RAM")
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)  # a new --workdir was a FileNotFoundError
     with tempfile.TemporaryDirectory(dir=workdir, prefix="measure_conversion.") as tmp:
         tmp_path = Path(tmp)
         g_path, d_path, out = tmp_path / "G_ema.pth", tmp_path / "D.pth", tmp_path / "converted"
