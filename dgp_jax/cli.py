@@ -208,9 +208,14 @@ def cmd_masks(args) -> int:
     # keep=False: a set that cannot be drawn is refused with no folder made (the masks are
     # all drawn before write_bucket_masks makes its folders).
     OutputDir.check_writable(args.out, keep=False)
+    from dgp_jax.checkpoint import atomic_directory
+
     try:
-        record = masks.write_bucket_masks(args.out, args.size, buckets, args.per_bucket,
-                                          args.seed)  # fmt: skip
+        # into a temp folder renamed at the end: an interrupted run leaves no partial set,
+        # which a rerun would refuse as "not empty"
+        with atomic_directory(Path(args.out).absolute()) as tmp:
+            record = masks.write_bucket_masks(tmp, args.size, buckets, args.per_bucket,
+                                              args.seed)  # fmt: skip
     except RuntimeError as err:  # a bucket missed in masks.MAX_DRAWS draws
         raise RunError(f"--buckets: {err}") from None
     for name, entry in record["buckets"].items():
@@ -468,11 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dgp_jax.runner import RunError
+    from dgp_jax.runner import RunError, sigterm_as_interrupt
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        # SIGTERM as Ctrl-C for every command: temp files and folders are removed on the
+        # way out (convert, export, masks) instead of being left beside --out
+        with sigterm_as_interrupt():
+            return args.func(args)
     except RunError as err:
         print(f"dgp-jax {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -128,6 +128,34 @@ def _first_below(size, high, seed_words):
             return mask
 
 
+def test_a_masks_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    """SIGTERM while the PNGs are written: exit 130, no partial set at --out and no temp
+    folder beside it (a rerun would have refused the partial set as "not empty"), and the
+    process's SIGTERM handler is restored afterwards."""
+    import os
+    import signal
+
+    real_save = Image.Image.save
+    saved = []
+
+    def save_then_sigterm(self, path, *args, **kwargs):
+        real_save(self, path, *args, **kwargs)
+        saved.append(path)
+        if len(saved) == 2:  # the second of four files
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Image.Image, "save", save_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    argv = ["masks", "--size", "32", "--buckets", "0-10,20-40", "--per-bucket", "2",
+            "--out", str(tmp_path / "m")]  # fmt: skip
+    assert cli_main(argv) == 130
+    assert capsys.readouterr().err == "dgp-jax masks: interrupted\n"
+    assert len(saved) == 2 and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.undo()
+    assert cli_main(argv) == 0 and len(list((tmp_path / "m").glob("*/*.png"))) == 4
+
+
 def test_masks_command_writes_the_buckets_as_pngs(tmp_path, capsys):
     argv = ["masks", "--size", "32", "--buckets", "0-10,20-40", "--per-bucket", "2",
             "--seed", "3", "--out"]  # fmt: skip
