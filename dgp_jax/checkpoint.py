@@ -477,16 +477,35 @@ def export_pth(
     config, g_vars, d_vars, meta = load(directory)
     order = meta.get("key_order", {})
 
-    def state(variables, key_order):
+    def state(variables, key_order, target):
         flat = state_dict_from_variables(variables, key_order)
         if dtype is None:
             return flat
         cast = np.dtype(dtype)
-        return {k: v.astype(cast) if np.issubdtype(v.dtype, np.floating) else v
-                for k, v in flat.items()}  # fmt: skip
+        out = {}
+        for k, v in flat.items():
+            if not np.issubdtype(v.dtype, np.floating):
+                out[k] = v
+                continue
+            with np.errstate(over="ignore"):
+                out[k] = v.astype(cast)
+            # a weight beyond the type's range becomes infinity: a file that loading refuses
+            overflow = int(np.count_nonzero(np.isfinite(v) & ~np.isfinite(out[k])))
+            if overflow:
+                raise ValueError(
+                    f"--dtype {dtype}: key {k!r} of {target} has {overflow} value(s) beyond "
+                    f"{dtype}'s range (largest magnitude {float(np.abs(v).max()):.4g}); "
+                    "export in float32"
+                )
+        return out
 
     if discriminator_pth is not None and d_vars is None:  # before anything is written
         raise CheckpointError(f"{directory} holds no discriminator to export")
-    pth.write_state_dict(generator_pth, state(g_vars, order.get("generator")))
+    # both state dicts made (and checked) before either file is written
+    g_state = state(g_vars, order.get("generator"), generator_pth)
+    d_state = None
     if discriminator_pth is not None:
-        pth.write_state_dict(discriminator_pth, state(d_vars, order.get("discriminator")))
+        d_state = state(d_vars, order.get("discriminator"), discriminator_pth)
+    pth.write_state_dict(generator_pth, g_state)
+    if d_state is not None:
+        pth.write_state_dict(discriminator_pth, d_state)

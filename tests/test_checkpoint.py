@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import pickle
+import re
 import shlex
 import shutil
 import zipfile
@@ -234,6 +235,30 @@ def test_exported_pth_loads_in_torch(converted: Callable[[int], Path], tmp_path:
             assert got[key].dtype == tensor.dtype == torch.float64, key
             assert got[key].shape == tensor.shape, key
             assert torch.equal(got[key], tensor), key
+
+
+def test_export_refuses_weights_beyond_the_dtype_s_range_before_writing(tmp_path: Path) -> None:
+    """A D weight of 1e6 overflows float16 (largest 65504): the export is refused, naming
+    the key and the file, and neither file is written (G's would be first otherwise)."""
+
+    def big(state: StateDict) -> StateDict:
+        key = next(k for k, v in state.items() if np.issubdtype(v.dtype, np.floating))
+        return {**state, key: np.where(np.arange(state[key].size).reshape(state[key].shape)
+                                       == 0, 1e6, state[key])}  # fmt: skip
+
+    d_big = write_modified(tmp_path, d_pth(128), big, "D.pth")
+    g_src = write_modified(tmp_path, g_pth(128), lambda s: s, "G.pth")
+    folder = checkpoint.convert(g_src, d_big, tmp_path / "ckpt")
+    g_out, d_out = tmp_path / "G16.pth", tmp_path / "D16.pth"
+    key = next(k for k, v in source_state(d_pth(128)).items()
+               if np.issubdtype(v.dtype, np.floating))  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^--dtype float16: key '{re.escape(key)}' of "
+                       rf"{re.escape(str(d_out))} has 1 value\(s\) beyond float16's range "
+                       r"\(largest magnitude 1e\+06\); export in float32$"):  # fmt: skip
+        checkpoint.export_pth(folder, g_out, d_out, dtype="float16")
+    assert not g_out.exists() and not d_out.exists()
+    checkpoint.export_pth(folder, g_out, d_out)  # float32 holds it
+    assert read_state_dict(d_out)[key].reshape(-1)[0] == 1e6
 
 
 def test_source_key_order_is_kept_generator_only(tmp_path: Path) -> None:
