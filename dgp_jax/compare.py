@@ -258,6 +258,8 @@ def execute(options: CompareOptions) -> CompareReport:
     if options.batch < 1:  # it was taken as 1
         raise RunError(f"--batch must be >= 1, got {options.batch}")
     res = options.resolution
+    if not isinstance(res, int) or res < 1:  # named by the flag, not by degradations' name
+        raise RunError(f"--resolution must be a positive integer, got {res!r}")
     factor = options.factor
     if factor is None and task in ("SR", "hybrid"):
         factor = 4 if task == "SR" else 2

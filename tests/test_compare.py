@@ -291,6 +291,11 @@ def test_setup_errors_name_the_problem(tmp_path, with_fake):
     ):  # fmt: skip
         with pytest.raises(RunError, match=re.escape(says)):
             compare.execute(_options(tmp_path / "f", methods=[method], sets=sets))
+    for resolution in (0, -32):  # named by its flag (degradations named it "resolution")
+        with pytest.raises(RunError, match=f"^--resolution must be a positive integer, got "
+                           f"{resolution}$"):  # fmt: skip
+            compare.execute(_options(tmp_path / "f", methods=["observation"],
+                                     resolution=resolution))  # fmt: skip
     for batch in (0, -2):  # as restore refuses it (compare ran these as --batch 1)
         with pytest.raises(RunError, match=f"^--batch must be >= 1, got {batch}$"):
             compare.execute(_options(tmp_path / "f", methods=["observation"], batch=batch))
