@@ -55,6 +55,9 @@ def _too_big(path: Path, width: int | None, height: int | None, pixels: int | No
 def _decode(path: Path, convert: Callable[[Image.Image], Any], what: str = "") -> Any:
     """``convert(opened image)`` with the size guard first; any failure is an ImageError
     naming the file (``what`` prefixes it, e.g. "mask ")."""
+    if path.is_dir():  # FileNotFoundError as for a missing file: callers handle that one
+        kind = f"a {what}" if what else "an image "
+        raise FileNotFoundError(f"{path} is a folder, not {kind}file")
     if not path.is_file():
         raise FileNotFoundError(f"no {what or 'image '}file at {path}")
     try:

@@ -144,7 +144,7 @@ def test_missing_file_and_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         load_image(tmp_path / "nope.png", RES)
     (tmp_path / "dir.png").mkdir()
-    with pytest.raises(FileNotFoundError, match="dir.png"):
+    with pytest.raises(FileNotFoundError, match=r"dir\.png is a folder, not an image file$"):
         load_image(tmp_path / "dir.png", RES)
 
 
@@ -175,6 +175,13 @@ def test_mask_keep_white_black_and_wrong_size(tmp_path):
         load_mask(path, 32)
     with pytest.raises(ValueError, match="keep"):
         load_mask(path, RES, keep="gray")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"folder\.png is a folder, not a mask file$"):
+        load_mask(tmp_path / "folder.png", RES)
+    with pytest.raises(FileNotFoundError, match=r"folder\.png is a folder, not an image file$"):
+        load_image(tmp_path / "folder.png", RES)
+    with pytest.raises(FileNotFoundError, match=r"^no mask file at .*nothing\.png$"):
+        load_mask(tmp_path / "nothing.png", RES)
     Image.fromarray(np.full((RES, RES), 255, np.uint8)).save(path)
     with pytest.raises(ImageError, match=r"mask .*mask\.png has no hole: every pixel is kept "
                        r"\(keep='white'\)"):  # fmt: skip
