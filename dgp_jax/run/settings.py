@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from dgp_jax.checks import fits_field_type
 from dgp_jax.config import STAGE_FIELDS, SolverConfig, preset_for_size
 
 PRECISIONS = ("float32", "tf32", "bfloat16")  # dgp_jax.solve.PRECISIONS, without JAX
@@ -83,51 +84,36 @@ def parse_sets(items: Sequence[str], base: SolverConfig) -> dict[str, Any]:
         if name not in names:
             raise RunError(f"--set: unknown field {name!r}; fields: {sorted(names)}")
         if name in STAGE_FIELDS or name == "iterations":
-            values = tuple(_typed(name, v, getattr(base, name)[0]) for v in value.split(","))
+            values = tuple(_typed(name, v) for v in value.split(","))
             out[name] = values * base.num_stages if len(values) == 1 else values
         else:
-            out[name] = _typed(name, value, getattr(base, name))
+            out[name] = _typed(name, value)
     return out
 
 
-_ANNOTATION_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+def _field_kind(annotation: str) -> tuple[str, bool]:
+    """(kind for ``fits_field_type``, whether None is allowed) of a SolverConfig annotation
+    such as ``tuple[float, ...]`` or ``int | None``: the field's type, not the type of its
+    value, which presets.json may spell as an int in a float field (``w_mse: [0, 0]``)."""
+    inner = annotation.removeprefix("tuple[").removesuffix(", ...]")
+    return inner.removesuffix(" | None"), inner.endswith(" | None")
 
 
-def _field_type(name: str, example: Any) -> tuple[type, bool]:
-    """(element type, whether None is allowed) of SolverConfig field ``name``, from its
-    annotation: not from its current value, which presets.json may spell as an int
-    (``w_mse: [0, 0]``) in a float field, or which may be None (``select_batch``)."""
-    annotation = {f.name: f.type for f in dataclasses.fields(SolverConfig)}.get(name)
-    if isinstance(annotation, str):
-        inner = annotation.removeprefix("tuple[").removesuffix(", ...]")
-        optional = inner.endswith(" | None")
-        inner = inner.removesuffix(" | None")
-        if inner in _ANNOTATION_TYPES:
-            return _ANNOTATION_TYPES[inner], optional
-    return type(example), example is None
+_FIELD_KINDS = {f.name: _field_kind(f.type) for f in dataclasses.fields(SolverConfig)}
 
 
-def _typed(name: str, text: str, example: Any) -> Any:
-    """``text`` parsed for field ``name`` (its annotated type; ``example``, its current
-    value, for a field without a plain one), or a RunError naming the field."""
+def _typed(name: str, text: str) -> Any:
+    """``text`` parsed for field ``name`` (by its annotated type), or a RunError naming the
+    field."""
     value = parse_value(text)
-    kind, optional = _field_type(name, example)
+    kind, optional = _FIELD_KINDS[name]
     if value is None and optional:
         return None
-    if kind is bool:
-        if isinstance(value, bool) or value in (0, 1):
-            return bool(value)
-        expected = "true or false"
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        expected = "an integer"
-    elif kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
-        expected = "a number"
-    else:
+    if kind == "bool" and value in (0, 1):
+        return bool(value)
+    if kind == "str" or fits_field_type(kind, value):
         return value
+    expected = {"bool": "true or false", "int": "an integer", "float": "a number"}[kind]
     raise RunError(f"--set {name}={text}: {name} must be {expected}, got {text!r}")
 
 
