@@ -205,14 +205,12 @@ def cmd_masks(args) -> int:
     # another run's masks.json and buckets would be overwritten or mixed with these
     if Path(args.out).is_dir() and any(Path(args.out).iterdir()):
         raise RunError(f"--out {args.out} is not empty: choose a new folder")
-    # keep=False: a set that cannot be drawn is refused with no folder made (the masks are
-    # all drawn before write_bucket_masks makes its folders).
     OutputDir.check_writable(args.out, keep=False)
     from dgp_jax.checkpoint import atomic_directory
 
     try:
-        # into a temp folder renamed at the end: an interrupted run leaves no partial set,
-        # which a rerun would refuse as "not empty"
+        # into a temp folder renamed at the end: a set that cannot be drawn, or a stopped
+        # run, leaves no partial set (which a rerun would refuse as "not empty")
         with atomic_directory(Path(args.out).absolute()) as tmp:
             record = masks.write_bucket_masks(tmp, args.size, buckets, args.per_bucket,
                                               args.seed)  # fmt: skip
